@@ -1,0 +1,201 @@
+"""The composition root: builds the drivers and wires journal, MQTT, intake and print workers.
+
+No module-level state: several agents can run in one process (tests, fleet
+simulation).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+from drivers.printers import Printer, make_printer
+
+from . import __version__
+from .config import Config
+from .intake import OrderIntake
+from .journal import EventDone, Journal
+from .messages import OrderResult
+from .mqtt import Inbound, MqttLink, MqttSettings
+from .printing import PrintWorker, StoreFacts
+from .topics import Topics
+
+log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 3600
+
+
+def printer_settings(cfg: Config, index: int) -> dict:
+    p = cfg.printers[index]
+    settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role"})
+    if p.connection == "virtual":
+        settings["spool_dir"] = p.spool_dir or str(Path(cfg.state_dir) / "spool" / p.name)
+        settings["columns"] = p.columns
+    return settings
+
+
+def build_printers(cfg: Config) -> dict[str, Printer]:
+    return {p.name: make_printer(p.connection, p.name, **printer_settings(cfg, i)) for i, p in enumerate(cfg.printers)}
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        printers: Optional[dict[str, Printer]] = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.started_at = clock()
+        self.topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
+        state = Path(cfg.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(state / "journal.sqlite3", max_rejected_bytes=cfg.intake.max_payload_bytes)
+        self.printers = printers if printers is not None else build_printers(cfg)
+        self.link = MqttLink(
+            MqttSettings(
+                host=cfg.mqtt.host,
+                port=cfg.mqtt.port,
+                client_id=cfg.client_id,
+                keepalive_s=cfg.mqtt.keepalive_s,
+                username=cfg.mqtt.username,
+                password=cfg.mqtt_password(),
+                tls=cfg.mqtt.tls,
+                ca_file=cfg.mqtt.ca_file,
+                cert_file=cfg.mqtt.cert_file,
+                key_file=cfg.mqtt.key_file,
+                session_expiry_s=cfg.mqtt.session_expiry_s,
+                receive_maximum=cfg.mqtt.receive_maximum,
+                reconnect_min_s=cfg.mqtt.reconnect_min_s,
+                reconnect_max_s=cfg.mqtt.reconnect_max_s,
+            ),
+            subscriptions=[self.topics.orders],
+            status_topic=self.topics.status,
+            handler=self._on_inbound,
+        )
+        store = StoreFacts(cfg.store.name, cfg.store.phone)
+        self.workers = {
+            p.name: PrintWorker(
+                self.printers[p.name],
+                columns=p.columns,
+                journal=self.journal,
+                store=store,
+                on_done=self._on_done,
+                retry_s=cfg.print.retry_s,
+                poll_s=cfg.health.printer_poll_s,
+                max_attempts=cfg.print.max_attempts,
+                clock=clock,
+            )
+            for p in cfg.printers
+        }
+        self.intake = OrderIntake(
+            self.journal,
+            max_payload_bytes=cfg.intake.max_payload_bytes,
+            route=self._route,
+            publish_result=self._publish_result,
+            wake=self._wake_all,
+            on_store_failure=self._on_store_failure,
+            clock=clock,
+        )
+        self._stop = threading.Event()
+        self._housekeeper: Optional[threading.Thread] = None
+
+    # -- wiring
+    def _route(self, event_type: str, document: str) -> str:
+        for p in self.cfg.printers:
+            if p.role == "primary":
+                return p.name
+        return self.cfg.printers[0].name
+
+    def _wake_all(self) -> None:
+        for w in self.workers.values():
+            w.wake()
+
+    def _on_inbound(self, msg: Inbound) -> None:
+        if msg.topic == self.topics.orders:
+            self.intake.handle(msg.payload, lambda: self.link.ack(msg))
+        else:
+            log.warning("message on unexpected topic %s ignored", msg.topic)
+            self.link.ack(msg)
+
+    def _on_store_failure(self, error: str) -> None:
+        # not acked: have the broker redeliver after a pause (disk full, I/O error)
+        self.link.redeliver_later(10.0)
+
+    def _publish_result(self, result: OrderResult) -> None:
+        self.link.publish(self.topics.result, result.to_json())
+
+    def _on_done(self, done: EventDone) -> None:
+        log.info("event %s (order %s) %s: %s", done.event_id, done.order_id, done.status, ", ".join(done.documents))
+        self._publish_result(
+            OrderResult(
+                event_id=done.event_id,
+                order_id=done.order_id,
+                status=done.status,
+                at=datetime.fromtimestamp(self.clock(), timezone.utc),
+                printer=done.printer,
+                documents=done.documents,
+                error=done.error,
+                reprint=done.reprint,
+            )
+        )
+
+    # -- lifecycle
+    def start(self) -> None:
+        log.info("store-agent %s starting for store %s (state in %s)", __version__, self.cfg.store_id, self.cfg.state_dir)
+        open_jobs = self.journal.open_jobs()
+        if open_jobs:
+            log.info("resuming %d unfinished print job(s)", len(open_jobs))
+        self._prune()
+        for w in self.workers.values():
+            w.start()
+        self.link.start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+        self._housekeeper.start()
+
+    def stop(self) -> None:
+        log.info("stopping")
+        self._stop.set()
+        self.link.stop()
+        for w in self.workers.values():
+            w.stop()
+        self.journal.close()
+
+    def _prune(self) -> None:
+        try:
+            n = self.journal.prune(self.cfg.journal.keep_days, self.cfg.journal.max_mb * 1024 * 1024, now=self.clock())
+            if n:
+                log.info("journal: pruned %d old event(s)", n)
+        except Exception:  # noqa: BLE001
+            log.exception("journal pruning failed")
+
+    def _housekeeping(self) -> None:
+        notifier = _systemd_notifier()
+        notifier("READY=1")
+        last_prune = time.monotonic()
+        while not self._stop.wait(1.0):
+            stale = [w.name for w in self.workers.values() if time.monotonic() - w.heartbeat > max(60.0, 3 * w.poll_s + 30)]
+            if stale:
+                log.error("print worker(s) stuck: %s; withholding the watchdog ping", ", ".join(stale))
+            else:
+                notifier("WATCHDOG=1")
+            if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                last_prune = time.monotonic()
+                self._prune()
+        notifier("STOPPING=1")
+
+
+def _systemd_notifier() -> Callable[[str], None]:
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return lambda msg: None
+    import sdnotify  # noqa: PLC0415 - only under systemd
+
+    n = sdnotify.SystemdNotifier()
+    return lambda msg: n.notify(msg)

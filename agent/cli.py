@@ -1,0 +1,121 @@
+"""The ``store-agent`` command line. Exit 0 ok, 1 failure, 2 usage/config error."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .config import ConfigError, load_config, resolve_path
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    for name in ("agent", "drivers"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = [handler]
+        lg.setLevel(level.upper())
+        lg.propagate = False
+
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+    help="config file (default: $STORE_AGENT_CONFIG, else /etc/store-agent/config.toml)",
+)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as e:
+            click.echo(f"config error: {e}", err=True)
+            sys.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - one line unless --debug
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {type(e).__name__}: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="store-agent")
+@click.option("--debug", is_flag=True, help="full tracebacks on errors")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """store-agent: MQTT orders to receipts, chimes and alerts."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+@main.command()
+@config_option
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def run(config_path: str | None, log_level: str) -> None:
+    """Run the agent in the foreground (systemd Type=notify). SIGTERM stops it cleanly."""
+    from .app import Agent  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    setup_logging(log_level)
+    agent = Agent(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    agent.start()
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        agent.stop()
+
+
+@main.command()
+@click.option("--out", "out_dir", default="demo-out", type=click.Path(file_okay=False), help="where tickets are left")
+@click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
+def demo(out_dir: str, log_level: str) -> None:
+    """Private broker + virtual printer + sample orders; tickets under ./demo-out/."""
+    from .demo import run_demo  # noqa: PLC0415
+
+    setup_logging(log_level)
+    sys.exit(run_demo(Path(out_dir), echo=click.echo))
+
+
+@main.group("config")
+def config_group() -> None:
+    """Show or check configuration."""
+
+
+@config_group.command("check")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def config_check(file: str | None, config_path: str | None, as_json: bool) -> None:
+    """Validate a config file (FILE, else --config); exit 2 with the offending key when invalid."""
+    path = resolve_path(file or config_path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "file": str(path), "error": str(e)}, ensure_ascii=False))
+        else:
+            click.echo(f"config error: {e}", err=True)
+        sys.exit(2)
+    if as_json:
+        click.echo(json.dumps({"ok": True, "file": str(path), "store_id": cfg.store_id, "printers": [p.name for p in cfg.printers]}, ensure_ascii=False))
+    else:
+        click.echo(f"{path}: ok (store {cfg.store_id}, {len(cfg.printers)} printer(s))")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Configuration: the TOML file of the contract, loaded into pydantic models.
+
+Unknown keys and bad values are a ``ConfigError`` whose message names the key
+(``printers[0].hsot: unknown key``). No I/O happens here except reading the
+file and an optional ``mqtt.password_file``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = "/etc/store-agent/config.toml"
+CONFIG_ENV = "STORE_AGENT_CONFIG"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreConfig(_Model):
+    name: str = ""
+    phone: str = ""
+
+
+class MqttConfig(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic_prefix: str = Field("stores", pattern=r"^[^#+\s]+$")
+    client_id: str = ""
+    username: str = ""
+    password: str = Field("", json_schema_extra={"secret": True})
+    password_file: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(7 * 86400, ge=60, description="MQTT 5 session expiry; orders wait this long at the broker")
+    receive_maximum: int = Field(16, ge=1, le=1024, description="bound on un-acked orders in flight")
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "MqttConfig":
+        if self.password and self.password_file:
+            raise ValueError("set either password or password_file, not both")
+        if self.tls is False and (self.cert_file or self.key_file or self.ca_file):
+            raise ValueError("ca_file/cert_file/key_file need tls = true")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_min_s")
+        return self
+
+
+class _PrinterBase(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    paper_width_mm: Literal[58, 80] = 80
+    role: Literal["primary", "backup"] = "primary"
+    timeout_s: float = Field(3.0, gt=0, le=60, description="I/O timeout for writes and status answers")
+    status_query: bool = Field(True, description="ask DLE EOT status around every job; false for write-only ports")
+
+    @property
+    def columns(self) -> int:
+        return 32 if self.paper_width_mm == 58 else 48
+
+
+class NetworkPrinterConfig(_PrinterBase):
+    connection: Literal["network"]
+    host: str
+    port: int = Field(9100, ge=1, le=65535)
+
+
+class UsbPrinterConfig(_PrinterBase):
+    connection: Literal["usb"]
+    vendor_id: int = Field(ge=0, le=0xFFFF)
+    product_id: int = Field(ge=0, le=0xFFFF)
+
+
+class SerialPrinterConfig(_PrinterBase):
+    connection: Literal["serial"]
+    device: str
+    baudrate: int = 19200
+
+
+class FilePrinterConfig(_PrinterBase):
+    connection: Literal["file"]
+    path: str = "/dev/usb/lp0"
+    status_query: Literal[False] = Field(False, description="device files are write-only: no status answers")
+
+
+class VirtualPrinterConfig(_PrinterBase):
+    connection: Literal["virtual"]
+    spool_dir: str = Field("", description="default: <state_dir>/spool/<name>")
+
+
+PrinterConfig = Annotated[
+    Union[NetworkPrinterConfig, UsbPrinterConfig, SerialPrinterConfig, FilePrinterConfig, VirtualPrinterConfig],
+    Field(discriminator="connection"),
+]
+
+
+class HealthConfig(_Model):
+    printer_poll_s: int = Field(5, ge=1, le=3600)
+    publish_s: int = Field(60, ge=5, le=86400)
+
+
+class EscalationConfig(_Model):
+    printer_fault_after_s: int = Field(120, ge=0)
+
+
+class JournalConfig(_Model):
+    keep_days: int = Field(30, ge=1, le=3650, description="finished orders older than this are pruned")
+    max_mb: int = Field(64, ge=1, description="the journal is pruned oldest-first to stay under this size")
+
+
+class IntakeConfig(_Model):
+    max_payload_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+
+
+class PrintConfig(_Model):
+    retry_s: float = Field(2.0, gt=0, description="wait between attempts while a printer is not ready")
+    max_attempts: int = Field(0, ge=0, description="0 = retry until printed; N = result 'failed' after N attempts")
+
+
+class Config(_Model):
+    store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    state_dir: str = "/var/lib/store-agent"
+    store: StoreConfig = StoreConfig()
+    mqtt: MqttConfig = MqttConfig()
+    printers: list[PrinterConfig] = Field(default_factory=list)
+    health: HealthConfig = HealthConfig()
+    escalation: EscalationConfig = EscalationConfig()
+    journal: JournalConfig = JournalConfig()
+    intake: IntakeConfig = IntakeConfig()
+    print: PrintConfig = PrintConfig()
+
+    @model_validator(mode="after")
+    def _unique_printers(self) -> "Config":
+        names = [p.name for p in self.printers]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"printer names must be unique: {', '.join(sorted(dup))}")
+        return self
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"store-agent-{self.store_id}"
+
+    def mqtt_password(self) -> str:
+        if self.mqtt.password_file:
+            try:
+                return Path(self.mqtt.password_file).read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise ConfigError(f"mqtt.password_file: cannot read {self.mqtt.password_file}: {e.strerror}") from e
+        return self.mqtt.password
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("network", "usb", "serial", "file", "virtual") and out.endswith("]"):
+            continue  # discriminator tag pydantic inserts into the path
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        where = _loc(e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if "input" in e and not isinstance(e["input"], (dict, list)):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"{where}: {msg}")
+    return "; ".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+
+
+def resolve_path(path: str | os.PathLike[str] | None) -> Path:
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    p = resolve_path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    try:
+        return parse_config(data)
+    except ConfigError as e:
+        raise ConfigError(f"{p}: {e}") from None

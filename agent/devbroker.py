@@ -1,0 +1,92 @@
+"""A private mosquitto for the demo and the tests: loopback only, the project's recommended settings."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+RECOMMENDED = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "store-agent.conf"
+
+
+class BrokerError(Exception):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def find_mosquitto() -> str:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise BrokerError("mosquitto not found: install it (./install.sh --dev does, or apt-get install mosquitto)")
+
+
+class DevBroker:
+    """``with DevBroker(workdir) as b: b.port`` — a mosquitto on 127.0.0.1, persistence in ``workdir``."""
+
+    def __init__(self, workdir: Path, port: Optional[int] = None, extra: str = "") -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.extra = extra
+        self.proc: Optional[subprocess.Popen] = None
+
+    def config_text(self) -> str:
+        if not RECOMMENDED.exists():
+            raise BrokerError(f"recommended broker settings not found at {RECOMMENDED} (run from a checkout)")
+        user = pwd.getpwuid(os.getuid()).pw_name
+        return (
+            RECOMMENDED.read_text()
+            + f"\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            + f"persistence_location {self.workdir}/\nuser {user}\n"
+            + f"log_dest file {self.workdir / 'mosquitto.log'}\nlog_type error\nlog_type warning\nlog_type notice\n"
+            + self.extra
+        )
+
+    def start(self, timeout: float = 10.0) -> "DevBroker":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(self.config_text())
+        self.proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                log = (self.workdir / "mosquitto.log")
+                raise BrokerError(f"mosquitto exited: {err} {log.read_text() if log.exists() else ''}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise BrokerError(f"mosquitto did not listen on 127.0.0.1:{self.port} within {timeout}s")
+
+    def stop(self, kill: bool = False) -> None:
+        if self.proc and self.proc.poll() is None:
+            (self.proc.kill if kill else self.proc.terminate)()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    def __enter__(self) -> "DevBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

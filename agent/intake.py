@@ -1,0 +1,100 @@
+"""Order intake: validate -> journal (commit) -> ack -> result -> wake the printers.
+
+Runs on the MQTT network thread and does nothing slow: no printing here.
+A payload that cannot be stored is not acknowledged, so the broker keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Callable, Optional
+
+from .journal import Journal, JournalError
+from .messages import OrderEvent, OrderResult, Rejection, parse_event
+from .tickets import documents_for
+
+log = logging.getLogger(__name__)
+
+
+class OrderIntake:
+    def __init__(
+        self,
+        journal: Journal,
+        *,
+        max_payload_bytes: int,
+        route: Callable[[str, str], str],
+        publish_result: Callable[[OrderResult], None],
+        wake: Callable[[], None],
+        on_store_failure: Callable[[str], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.journal = journal
+        self.max_payload_bytes = max_payload_bytes
+        self.route = route  # (event_type, document) -> printer name
+        self.publish_result = publish_result
+        self.wake = wake
+        self.on_store_failure = on_store_failure
+        self.clock = clock
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    def handle(self, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
+        """Process one order message; returns the status, or None when it was not stored (not acked)."""
+        parsed = parse_event(payload, self.max_payload_bytes)
+        if isinstance(parsed, Rejection):
+            return self._reject(parsed, payload, ack)
+        return self._accept(parsed, payload, ack)
+
+    def _reject(self, rej: Rejection, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
+        log.warning("rejected order payload %s (%d bytes, event %s): %s", rej.payload_sha256[:12], len(payload), rej.event_id, rej.reason)
+        try:
+            self.journal.record_rejected(rej.payload_sha256, rej.reason, payload, now=self.clock())
+        except JournalError as e:
+            log.error("cannot store rejected payload %s: %s; not acknowledged", rej.payload_sha256[:12], e)
+            self.on_store_failure(str(e))
+            return None
+        ack()
+        self.publish_result(
+            OrderResult(
+                event_id=rej.event_id,
+                order_id=rej.order_id,
+                status="rejected",
+                at=self._now(),
+                error=rej.reason,
+                payload_sha256=rej.payload_sha256,
+            )
+        )
+        return "rejected"
+
+    def _accept(self, ev: OrderEvent, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
+        now = self.clock()
+        expired = ev.order.expires_at is not None and ev.order.expires_at.timestamp() < now
+        docs = [(d, self.route(ev.type, d)) for d in documents_for(ev.type)]
+        try:
+            intake = self.journal.record_event(ev.id, ev.order.id, ev.type, payload, docs, expired=expired, now=now)
+        except JournalError as e:
+            log.error("cannot commit event %s to the journal: %s; not acknowledged", ev.id, e)
+            self.on_store_failure(str(e))
+            return None
+        ack()
+        if intake.status == "duplicate":
+            log.info("duplicate event %s (order %s): %s", ev.id, ev.order.id, intake.reason)
+        elif intake.status == "expired":
+            log.warning("expired event %s (order %s) kept for reprint, not printed", ev.id, ev.order.id)
+        self.publish_result(
+            OrderResult(
+                event_id=ev.id,
+                order_id=ev.order.id,
+                status=intake.status,
+                at=self._now(),
+                printer=docs[0][1] if docs and intake.status == "queued" else None,
+                documents=[d for d, _ in docs] if intake.status == "queued" else [],
+                error=intake.reason if intake.status != "queued" else None,
+            )
+        )
+        if intake.status == "queued":
+            self.wake()
+        return intake.status

@@ -1,0 +1,214 @@
+"""Payload models of the MQTT contract (order events in, results out).
+
+Validation happens here, where the value objects are made. ``parse_event``
+never raises for bad input: it returns a ``Rejection`` whose ``reason`` names
+the offending field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Optional
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+EVENT_TYPES = (
+    "order.created",
+    "order.modified",
+    "order.cancelled",
+    "order.reassigned",
+    "order.urged",
+    "order.dispatched",
+    "order.completed",
+    "rider.unassigned",
+    "rider.cancelled",
+    "delivery.late",
+    "aftersale.requested",
+    "aftersale.revoked",
+    "logistics.exception",
+    "stock.short",
+    "rx.pending",
+    "fever.registration",
+)
+EventType = Literal[
+    "order.created",
+    "order.modified",
+    "order.cancelled",
+    "order.reassigned",
+    "order.urged",
+    "order.dispatched",
+    "order.completed",
+    "rider.unassigned",
+    "rider.cancelled",
+    "delivery.late",
+    "aftersale.requested",
+    "aftersale.revoked",
+    "logistics.exception",
+    "stock.short",
+    "rx.pending",
+    "fever.registration",
+]
+Platform = Literal["meituan", "eleme", "jddj", "youzan", "pdd", "web", "other"]
+ResultStatus = Literal["queued", "printed", "failed", "rejected", "duplicate", "expired"]
+MAX_TEXT = 2000  # longest free text accepted in any field; keeps one order from flooding paper
+
+
+class _In(BaseModel):
+    """Incoming payload part: unknown fields are ignored (forward compatible)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+
+
+class Window(_In):
+    start: Optional[AwareDatetime] = None
+    end: Optional[AwareDatetime] = None
+
+
+class Delivery(_In):
+    mode: Optional[str] = Field(None, max_length=32)
+    window: Optional[Window] = None
+
+
+class Customer(_In):
+    name: Optional[str] = Field(None, max_length=100)
+    phone: Optional[str] = Field(None, max_length=40)
+    address: Optional[str] = Field(None, max_length=500)
+
+
+class Flags(_In):
+    no_price_list: bool = False
+    invoice: bool = False
+    reship_of: Optional[str] = Field(None, max_length=64)
+
+
+class Item(_In):
+    sku: Optional[str] = Field(None, max_length=64)
+    name: str = Field(min_length=1, max_length=200)
+    spec: Optional[str] = Field(None, max_length=100)
+    qty: int = Field(ge=1, le=100000)
+    price: int = Field(0, ge=0, description="unit price in fen")
+    rx: bool = False
+    fever: bool = False
+    location: Optional[str] = Field(None, max_length=32)
+
+
+class Amounts(_In):
+    goods: int = Field(ge=0)
+    delivery: int = Field(0, ge=0)
+    packing: int = Field(0, ge=0)
+    discount: int = 0
+    paid: int = Field(ge=0)
+
+
+class Order(_In):
+    id: str = Field(min_length=1, max_length=64)
+    platform: Optional[Platform] = None
+    seq: Optional[int] = Field(None, ge=0)
+    placed_at: Optional[AwareDatetime] = None
+    expires_at: Optional[AwareDatetime] = None
+    delivery: Optional[Delivery] = None
+    customer: Optional[Customer] = None
+    note: Optional[str] = Field(None, max_length=MAX_TEXT)
+    flags: Flags = Flags()
+    items: Optional[list[Item]] = Field(None, max_length=500)
+    amounts: Optional[Amounts] = None
+
+
+class OrderEvent(_In):
+    v: Literal[1]
+    id: str = Field(min_length=1, max_length=128)
+    type: EventType
+    at: Optional[AwareDatetime] = None
+    order: Order
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _created_needs_full_order(self) -> "OrderEvent":
+        if self.type == "order.created":
+            missing = [k for k in ("platform", "items", "amounts") if getattr(self.order, k) is None]
+            if missing:
+                raise ValueError("order.created requires " + ", ".join(f"order.{k}" for k in missing))
+            if not self.order.items:
+                raise ValueError("order.items: order.created needs at least one item")
+        return self
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    payload_sha256: str
+    event_id: Optional[str] = None
+    order_id: Optional[str] = None
+
+
+def sha256_hex(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def _describe(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors()[:5]:
+        where = _loc(e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {msg}" if where else msg)
+    more = len(err.errors()) - 5
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def _ids_from(obj: Any) -> tuple[Optional[str], Optional[str]]:
+    """Best-effort ids from a payload that failed validation (for the result message)."""
+    if not isinstance(obj, dict):
+        return None, None
+    eid = obj.get("id") if isinstance(obj.get("id"), str) else None
+    order = obj.get("order")
+    oid = order.get("id") if isinstance(order, dict) and isinstance(order.get("id"), str) else None
+    return (eid[:128] if eid else None), (oid[:64] if oid else None)
+
+
+def parse_event(payload: bytes, max_bytes: int) -> OrderEvent | Rejection:
+    digest = sha256_hex(payload)
+    if len(payload) > max_bytes:
+        return Rejection(f"payload too large: {len(payload)} bytes > limit {max_bytes}", digest)
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejection(f"payload is not UTF-8: {e.reason} at byte {e.start}", digest)
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        return Rejection(f"payload is not JSON: {e}", digest)
+    if not isinstance(obj, dict):
+        return Rejection(f"payload must be a JSON object, got {type(obj).__name__}", digest)
+    try:
+        return OrderEvent.model_validate(obj)
+    except ValidationError as e:
+        eid, oid = _ids_from(obj)
+        return Rejection(_describe(e), digest, eid, oid)
+    except RecursionError:
+        return Rejection("payload is nested too deeply", digest)
+
+
+class OrderResult(BaseModel):
+    """Outcome of one order event, published on ``P/S/orders/result``."""
+
+    model_config = ConfigDict(extra="forbid")
+    v: Literal[1] = 1
+    event_id: Optional[str]
+    order_id: Optional[str]
+    status: ResultStatus
+    at: datetime
+    printer: Optional[str] = None
+    documents: list[str] = Field(default_factory=list)
+    error: Optional[str] = None
+    payload_sha256: Optional[str] = None
+    reprint: bool = Field(False, description="true when a copy may already have been printed (marked 补打)")
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode()

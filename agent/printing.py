@@ -1,0 +1,166 @@
+"""One print worker per printer: FIFO from the journal, never on paho's thread.
+
+A job counts as printed only when the printer was printable before *and*
+after it. A job whose attempt may have reached paper (it was ``printing`` when
+the agent stopped, or the printer faulted during it) is printed again marked
+补打 (reprint), so a clerk never mistakes it for a second order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from drivers.escpos_proto import PrinterStatus
+from drivers.printers import Printer, PrinterError, PrinterIOError
+
+from .journal import EventDone, Job, Journal, JournalError
+from .messages import OrderEvent
+from .render import to_escpos
+from .tickets import build
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StoreFacts:
+    name: str
+    phone: str
+
+
+class PrintWorker:
+    def __init__(
+        self,
+        printer: Printer,
+        *,
+        columns: int,
+        journal: Journal,
+        store: StoreFacts,
+        on_done: Callable[[EventDone], None],
+        on_status: Callable[[str, PrinterStatus], None] = lambda name, st: None,
+        retry_s: float = 2.0,
+        poll_s: float = 5.0,
+        max_attempts: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.printer = printer
+        self.name = printer.name
+        self.columns = columns
+        self.journal = journal
+        self.store = store
+        self.on_done = on_done
+        self.on_status = on_status
+        self.retry_s = retry_s
+        self.poll_s = poll_s
+        self.max_attempts = max_attempts
+        self.clock = clock
+        self.status: PrinterStatus = PrinterStatus("unknown", "not checked yet")
+        self.last_print_at: Optional[float] = None
+        self.heartbeat = time.monotonic()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # -- lifecycle
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"print-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout)
+        self.printer.close()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- loop
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                job = self.journal.next_job(self.name)
+                if job is None:
+                    self._idle()
+                    continue
+                if not self._process(job):
+                    self._sleep(self.retry_s)
+            except JournalError as e:
+                log.error("printer %s: journal error: %s", self.name, e)
+                self._sleep(self.retry_s)
+            except Exception:  # noqa: BLE001 - a print thread must not die
+                log.exception("printer %s: unexpected error", self.name)
+                self._sleep(self.retry_s)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
+
+    def _idle(self) -> None:
+        """Nothing to print: poll the printer's status every ``poll_s`` until woken."""
+        if self._wake.wait(self.poll_s):
+            self._wake.clear()
+            return
+        if not self._stop.is_set():
+            self._check()
+
+    def _check(self) -> PrinterStatus:
+        st = self.printer.status()
+        if st.state != self.status.state:
+            log.info("printer %s: %s -> %s %s", self.name, self.status.state, st.state, st.detail)
+        self.status = st
+        self.on_status(self.name, st)
+        return st
+
+    def _ok_to_print(self, st: PrinterStatus) -> bool:
+        return st.printable or (not self.printer.queryable and st.state == "unknown")
+
+    def _render(self, job: Job) -> bytes:
+        ev = OrderEvent.model_validate_json(job.payload)
+        doc = build(job.document, ev, store_name=self.store.name, store_phone=self.store.phone, columns=self.columns, reprint=job.reprint)
+        return to_escpos(doc)
+
+    def _process(self, job: Job) -> bool:
+        """One attempt at a job; False means 'wait before the next attempt'."""
+        if self.max_attempts and job.attempts >= self.max_attempts:
+            self._finish(job, "failed", f"gave up after {job.attempts} attempts: {self.status.state} {self.status.detail}".strip())
+            return True
+        before = self._check()
+        if not self._ok_to_print(before):
+            return False
+        job = self.journal.begin_attempt(job.id, now=self.clock())
+        try:
+            data = self._render(job)
+        except Exception as e:  # noqa: BLE001 - a document that cannot render fails its job, never the agent
+            log.exception("printer %s: cannot render %s for %s", self.name, job.document, job.event_id)
+            self._finish(job, "failed", f"render error: {e}")
+            return True
+        try:
+            self.printer.send(data)
+        except PrinterIOError as e:
+            log.warning("printer %s: job %s interrupted: %s", self.name, job.id, e)
+            self.journal.note_error(job.id, str(e), now=self.clock())
+            self._check()
+            return False
+        except PrinterError as e:
+            log.warning("printer %s: job %s not sent: %s", self.name, job.id, e)
+            self.journal.attempt_not_sent(job.id, str(e), now=self.clock())
+            self._check()
+            return False
+        after = self._check()
+        if not self._ok_to_print(after):
+            log.warning("printer %s: %s after job %s; it will be reprinted", self.name, after.state, job.id)
+            self.journal.note_error(job.id, f"printer {after.state} after sending", now=self.clock())
+            return False
+        self.last_print_at = self.clock()
+        self._finish(job, "printed", None)
+        return True
+
+    def _finish(self, job: Job, state: str, error: Optional[str]) -> None:
+        done = self.journal.finish_job(job.id, state, error, now=self.clock())
+        if done is not None:
+            self.on_done(done)

@@ -1,0 +1,171 @@
+"""Pure rendering: a neutral document (lines, styles, QR, cut) and its ESC/POS bytes.
+
+No I/O here. Chinese goes to the printer as ``FS &`` (Chinese mode) + GB18030;
+characters a printer font cannot hold (emoji, supplementary-plane CJK, private
+use, controls) become a defined fallback glyph instead of stray bytes.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from wcwidth import wcwidth
+
+FALLBACK = "□"  # U+25A1, in GB2312 (A1F5): every Chinese printer font has it
+
+Align = Literal["left", "center", "right"]
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    align: Align = "left"
+    bold: bool = False
+    width: int = 1  # 1..2 character width multiplier
+    height: int = 1  # 1..2 character height multiplier
+
+
+@dataclass(frozen=True)
+class Feed:
+    lines: int = 1
+
+
+@dataclass(frozen=True)
+class QR:
+    data: str
+    size: int = 6
+
+
+@dataclass(frozen=True)
+class Barcode:
+    data: str
+
+
+@dataclass(frozen=True)
+class Cut:
+    pass
+
+
+Block = Union[Text, Feed, QR, Barcode, Cut]
+
+
+@dataclass(frozen=True)
+class Document:
+    name: str
+    columns: int
+    blocks: tuple[Block, ...]
+
+
+# ------------------------------------------------------------------ text layout
+
+
+def printable(text: str) -> str:
+    """Replace what a receipt font cannot print with ``FALLBACK``; drop control characters."""
+    out = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if ch in "\n\t":
+            out.append(" ")
+        elif cat in ("Cc", "Cf"):
+            continue
+        elif ord(ch) > 0xFFFF or cat in ("Co", "Cs", "Cn") or wcwidth(ch) < 0:
+            out.append(FALLBACK)
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def width_of(text: str) -> int:
+    return sum(max(wcwidth(c), 0) for c in text)
+
+
+def wrap(text: str, columns: int) -> list[str]:
+    """Wrap by display width; never split a double-width character, never exceed ``columns``."""
+    lines, cur, w = [], "", 0
+    for ch in printable(text):
+        cw = max(wcwidth(ch), 0)
+        if w + cw > columns:
+            lines.append(cur.rstrip())
+            cur, w = "", 0
+            if ch == " ":
+                continue
+        cur += ch
+        w += cw
+    if cur.strip() or not lines:
+        lines.append(cur.rstrip())
+    return lines
+
+
+def columns_row(left: str, right: str, columns: int) -> list[str]:
+    """``left`` wrapped, ``right`` right-aligned on the last line (or its own line when it cannot fit)."""
+    right = printable(right)
+    rw = width_of(right)
+    lines = wrap(left, columns)
+    last = lines[-1]
+    if width_of(last) + 1 + rw <= columns:
+        lines[-1] = last + " " * (columns - width_of(last) - rw) + right
+    else:
+        lines.append(" " * (columns - rw) + right)
+    return lines
+
+
+def rule(columns: int, ch: str = "-") -> Text:
+    return Text(ch * columns)
+
+
+def money(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    fen = abs(fen)
+    return f"{sign}¥{fen // 100}.{fen % 100:02d}"
+
+
+# ------------------------------------------------------------------ ESC/POS
+
+ESC_INIT = b"\x1b@"
+CHINESE_ON = b"\x1c&"
+CUT = b"\x1dVA\x03"  # feed 3 and full cut
+_ALIGN = {"left": 0, "center": 1, "right": 2}
+
+
+def encode_text(text: str) -> bytes:
+    """GB18030 bytes of already ``printable()`` text."""
+    return printable(text).encode("gb18030")
+
+
+def _qr_bytes(data: str, size: int) -> bytes:
+    payload = data.encode("utf-8")[:700]
+
+    def fn(cn_fn: bytes, body: bytes = b"") -> bytes:
+        n = len(cn_fn) + len(body)
+        return b"\x1d(k" + bytes((n % 256, n // 256)) + cn_fn + body
+
+    return (
+        fn(b"\x31\x41", b"\x32\x00")  # model 2
+        + fn(b"\x31\x43", bytes((max(1, min(size, 16)),)))  # module size
+        + fn(b"\x31\x45", b"\x31")  # error correction M
+        + fn(b"\x31\x50\x30", payload)  # store
+        + fn(b"\x31\x51\x30")  # print
+    )
+
+
+def to_escpos(doc: Document) -> bytes:
+    out = bytearray(ESC_INIT + CHINESE_ON)
+    for b in doc.blocks:
+        if isinstance(b, Text):
+            size = ((b.width - 1) << 4) | (b.height - 1)
+            out += b"\x1ba" + bytes((_ALIGN[b.align],))
+            out += b"\x1d!" + bytes((size,))
+            out += b"\x1bE" + bytes((1 if b.bold else 0,))
+            out += encode_text(b.text) + b"\n"
+        elif isinstance(b, Feed):
+            out += b"\x1bd" + bytes((max(0, min(b.lines, 255)),))
+        elif isinstance(b, QR):
+            out += b"\x1ba\x01" + _qr_bytes(b.data, b.size) + b"\n"
+        elif isinstance(b, Barcode):
+            data = b.data.encode("ascii", errors="replace")[:255]
+            out += b"\x1ba\x01\x1dh\x50\x1dw\x02\x1dH\x02" + b"\x1dkI" + bytes((len(data) + 2,)) + b"{B" + data + b"\n"
+        elif isinstance(b, Cut):
+            out += b"\x1ba\x00\x1d!\x00\x1bE\x00" + CUT
+    return bytes(out)

@@ -1,0 +1,1 @@
+"""Hardware drivers (printers, audio, LEDs). Never imports ``agent``."""

@@ -1,0 +1,122 @@
+"""Previews of what a printer received: text (column-exact) and PNG (with a CJK font).
+
+Used by the virtual printers (spool driver and the TCP test/demo printer) to
+leave each job as ``NNNN.bin`` + ``NNNN.txt`` + ``NNNN.png``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from pathlib import Path
+
+from wcwidth import wcswidth, wcwidth
+
+from .escpos_proto import Line, ParsedJob
+
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+)
+DOT = 12  # dots per half-width column: 48 columns x 12 = 576 dots (80 mm), 32 x 12 = 384 (58 mm)
+
+
+def display_width(text: str) -> int:
+    w = wcswidth(text)
+    if w >= 0:
+        return w
+    return sum(max(wcwidth(c), 0) for c in text)
+
+
+def line_text(line: Line, columns: int) -> str:
+    """One printed line as text, padded to where the printer puts it (width multiplier counted)."""
+    width = display_width(line.text) * line.width
+    room = max(columns - width, 0) // line.width
+    if line.align == 1:
+        pad = room // 2
+    elif line.align == 2:
+        pad = room
+    else:
+        pad = 0
+    shown = line.text if line.width == 1 else "".join(c + (" " if wcwidth(c) == 1 else "") for c in line.text).rstrip()
+    return (" " * pad * line.width + shown).rstrip()
+
+
+def job_text(job: ParsedJob, columns: int) -> str:
+    return "\n".join(line_text(line, columns) for line in job.lines) + ("\n" if job.lines else "")
+
+
+def find_font() -> str | None:
+    for path in FONT_CANDIDATES:
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def job_png(job: ParsedJob, columns: int, path: Path) -> None:
+    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415 - Pillow only when previews are written
+
+    font_path = find_font()
+    width_px = columns * DOT
+    fonts: dict[int, object] = {}
+
+    def font(h: int):
+        if h not in fonts:
+            fonts[h] = ImageFont.truetype(font_path, 2 * DOT * h) if font_path else ImageFont.load_default()
+        return fonts[h]
+
+    heights = [2 * DOT * line.height + 6 for line in job.lines] or [2 * DOT]
+    img = Image.new("L", (width_px + 2 * DOT, sum(heights) + 2 * DOT), 255)
+    draw = ImageDraw.Draw(img)
+    y = DOT
+    for line, h in zip(job.lines, heights):
+        x = DOT
+        cols = display_width(line.text) * line.width
+        if line.align == 1:
+            x += max(columns - cols, 0) * DOT // 2
+        elif line.align == 2:
+            x += max(columns - cols, 0) * DOT
+        for ch in line.text:
+            base = max(wcwidth(ch), 0)
+            cw = base * line.width
+            f = font(line.height)
+            if line.width != line.height:  # render at the height's size, then stretch to the width
+                glyph = Image.new("L", (max(base * DOT * line.height, 1), 2 * DOT * line.height + 6), 255)
+                ImageDraw.Draw(glyph).text((0, 0), ch, font=f, fill=0)
+                img.paste(glyph.resize((max(cw * DOT, 1), glyph.height)), (x, y))
+            else:
+                draw.text((x, y), ch, font=f, fill=0)
+            if line.bold:
+                draw.text((x + 1, y), ch, font=f, fill=0)
+            x += cw * DOT
+        y += h
+    img.save(path, optimize=True)
+
+
+_counter_lock = threading.Lock()
+
+
+def next_job_number(directory: Path) -> int:
+    existing = [int(p.stem) for p in directory.glob("*.bin") if p.stem.isdigit()]
+    return max(existing, default=0) + 1
+
+
+def write_job_files(directory: Path, job: ParsedJob, columns: int, png: bool = True) -> Path:
+    """Write ``NNNN.bin``/``.txt``/``.png`` for a job; returns the ``.bin`` path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with _counter_lock:
+        for n in itertools.count(next_job_number(directory)):
+            stem = directory / f"{n:04d}"
+            try:
+                fd = os.open(stem.with_suffix(".bin"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                continue
+    with os.fdopen(fd, "wb") as f:
+        f.write(job.raw)
+    stem.with_suffix(".txt").write_text(job_text(job, columns) + ("" if job.cut else "[no cut: incomplete job]\n"), encoding="utf-8")
+    if png:
+        job_png(job, columns, stem.with_suffix(".png"))
+    return stem.with_suffix(".bin")

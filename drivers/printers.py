@@ -1,0 +1,439 @@
+"""Receipt printer drivers: python-escpos / pyusb / pyserial behind one small protocol.
+
+``drivers`` never imports ``agent``: the factory takes plain keyword settings.
+Library errors are translated here into ``PrinterError`` (nothing reached the
+printer) and ``PrinterIOError`` (bytes may have reached paper).
+
+escpos, usb and serial are imported lazily, with python-escpos' import-time
+side effects (a temp dir, ``logging.basicConfig()``) neutralised.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional, Protocol
+
+from .escpos_proto import EscPosParser, ParsedJob, PrinterStatus, dle_eot, interpret_status
+
+log = logging.getLogger(__name__)
+
+
+class PrinterError(Exception):
+    """The printer could not be reached; no byte of the job was sent."""
+
+
+class PrinterIOError(PrinterError):
+    """Sending failed part-way: some bytes may have reached paper."""
+
+
+class Printer(Protocol):
+    name: str
+    queryable: bool
+
+    def status(self) -> PrinterStatus: ...
+
+    def send(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_escpos_lock = threading.Lock()
+
+
+def import_escpos_printers() -> Any:
+    """Import ``escpos.printer`` without its side effects on logging and /tmp."""
+    with _escpos_lock:
+        os.environ.setdefault("ESCPOS_CAPABILITIES_PICKLE_DIR", os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "store-agent-escpos"))
+        os.makedirs(os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"], exist_ok=True)
+        root = logging.getLogger()
+        before = list(root.handlers)
+        import escpos.printer as ep  # noqa: PLC0415 - lazy on purpose
+
+        for h in root.handlers[:]:
+            if h not in before:
+                root.removeHandler(h)
+        logging.getLogger("escpos").setLevel(logging.WARNING)
+        return ep
+
+
+class _Transport(Protocol):
+    def write(self, data: bytes) -> None: ...
+
+    def read1(self, timeout: float) -> Optional[int]: ...
+
+    def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StreamPrinter:
+    """A printer reached through a byte stream that can answer ``DLE EOT``.
+
+    Subclasses provide ``_connect()``. The connection is kept open between jobs
+    and re-made after any error.
+    """
+
+    queryable = True
+
+    def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True) -> None:
+        self.name = name
+        self.timeout_s = timeout_s
+        self.queryable = status_query
+        self._t: Optional[_Transport] = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> _Transport:
+        raise PrinterError(f"{type(self).__name__} cannot connect")
+
+    def _transport(self) -> _Transport:
+        if self._t is None:
+            self._t = self._connect()
+        return self._t
+
+    def _drop(self) -> None:
+        if self._t is not None:
+            try:
+                self._t.close()
+            except Exception:  # noqa: BLE001 - closing a broken link must not raise
+                pass
+            self._t = None
+
+    def status(self) -> PrinterStatus:
+        if not self.queryable:
+            return PrinterStatus("unknown", "status queries disabled for this printer")
+        with self._lock:
+            try:
+                t = self._transport()
+            except PrinterError as e:
+                return PrinterStatus("unreachable", str(e))
+            answers: dict[int, Optional[int]] = {}
+            try:
+                t.drain()
+                for n in (1, 2, 3, 4):
+                    t.write(dle_eot(n))
+                    answers[n] = t.read1(self.timeout_s)
+                    if answers[n] is None:
+                        break
+            except (OSError, PrinterError) as e:
+                self._drop()
+                return PrinterStatus("unreachable", f"status query failed: {e}")
+            st = interpret_status(answers)
+            if st.state in ("unreachable", "unknown"):
+                self._drop()  # a silent or garbled link is re-made next time
+            return st
+
+    def send(self, data: bytes) -> None:
+        with self._lock:
+            t = self._transport()  # PrinterError: nothing sent
+            try:
+                t.write(data)
+            except (OSError, PrinterError) as e:
+                self._drop()
+                raise PrinterIOError(f"{self.name}: write failed: {e}") from e
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
+# ------------------------------------------------------------------ network
+
+
+class _SocketTransport:
+    def __init__(self, sock: socket.socket, closer: Any) -> None:
+        self.sock = sock
+        self._closer = closer
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read1(self, timeout: float) -> Optional[int]:
+        self.sock.settimeout(timeout)
+        try:
+            b = self.sock.recv(1)
+        except socket.timeout:
+            return None
+        if not b:
+            raise PrinterIOError("connection closed by printer")
+        return b[0]
+
+    def drain(self) -> None:
+        self.sock.setblocking(False)
+        try:
+            while self.sock.recv(64):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        finally:
+            self.sock.setblocking(True)
+
+    def close(self) -> None:
+        self._closer()
+
+
+class NetworkPrinter(StreamPrinter):
+    """Raw TCP (port 9100) through ``escpos.printer.Network``."""
+
+    def __init__(self, name: str, host: str, port: int = 9100, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.host, self.port = host, port
+
+    def _connect(self) -> _Transport:
+        ep = import_escpos_printers()
+        dev = ep.Network(self.host, port=self.port, timeout=self.timeout_s)
+        try:
+            dev.open()
+        except Exception as e:  # escpos raises DeviceNotFoundError wrapping OSError
+            raise PrinterError(f"{self.host}:{self.port}: {e}".replace("\n", " ")) from e
+        sock = dev.device
+        sock.settimeout(self.timeout_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _SocketTransport(sock, dev.close)
+
+
+# ---------------------------------------------------------------------- usb
+
+
+def usb_endpoints(interface: Any) -> tuple[int, int]:
+    """Bulk OUT and IN endpoint addresses from an interface descriptor (IN may be absent: 0)."""
+    out_ep = in_ep = 0
+    for ep in interface:
+        addr = ep.bEndpointAddress
+        if (ep.bmAttributes & 0x03) != 0x02:  # bulk only
+            continue
+        if addr & 0x80:
+            in_ep = in_ep or addr
+        else:
+            out_ep = out_ep or addr
+    if not out_ep:
+        raise PrinterError("USB interface has no bulk OUT endpoint")
+    return out_ep, in_ep
+
+
+class _UsbTransport:
+    def __init__(self, dev: Any, in_ep: int, timeout_ms: int) -> None:
+        self.dev, self.in_ep, self.timeout_ms = dev, in_ep, timeout_ms
+
+    def write(self, data: bytes) -> None:
+        self.dev._raw(data)
+
+    def read1(self, timeout: float) -> Optional[int]:
+        if not self.in_ep:
+            return None
+        import usb.core  # noqa: PLC0415
+
+        try:
+            data = self.dev.device.read(self.in_ep, 64, int(timeout * 1000))
+        except usb.core.USBTimeoutError:
+            return None
+        except usb.core.USBError as e:
+            raise PrinterIOError(f"USB read: {e}") from e
+        return data[-1] if len(data) else None
+
+    def drain(self) -> None:
+        if self.in_ep:
+            while self.read1(0.01) is not None:
+                pass
+
+    def close(self) -> None:
+        self.dev.close()
+
+
+class UsbPrinter(StreamPrinter):
+    """USB printer class device through ``escpos.printer.Usb`` with endpoints from its descriptors."""
+
+    def __init__(self, name: str, vendor_id: int, product_id: int, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.vendor_id, self.product_id = vendor_id, product_id
+
+    def _connect(self) -> _Transport:
+        try:
+            import usb.core  # noqa: PLC0415
+        except ImportError as e:
+            raise PrinterError(f"pyusb unavailable: {e}") from e
+        ident = f"USB {self.vendor_id:04x}:{self.product_id:04x}"
+        try:
+            found = usb.core.find(idVendor=self.vendor_id, idProduct=self.product_id)
+            if found is None:
+                raise PrinterError(f"{ident} not found (unplugged or no permission)")
+            intf = found.get_active_configuration()[(0, 0)] if found.get_active_configuration() else found[0][(0, 0)]
+            out_ep, in_ep = usb_endpoints(intf)
+            ep = import_escpos_printers()
+            dev = ep.Usb(self.vendor_id, self.product_id, timeout=int(self.timeout_s * 1000), in_ep=in_ep or 0x82, out_ep=out_ep)
+            dev.open()
+        except PrinterError:
+            raise
+        except Exception as e:  # usb.core.USBError, escpos errors
+            raise PrinterError(f"{ident}: {e}") from e
+        return _UsbTransport(dev, in_ep, int(self.timeout_s * 1000))
+
+
+# ------------------------------------------------------------------- serial
+
+
+class _SerialTransport:
+    def __init__(self, dev: Any) -> None:
+        self.dev = dev
+
+    def write(self, data: bytes) -> None:
+        self.dev._raw(data)
+
+    def read1(self, timeout: float) -> Optional[int]:
+        ser = self.dev.device
+        ser.timeout = timeout
+        b = ser.read(1)
+        return b[0] if b else None
+
+    def drain(self) -> None:
+        self.dev.device.reset_input_buffer()
+
+    def close(self) -> None:
+        self.dev.close()
+
+
+class SerialPrinter(StreamPrinter):
+    def __init__(self, name: str, device: str, baudrate: int = 19200, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.device, self.baudrate = device, baudrate
+
+    def _connect(self) -> _Transport:
+        ep = import_escpos_printers()
+        try:
+            dev = ep.Serial(devfile=self.device, baudrate=self.baudrate, timeout=self.timeout_s)
+            dev.open()
+            dev.device.write_timeout = self.timeout_s
+        except Exception as e:
+            raise PrinterError(f"{self.device}: {e}") from e
+        return _SerialTransport(dev)
+
+
+# --------------------------------------------------------------------- file
+
+
+class FilePrinter:
+    """A write-only device file such as /dev/usb/lp0 (``escpos.printer.File``): no status answers."""
+
+    queryable = False
+
+    def __init__(self, name: str, path: str, **_: Any) -> None:
+        self.name, self.path = name, path
+
+    def status(self) -> PrinterStatus:
+        if not os.path.exists(self.path):
+            return PrinterStatus("unreachable", f"{self.path} does not exist")
+        if not os.access(self.path, os.W_OK):
+            return PrinterStatus("unreachable", f"{self.path} is not writable by this user")
+        return PrinterStatus("unknown", "write-only device: status not available")
+
+    def send(self, data: bytes) -> None:
+        ep = import_escpos_printers()
+        try:
+            dev = ep.File(devfile=self.path, auto_flush=True)
+            dev.open()
+        except Exception as e:
+            raise PrinterError(f"{self.path}: {e}") from e
+        try:
+            dev._raw(data)
+            dev.flush()
+        except Exception as e:
+            raise PrinterIOError(f"{self.path}: write failed: {e}") from e
+        finally:
+            try:
+                dev.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        pass
+
+
+# ------------------------------------------------------------------ virtual
+
+
+class SpoolPrinter:
+    """The ``virtual`` connection: no hardware; each job's bytes plus text/PNG previews go to a spool dir.
+
+    A file ``STATE`` in the spool dir (one word: ready, paper_out, cover_open, ...) sets what the
+    printer reports, so a technician can rehearse faults without a printer.
+    """
+
+    queryable = True
+
+    def __init__(self, name: str, spool_dir: str, columns: int = 48, **_: Any) -> None:
+        self.name = name
+        self.dir = Path(spool_dir)
+        self.columns = columns
+        self._lock = threading.Lock()
+
+    def _state(self) -> str:
+        try:
+            return (self.dir / "STATE").read_text().strip() or "ready"
+        except FileNotFoundError:
+            return "ready"
+        except OSError as e:
+            return f"unreachable:{e}"
+
+    def status(self) -> PrinterStatus:
+        from .escpos_proto import STATES
+
+        state = self._state()
+        if state not in STATES:
+            return PrinterStatus("unknown", f"spool STATE file says {state!r}")
+        return PrinterStatus(state, "virtual printer")
+
+    def send(self, data: bytes) -> None:
+        from .preview import write_job_files
+
+        with self._lock:
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise PrinterError(f"spool dir {self.dir}: {e}") from e
+            if not self.status().printable:
+                return  # like paper: nothing comes out; the after-job status check will say why
+            jobs: list[ParsedJob] = []
+            parser = EscPosParser(jobs.append)
+            parser.feed(data)
+            tail = parser.flush_incomplete()
+            if tail is not None:
+                jobs.append(tail)
+            try:
+                for job in jobs:
+                    write_job_files(self.dir, job, self.columns)
+            except OSError as e:
+                raise PrinterIOError(f"spool dir {self.dir}: {e}") from e
+
+    def close(self) -> None:
+        pass
+
+
+def make_printer(connection: str, name: str, **settings: Any) -> Printer:
+    """The one factory: ``connection`` is network | usb | serial | file | virtual."""
+    timeout = settings.pop("timeout_s", 3.0)
+    query = settings.pop("status_query", True)
+    if connection == "network":
+        return NetworkPrinter(name, settings["host"], settings.get("port", 9100), timeout_s=timeout, status_query=query)
+    if connection == "usb":
+        return UsbPrinter(name, settings["vendor_id"], settings["product_id"], timeout_s=timeout, status_query=query)
+    if connection == "serial":
+        return SerialPrinter(name, settings["device"], settings.get("baudrate", 19200), timeout_s=timeout, status_query=query)
+    if connection == "file":
+        return FilePrinter(name, settings["path"])
+    if connection == "virtual":
+        return SpoolPrinter(name, settings["spool_dir"], settings.get("columns", 48))
+    raise ValueError(f"unknown printer connection {connection!r}")
+
+
+def wait_ready(printer: Printer, timeout: float, poll: float = 0.2) -> PrinterStatus:
+    """Poll until the printer is printable or ``timeout`` passes (used by tools, not the worker)."""
+    deadline = time.monotonic() + timeout
+    st = printer.status()
+    while not st.printable and time.monotonic() < deadline:
+        time.sleep(poll)
+        st = printer.status()
+    return st

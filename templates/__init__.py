@@ -1,0 +1,1 @@
+"""Ticket templates and chime sounds (package data)."""
