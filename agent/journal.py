@@ -339,7 +339,7 @@ class Journal:
         return (pages - free) * size
 
     # -- pruning --------------------------------------------------------
-    def prune(self, keep_days: int, max_bytes: int, now: Optional[float] = None, batch: int = 500) -> int:
+    def prune(self, keep_days: int, max_bytes: int, now: Optional[float] = None) -> int:
         """Delete finished events older than ``keep_days``, then oldest-first until under ``max_bytes``.
 
         Events with open jobs are never deleted. Returns the number of events removed.
@@ -355,6 +355,8 @@ class Journal:
 
         removed = self._tx(by_age)
         while self.size_bytes() > max_bytes:
+            total = self._read("SELECT COUNT(*) FROM events")[0][0] + self._read("SELECT COUNT(*) FROM rejected")[0][0]
+            batch = max(1, total // 20)  # 5 % steps: never far below the bound
 
             def oldest(db: sqlite3.Connection) -> int:
                 n = db.execute(

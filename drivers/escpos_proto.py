@@ -132,6 +132,9 @@ class EscPosParser:
         self._on_status = on_status or (lambda n: None)
         self._reset_job()
         self.answers: bytearray = bytearray()
+        self._cut_pending = False
+        self._skip_raw = False
+        self._qr = ""
 
     def _reset_job(self) -> None:
         self.job = ParsedJob()
@@ -140,53 +143,55 @@ class EscPosParser:
         self._w = self._h = 1
         self._bold = False
         self._chinese = False
-        self._line_style: Optional[tuple[int, int, int, bool]] = None
+        self._cur: Optional[Line] = None
 
-    # -- text assembly
-    def _flush_text(self, force_line: bool) -> None:
-        if self._text or force_line:
+    # -- text assembly: a line takes the style in force at its first character
+    def _decode(self) -> None:
+        if self._text:
             codec = "gb18030" if self._chinese else "cp437"
-            text = bytes(self._text).decode(codec, errors="replace")
-            style = self._line_style or (self._align, self._w, self._h, self._bold)
-            if self.job.lines and not self._line_done:
-                self.job.lines[-1].text += text
-            else:
-                self.job.lines.append(Line(text, *style))
-            self._line_done = force_line
+            if self._cur is None:
+                self._cur = Line("", self._align, self._w, self._h, self._bold)
+            self._cur.text += bytes(self._text).decode(codec, errors="replace")
             self._text.clear()
-            self._line_style = None
 
-    _line_done = True
-    _cut_pending = False
-    _skip_raw = False
-    _qr = ""
+    def _end_line(self) -> None:
+        """LF: the current line (possibly empty) is printed."""
+        self._decode()
+        self.job.lines.append(self._cur or Line("", self._align, self._w, self._h, self._bold))
+        self._cur = None
 
-    def _start_text(self) -> None:
-        if self._line_style is None and self._line_done:
-            self._line_style = (self._align, self._w, self._h, self._bold)
+    def _flush_text(self, force_line: bool = False) -> None:
+        """A style or mode change mid-line: decode what came so far (no line end unless forced)."""
+        if force_line:
+            self._end_line()
+        else:
+            self._decode()
 
     def _special(self, kind: str, text: str) -> None:
-        self._flush_text(False)
-        if not self._line_done:
-            self._line_done = True
+        self._decode()
+        if self._cur is not None:
+            self.job.lines.append(self._cur)
+            self._cur = None
         self.job.lines.append(Line(text, self._align, 1, 1, False, kind))
 
     def _finish(self, cut: bool) -> None:
-        self._flush_text(False)
+        self._decode()
+        if self._cur is not None:  # text without LF before the cut is printed by the cut's feed
+            self.job.lines.append(self._cur)
         self.job.cut = cut
         job = self.job
         self._reset_job()
-        self._line_done = True
         self._on_job(job)
 
     def flush_incomplete(self) -> Optional[ParsedJob]:
         """Return (and forget) what arrived since the last cut, e.g. when the host disconnects."""
-        self._flush_text(False)
-        if not self.job.raw:
+        if not self.job.raw and not self._text:
             return None
+        self._decode()
+        if self._cur is not None:
+            self.job.lines.append(self._cur)
         job = self.job
         self._reset_job()
-        self._line_done = True
         return job
 
     # -- parsing
@@ -207,9 +212,7 @@ class EscPosParser:
     def _step(self, b: bytes) -> int:
         c = b[0]
         if c == LF:
-            if self._line_done:
-                self._start_text()
-            self._flush_text(True)
+            self._end_line()
             return 1
         if c == DLE:
             if len(b) < 3:
@@ -230,9 +233,8 @@ class EscPosParser:
             return self._fs(b)
         if c < 0x20:
             return 1  # other control bytes (CR, HT, ...) are ignored
-        if self._line_done:
-            self._start_text()
-            self._line_done = False
+        if self._cur is None and not self._text:
+            self._cur = Line("", self._align, self._w, self._h, self._bold)
         self._text.append(c)
         return 1
 
@@ -271,7 +273,7 @@ class EscPosParser:
             self._w = 2 if arg & 0x20 else 1
         elif cmd == b"d" and arg is not None:
             for _ in range(arg):
-                self._flush_text(True) if not self._line_done else self.job.lines.append(Line(""))
+                self._end_line()
         return n
 
     def _gs(self, b: bytes) -> int:

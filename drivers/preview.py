@@ -84,12 +84,15 @@ def job_png(job: ParsedJob, columns: int, path: Path) -> None:
             f = font(line.height)
             if line.width != line.height:  # render at the height's size, then stretch to the width
                 glyph = Image.new("L", (max(base * DOT * line.height, 1), 2 * DOT * line.height + 6), 255)
-                ImageDraw.Draw(glyph).text((0, 0), ch, font=f, fill=0)
+                gd = ImageDraw.Draw(glyph)
+                gd.text((0, 0), ch, font=f, fill=0)
+                if line.bold:
+                    gd.text((1, 0), ch, font=f, fill=0)
                 img.paste(glyph.resize((max(cw * DOT, 1), glyph.height)), (x, y))
             else:
                 draw.text((x, y), ch, font=f, fill=0)
-            if line.bold:
-                draw.text((x + 1, y), ch, font=f, fill=0)
+                if line.bold:
+                    draw.text((x + 1, y), ch, font=f, fill=0)
             x += cw * DOT
         y += h
     img.save(path, optimize=True)
