@@ -127,7 +127,7 @@ class Agent:
 
     def _on_store_failure(self, error: str) -> None:
         # not acked: have the broker redeliver after a pause (disk full, I/O error)
-        self.link.redeliver_later(10.0)
+        self.link.redeliver_later(self.cfg.intake.redeliver_s)
 
     def _publish_result(self, result: OrderResult) -> None:
         self.link.publish(self.topics.result, result.to_json())

@@ -125,6 +125,7 @@ class JournalConfig(_Model):
 
 class IntakeConfig(_Model):
     max_payload_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024)
+    redeliver_s: float = Field(10.0, gt=0, description="after a failed journal commit, reconnect after this so the broker resends")
 
 
 class PrintConfig(_Model):

@@ -59,6 +59,7 @@ class VirtualPrinter:
         self._conns: set[socket.socket] = set()
         self._conn_no = 0
         self.status_queries = 0
+        self.paper_left: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
 
     # -- lifecycle
@@ -157,8 +158,18 @@ class VirtualPrinter:
         state = self.mode
         return status_bytes(state).get(n)
 
+    def run_out_after(self, jobs: int) -> None:
+        """The paper ends during the job after the next ``jobs`` ones: that job is lost, state paper_out."""
+        with self._cv:
+            self.paper_left = jobs
+
     def _on_job(self, conn_no: int, job: ParsedJob) -> None:
         with self._cv:
+            if self.paper_left is not None and self.mode in PRINTABLE_STATES:
+                if self.paper_left == 0:
+                    self.mode, self.paper_left = "paper_out", None
+                else:
+                    self.paper_left -= 1
             printed = self.mode in PRINTABLE_STATES
             rec = PrintedJob(job, time.time(), conn_no, printed)
             (self.jobs if printed else self.discarded).append(rec)
