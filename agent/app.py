@@ -79,7 +79,11 @@ class Agent:
             subscriptions=[self.topics.orders],
             status_topic=self.topics.status,
             handler=self._on_inbound,
+            on_connection=self._on_connection,
         )
+        self._outbox_flushed = False
+        self._reported: list[str] = []
+        self._reported_lock = threading.Lock()
         store = StoreFacts(cfg.store.name, cfg.store.phone)
         self.workers = {
             p.name: PrintWorker(
@@ -130,10 +134,44 @@ class Agent:
         self.link.redeliver_later(self.cfg.intake.redeliver_s)
 
     def _publish_result(self, result: OrderResult) -> None:
-        self.link.publish(self.topics.result, result.to_json())
+        confirm = None
+        if result.event_id and result.status in ("printed", "failed", "duplicate", "expired"):
+            confirm = lambda: self._mark_reported(result.event_id)  # noqa: E731
+        self.link.publish(self.topics.result, result.to_json(), on_delivered=confirm)
 
-    def _on_done(self, done: EventDone) -> None:
-        log.info("event %s (order %s) %s: %s", done.event_id, done.order_id, done.status, ", ".join(done.documents))
+    def _mark_reported(self, event_id: str) -> None:
+        with self._reported_lock:  # written in batches by housekeeping: no fsync on paho's thread
+            self._reported.append(event_id)
+
+    def _flush_reported(self) -> None:
+        self.link.poll_delivered()
+        with self._reported_lock:
+            ids, self._reported = self._reported, []
+        try:
+            self.journal.mark_reported(ids)
+        except Exception as e:  # noqa: BLE001 - at worst those results are sent again after a restart
+            log.warning("cannot mark %d result(s) as delivered: %s", len(ids), e)
+
+    def _on_connection(self, up: bool) -> None:
+        if up and not self._outbox_flushed:
+            # final results the broker never confirmed before the last stop (at-least-once)
+            self._outbox_flushed = True
+            threading.Thread(target=self._flush_outbox, name="outbox", daemon=True).start()
+
+    def _flush_outbox(self) -> None:
+        try:
+            pending = self.journal.unreported()
+        except Exception:  # noqa: BLE001
+            log.exception("cannot read unreported results")
+            return
+        if pending:
+            log.info("re-sending %d result(s) not confirmed before the last stop", len(pending))
+        for done in pending:
+            self._on_done(done, log_it=False)
+
+    def _on_done(self, done: EventDone, log_it: bool = True) -> None:
+        if log_it:
+            log.info("event %s (order %s) %s: %s", done.event_id, done.order_id, done.status, ", ".join(done.documents))
         self._publish_result(
             OrderResult(
                 event_id=done.event_id,
@@ -166,6 +204,9 @@ class Agent:
         self.link.stop()
         for w in self.workers.values():
             w.stop()
+        if self._housekeeper is not None:
+            self._housekeeper.join(5)
+        self._flush_reported()
         self.journal.close()
 
     def _prune(self) -> None:
@@ -186,6 +227,7 @@ class Agent:
                 log.error("print worker(s) stuck: %s; withholding the watchdog ping", ", ".join(stale))
             else:
                 notifier("WATCHDOG=1")
+            self._flush_reported()
             if time.monotonic() - last_prune > PRUNE_EVERY_S:
                 last_prune = time.monotonic()
                 self._prune()

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS events (
     received_at  REAL NOT NULL,
     finished_at  REAL,
     payload      BLOB NOT NULL,
-    error        TEXT
+    error        TEXT,
+    reported     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_order ON events(order_id, type);
 CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
@@ -315,6 +316,36 @@ class Journal:
             reprint=any(j[3] for j in jobs),
             error=error,
         )
+
+    # -- results outbox -------------------------------------------------
+    def mark_reported(self, event_ids: Iterable[str]) -> None:
+        """The broker confirmed (PUBACK) the final results of these events (one transaction)."""
+        ids = [(e,) for e in event_ids]
+        if ids:
+            self._tx(lambda db: db.executemany("UPDATE events SET reported=1 WHERE event_id=?", ids))
+
+    def unreported(self, limit: int = 1000) -> list[EventDone]:
+        """Finished events whose final result the broker never confirmed (e.g. the agent was killed)."""
+        rows = self._read(
+            "SELECT seq, event_id, order_id, status, error FROM events WHERE reported=0 "
+            "AND status IN ('printed','failed','duplicate','expired') ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        out = []
+        for seq, event_id, order_id, status, error in rows:
+            jobs = self._read("SELECT document, printer, state, reprint FROM jobs WHERE event_seq=? ORDER BY id", (seq,))
+            out.append(
+                EventDone(
+                    event_id=event_id,
+                    order_id=order_id,
+                    status=status,
+                    documents=[j[0] for j in jobs if j[2] == "printed"],
+                    printer=jobs[-1][1] if jobs else "",
+                    reprint=any(j[3] for j in jobs),
+                    error=error,
+                )
+            )
+        return out
 
     # -- queries --------------------------------------------------------
     def event_status(self, event_id: str) -> Optional[str]:

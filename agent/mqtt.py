@@ -106,6 +106,8 @@ class MqttLink:
         self._stopping = False
         self._redeliver_lock = threading.Lock()
         self._redeliver_timer: Optional[threading.Timer] = None
+        self._pending: list[tuple[paho.MQTTMessageInfo, Callable[[], None]]] = []
+        self._pending_lock = threading.Lock()
         c = _Client(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
@@ -182,10 +184,33 @@ class MqttLink:
             self._redeliver_timer.start()
 
     # -- I/O
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1) -> None:
+    def publish(
+        self, topic: str, payload: bytes, *, retain: bool = False, qos: int = 1, on_delivered: Optional[Callable[[], None]] = None
+    ) -> None:
+        """Queue a message (paho keeps it across reconnects).
+
+        ``on_delivered`` runs from ``poll_delivered()`` once the broker has acknowledged it. (No lock of
+        ours is held around paho calls, and nothing runs inside paho's callbacks: no deadlock with its
+        internal mutexes.)
+        """
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             log.warning("publish to %s not queued: %s", topic, paho.error_string(info.rc))
+        elif on_delivered is not None:
+            with self._pending_lock:
+                self._pending.append((info, on_delivered))
+
+    def poll_delivered(self) -> int:
+        """Run the ``on_delivered`` callbacks of messages the broker has acknowledged since the last poll."""
+        with self._pending_lock:
+            done = [cb for info, cb in self._pending if info.is_published()]
+            self._pending = [(i, cb) for i, cb in self._pending if not i.is_published()]
+        for cb in done:
+            try:
+                cb()
+            except Exception:  # noqa: BLE001
+                log.exception("delivery callback failed")
+        return len(done)
 
     def ack(self, msg: Inbound) -> None:
         if msg.qos > 0:

@@ -145,11 +145,13 @@ class StreamPrinter:
 
 
 class _SocketTransport:
-    def __init__(self, sock: socket.socket, closer: Any) -> None:
+    def __init__(self, sock: socket.socket, closer: Any, timeout: float) -> None:
         self.sock = sock
         self._closer = closer
+        self.timeout = timeout
 
     def write(self, data: bytes) -> None:
+        self.sock.settimeout(self.timeout)  # a printer that stops reading must not block us forever
         self.sock.sendall(data)
 
     def read1(self, timeout: float) -> Optional[int]:
@@ -163,14 +165,14 @@ class _SocketTransport:
         return b[0]
 
     def drain(self) -> None:
-        self.sock.setblocking(False)
+        self.sock.settimeout(0)
         try:
             while self.sock.recv(64):
                 pass
         except (BlockingIOError, InterruptedError):
             pass
         finally:
-            self.sock.setblocking(True)
+            self.sock.settimeout(self.timeout)
 
     def close(self) -> None:
         self._closer()
@@ -193,7 +195,7 @@ class NetworkPrinter(StreamPrinter):
         sock = dev.device
         sock.settimeout(self.timeout_s)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return _SocketTransport(sock, dev.close)
+        return _SocketTransport(sock, dev.close, self.timeout_s)
 
 
 # ---------------------------------------------------------------------- usb
