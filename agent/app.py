@@ -109,6 +109,7 @@ class Agent:
             clock=clock,
         )
         self._stop = threading.Event()
+        self._last_prune = time.monotonic()
         self._housekeeper: Optional[threading.Thread] = None
 
     # -- wiring
@@ -220,18 +221,24 @@ class Agent:
     def _housekeeping(self) -> None:
         notifier = _systemd_notifier()
         notifier("READY=1")
-        last_prune = time.monotonic()
+        self._last_prune = time.monotonic()
         while not self._stop.wait(1.0):
-            stale = [w.name for w in self.workers.values() if time.monotonic() - w.heartbeat > max(60.0, 3 * w.poll_s + 30)]
-            if stale:
-                log.error("print worker(s) stuck: %s; withholding the watchdog ping", ", ".join(stale))
-            else:
-                notifier("WATCHDOG=1")
-            self._flush_reported()
-            if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                last_prune = time.monotonic()
-                self._prune()
+            try:
+                self._housekeeping_tick(notifier)
+            except Exception:  # noqa: BLE001 - this thread feeds the watchdog: it must not die
+                log.exception("housekeeping failed")
         notifier("STOPPING=1")
+
+    def _housekeeping_tick(self, notifier: Callable[[str], None]) -> None:
+        stale = [w.name for w in self.workers.values() if time.monotonic() - w.heartbeat > max(60.0, 3 * w.poll_s + 30)]
+        if stale:
+            log.error("print worker(s) stuck: %s; withholding the watchdog ping", ", ".join(stale))
+        else:
+            notifier("WATCHDOG=1")
+        self._flush_reported()
+        if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
+            self._last_prune = time.monotonic()
+            self._prune()
 
 
 def _systemd_notifier() -> Callable[[str], None]:

@@ -48,6 +48,9 @@ def run_demo(out_dir: Path, echo=print) -> int:
             agent = Agent(cfg)
             agent.start()
             try:
+                deadline = time.monotonic() + 10
+                while not agent.link.subscribed and time.monotonic() < deadline:  # a new store: session + subscription first
+                    time.sleep(0.05)
                 events = sample_events(now_utc())
                 with ToolClient(MqttSettings("127.0.0.1", broker.port, "demo-hq"), [topics.result]) as hq:
                     for ev in events:

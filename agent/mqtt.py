@@ -56,6 +56,16 @@ class Inbound:
     dup: bool
 
 
+def _acknowledged(info: paho.MQTTMessageInfo) -> bool:
+    """True once the broker acknowledged the message. A message queued while disconnected carries
+    rc NO_CONN for good and paho's ``is_published()`` raises for it, although paho sends it after
+    reconnecting and then marks it published: read that mark."""
+    try:
+        return info.is_published()
+    except (RuntimeError, ValueError):
+        return bool(getattr(info, "_published", False))
+
+
 class Backoff:
     """Exponential backoff with full jitter: each wait is uniform in [min, current cap]."""
 
@@ -102,6 +112,7 @@ class MqttLink:
         self.handler = handler
         self.on_connection = on_connection
         self.connected = False
+        self.subscribed = False  # SUBACK granted every subscription on the current connection
         self.connects = 0
         self._stopping = False
         self._redeliver_lock = threading.Lock()
@@ -133,6 +144,7 @@ class MqttLink:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self._client = c
 
     # -- lifecycle
@@ -203,8 +215,8 @@ class MqttLink:
     def poll_delivered(self) -> int:
         """Run the ``on_delivered`` callbacks of messages the broker has acknowledged since the last poll."""
         with self._pending_lock:
-            done = [cb for info, cb in self._pending if info.is_published()]
-            self._pending = [(i, cb) for i, cb in self._pending if not i.is_published()]
+            done = [cb for info, cb in self._pending if _acknowledged(info)]
+            self._pending = [(i, cb) for i, cb in self._pending if not _acknowledged(i)]
         for cb in done:
             try:
                 cb()
@@ -236,10 +248,21 @@ class MqttLink:
         except Exception:  # noqa: BLE001
             log.exception("on_connect failed")
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        try:
+            failed = [(t, rc) for t, rc in zip(self.subscriptions, reason_codes) if rc.is_failure]
+            if failed:
+                log.error("broker refused subscription(s): %s (check the broker ACL for this store)",
+                          ", ".join(f"{t}: {rc}" for t, rc in failed))
+            self.subscribed = not failed
+        except Exception:  # noqa: BLE001
+            log.exception("on_subscribe failed")
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             was = self.connected
             self.connected = False
+            self.subscribed = False
             if not self._stopping:
                 log.warning("disconnected from broker: %s; reconnecting with backoff", reason_code)
             if was:

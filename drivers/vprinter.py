@@ -198,7 +198,7 @@ class VirtualPrinter:
                 if parser.answers:
                     conn.sendall(bytes(parser.answers))
                     parser.answers.clear()
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the socket was closed under us (mode "down", stop)
             pass
         finally:
             tail = parser.flush_incomplete()

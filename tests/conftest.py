@@ -167,7 +167,7 @@ def make_agent(tmp_path):
         a = Agent(parse_config(agent_config(tmp_path / "state", broker_port, printer_port, store_id, **over)))
         if start:
             a.start()
-            assert wait_until(lambda: a.link.connected, 10), "agent did not connect"
+            assert wait_until(lambda: a.link.subscribed, 10), "agent did not subscribe"
         agents.append(a)
         return a
 
