@@ -72,3 +72,8 @@ def test_cli_config_check_exit_codes(tmp_path):
     assert j.returncode == 2 and '"ok": false' in j.stdout
     r = run("run", "--config", str(bad))
     assert r.returncode == 2 and "mqtt.hots" in r.stderr
+
+
+def test_shipped_example_config_loads():
+    cfg = load_config(ROOT / "deploy" / "config.example.toml")
+    assert cfg.store_id == "cq-0231" and cfg.printers[0].connection == "usb"

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# store-agent installer.
+#   ./install.sh --dev     in a checkout: system packages for the tests and the demo, .venv/, editable install
+#   sudo ./install.sh      on Raspberry Pi OS (bookworm, 64-bit): system user, /opt/store-agent venv,
+#                          /etc/store-agent/config.toml (kept if present), udev rules, systemd unit
+# Both are idempotent: running them again changes nothing that is already in place.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+DEV_PACKAGES=(mosquitto mosquitto-clients alsa-utils libasound2-dev fonts-wqy-microhei python3-venv python3-dev gcc)
+DEVICE_PACKAGES=(alsa-utils libasound2 fonts-wqy-microhei python3-venv python3-dev gcc libusb-1.0-0)
+
+log() { printf '==> %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else die "need root for: $*"; fi
+}
+
+apt_install() {
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        log "installing system packages: ${missing[*]}"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    else
+        log "system packages already installed"
+    fi
+}
+
+pick_python() {
+    for py in python3.12 python3.11 python3; do
+        if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+            command -v "$py"; return
+        fi
+    done
+    die "Python >= 3.11 is required"
+}
+
+dev_install() {
+    apt_install "${DEV_PACKAGES[@]}"
+    local py; py="$(pick_python)"
+    if [ ! -x "$HERE/.venv/bin/python" ]; then
+        log "creating .venv with $py"
+        "$py" -m venv "$HERE/.venv"
+    fi
+    log "installing store-agent (editable) with test extras"
+    "$HERE/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$HERE/.venv/bin/python" -m pip install -q -e "$HERE[test]"
+    log "done: .venv/bin/store-agent demo   |   .venv/bin/pytest"
+}
+
+device_install() {
+    [ "$(id -u)" -eq 0 ] || die "run as root: sudo ./install.sh"
+    apt_install "${DEVICE_PACKAGES[@]}"
+    id store-agent >/dev/null 2>&1 || useradd --system --home /var/lib/store-agent --shell /usr/sbin/nologin store-agent
+    for g in lp dialout audio gpio plugdev; do
+        getent group "$g" >/dev/null && usermod -aG "$g" store-agent
+    done
+    local py; py="$(pick_python)"
+    [ -x /opt/store-agent/bin/python ] || "$py" -m venv /opt/store-agent
+    /opt/store-agent/bin/python -m pip install -q --upgrade pip >/dev/null
+    /opt/store-agent/bin/python -m pip install -q "$HERE"
+    ln -sf /opt/store-agent/bin/store-agent /usr/local/bin/store-agent
+    install -d -m 0750 -o root -g store-agent /etc/store-agent
+    if [ ! -e /etc/store-agent/config.toml ]; then
+        install -m 0640 -o root -g store-agent "$HERE/deploy/config.example.toml" /etc/store-agent/config.toml
+        log "wrote /etc/store-agent/config.toml: set store_id, [mqtt] and [[printers]], then: systemctl restart store-agent"
+    else
+        log "kept existing /etc/store-agent/config.toml"
+    fi
+    install -m 0644 "$HERE/systemd/60-store-agent-printers.rules" /etc/udev/rules.d/60-store-agent-printers.rules
+    udevadm control --reload-rules && udevadm trigger --subsystem-match=usb || true
+    install -m 0644 "$HERE/systemd/store-agent.service" /etc/systemd/system/store-agent.service
+    systemctl daemon-reload
+    systemctl enable --now store-agent.service
+    log "store-agent installed and started: systemctl status store-agent"
+}
+
+uninstall() {
+    [ "$(id -u)" -eq 0 ] || die "run as root: sudo ./install.sh --uninstall"
+    systemctl disable --now store-agent.service 2>/dev/null || true
+    rm -f /etc/systemd/system/store-agent.service /etc/udev/rules.d/60-store-agent-printers.rules /usr/local/bin/store-agent
+    systemctl daemon-reload || true
+    rm -rf /opt/store-agent
+    log "removed the program; kept /etc/store-agent (config) and /var/lib/store-agent (journal)"
+}
+
+case "${1:-}" in
+    --dev) dev_install ;;
+    --uninstall) uninstall ;;
+    "") device_install ;;
+    -h|--help) sed -n '2,6p' "$0" ;;
+    *) die "unknown option $1 (use --dev, --uninstall or nothing)" ;;
+esac
