@@ -34,19 +34,38 @@ def find_mosquitto() -> str:
 class DevBroker:
     """``with DevBroker(workdir) as b: b.port`` — a mosquitto on 127.0.0.1, persistence in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: Optional[int] = None, extra: str = "") -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: Optional[int] = None,
+        extra: str = "",
+        *,
+        tls: Optional[tuple[Path, Path, Path]] = None,
+        password_file: Optional[Path] = None,
+    ) -> None:
+        """``tls`` = (ca, cert, key) makes the listener TLS-only; ``password_file`` turns off anonymous access."""
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.extra = extra
+        self.tls = tls
+        self.password_file = password_file
         self.proc: Optional[subprocess.Popen] = None
 
     def config_text(self) -> str:
         if not RECOMMENDED.exists():
             raise BrokerError(f"recommended broker settings not found at {RECOMMENDED} (run from a checkout)")
         user = pwd.getpwuid(os.getuid()).pw_name
+        listener = f"\nlistener {self.port} 127.0.0.1\n"
+        if self.tls:
+            ca, cert, key = self.tls
+            listener += f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        if self.password_file:
+            listener += f"allow_anonymous false\npassword_file {self.password_file}\n"
+        else:
+            listener += "allow_anonymous true\n"
         return (
             RECOMMENDED.read_text()
-            + f"\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            + listener
             + f"persistence_location {self.workdir}/\nuser {user}\n"
             + f"log_dest file {self.workdir / 'mosquitto.log'}\nlog_type error\nlog_type warning\nlog_type notice\n"
             + self.extra

@@ -203,3 +203,20 @@ def test_full_journal_is_never_acked(broker, vprinter, make_agent, hq_factory, s
         db.execute("PRAGMA max_page_count=1073741823")  # space again
     assert wait_until(lambda: "evt-0001" in hq.final(), 30)  # the broker redelivered it
     assert agent.link.connects >= 2
+
+
+def test_hung_printer_never_blocks_intake(broker, vprinter, make_agent, hq_factory, store_id):
+    hq = hq_factory(broker.port, store_id)
+    make_agent(broker.port, vprinter.port, store_id)
+    vprinter.set_mode("hang")
+    events = [order(i, "h") for i in range(5)]
+    t0 = time.monotonic()
+    for ev in events:
+        hq.publish(ev)
+    assert wait_until(lambda: len([r for r in hq.results() if r["status"] == "queued"]) == 5, 2.0)
+    print(f"5 orders queued in {1000 * (time.monotonic() - t0):.0f} ms with a hung printer")
+    time.sleep(1.5)
+    assert not hq.final()
+    vprinter.set_mode("ready")
+    assert wait_until(lambda: len(hq.final()) == 5, 30)
+    check_exactly_once(vprinter, [e["order"]["id"] for e in events])
