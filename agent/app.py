@@ -22,7 +22,8 @@ from .intake import OrderIntake
 from .journal import EventDone, Journal
 from .messages import OrderResult
 from .mqtt import Inbound, MqttLink, MqttSettings
-from .printing import PrintWorker, StoreFacts
+from .printing import PrintWorker
+from .tickets import TicketRenderer
 from .topics import Topics
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,19 @@ class Agent:
         self._outbox_flushed = False
         self._reported: list[str] = []
         self._reported_lock = threading.Lock()
-        store = StoreFacts(cfg.store.name, cfg.store.phone)
+        self.renderer = TicketRenderer(
+            store_name=cfg.store.name,
+            store_phone=cfg.store.phone,
+            texts=cfg.texts,
+            template_dir=cfg.templates.dir or None,
+            on_fallback=self._on_template_fallback,
+        )
         self.workers = {
             p.name: PrintWorker(
                 self.printers[p.name],
                 columns=p.columns,
                 journal=self.journal,
-                store=store,
+                renderer=self.renderer,
                 on_done=self._on_done,
                 retry_s=cfg.print.retry_s,
                 poll_s=cfg.health.printer_poll_s,
@@ -129,6 +136,10 @@ class Agent:
         else:
             log.warning("message on unexpected topic %s ignored", msg.topic)
             self.link.ack(msg)
+
+    def _on_template_fallback(self, name: str, error: str) -> None:
+        # the order still prints (built-in template); alerts arrive with the alerts issue
+        log.error("template %s failed, printed with the built-in one: %s", name, error)
 
     def _on_store_failure(self, error: str) -> None:
         # not acked: have the broker redeliver after a pause (disk full, I/O error)

@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = "/etc/store-agent/config.toml"
 CONFIG_ENV = "STORE_AGENT_CONFIG"
@@ -133,6 +133,22 @@ class PrintConfig(_Model):
     max_attempts: int = Field(0, ge=0, description="0 = retry until printed; N = result 'failed' after N attempts")
 
 
+class TemplatesConfig(_Model):
+    dir: str = Field("", description="a directory of .j2 templates that replace built-ins of the same name")
+
+
+def _check_texts(texts: dict[str, Union[str, list[str]]]) -> dict[str, Union[str, list[str]]]:
+    from .wording import DEFAULT_TEXTS  # noqa: PLC0415
+
+    unknown = sorted(set(texts) - set(DEFAULT_TEXTS))
+    if unknown:
+        raise ValueError(f"unknown text key(s): {', '.join(unknown)}")
+    for k, v in texts.items():
+        if isinstance(DEFAULT_TEXTS[k], list) != isinstance(v, list):
+            raise ValueError(f"{k}: must be {'a list of strings' if isinstance(DEFAULT_TEXTS[k], list) else 'a string'}")
+    return texts
+
+
 class Config(_Model):
     store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
     state_dir: str = "/var/lib/store-agent"
@@ -144,6 +160,10 @@ class Config(_Model):
     journal: JournalConfig = JournalConfig()
     intake: IntakeConfig = IntakeConfig()
     print: PrintConfig = PrintConfig()
+    templates: TemplatesConfig = TemplatesConfig()
+    texts: Annotated[dict[str, Union[str, list[str]]], AfterValidator(_check_texts)] = Field(
+        default_factory=dict, description="override any ticket wording (see agent/wording.py for the keys)"
+    )
 
     @model_validator(mode="after")
     def _unique_printers(self) -> "Config":

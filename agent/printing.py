@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 from drivers.escpos_proto import PrinterStatus
@@ -20,15 +19,9 @@ from drivers.printers import Printer, PrinterError, PrinterIOError
 from .journal import EventDone, Job, Journal, JournalError
 from .messages import OrderEvent
 from .render import to_escpos
-from .tickets import build
+from .tickets import TicketRenderer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StoreFacts:
-    name: str
-    phone: str
 
 
 class PrintWorker:
@@ -38,7 +31,7 @@ class PrintWorker:
         *,
         columns: int,
         journal: Journal,
-        store: StoreFacts,
+        renderer: TicketRenderer,
         on_done: Callable[[EventDone], None],
         on_status: Callable[[str, PrinterStatus], None] = lambda name, st: None,
         retry_s: float = 2.0,
@@ -50,7 +43,7 @@ class PrintWorker:
         self.name = printer.name
         self.columns = columns
         self.journal = journal
-        self.store = store
+        self.renderer = renderer
         self.on_done = on_done
         self.on_status = on_status
         self.retry_s = retry_s
@@ -121,8 +114,7 @@ class PrintWorker:
 
     def _render(self, job: Job) -> bytes:
         ev = OrderEvent.model_validate_json(job.payload)
-        doc = build(job.document, ev, store_name=self.store.name, store_phone=self.store.phone, columns=self.columns, reprint=job.reprint)
-        return to_escpos(doc)
+        return to_escpos(self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint))
 
     def _process(self, job: Job) -> bool:
         """One attempt at a job; False means 'wait before the next attempt'."""

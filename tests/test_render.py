@@ -2,7 +2,7 @@ from hypothesis import given, settings, strategies as st
 
 from agent.messages import OrderEvent
 from agent.render import FALLBACK, Cut, Document, Text, columns_row, encode_text, money, printable, to_escpos, width_of, wrap
-from agent.tickets import receipt
+from agent.tickets import TicketRenderer
 from conftest import example, fresh
 from drivers.escpos_proto import EscPosParser
 
@@ -47,7 +47,8 @@ def test_no_line_exceeds_the_paper(left, right, cols):
 def test_receipt_carries_every_order_fact():
     ev = OrderEvent.model_validate(fresh(example("order-created-meituan.json")))
     jobs = []
-    EscPosParser(jobs.append).feed(to_escpos(receipt(ev, store_name="示例大药房", store_phone="023-1", columns=48)))
+    r = TicketRenderer(store_name="示例大药房", store_phone="023-1")
+    EscPosParser(jobs.append).feed(to_escpos(r.render("receipt", ev, columns=48)))
     text = jobs[0].text()
     for fact in ("美团", "#23", "MT-8812345678901", "麻烦快一点", "布洛芬混悬液(美林)", "100ml:2g", "A-03-2", "[发热]",
                  "x1", "¥32.80", "x2", "¥31.80", "¥74.50", "¥4.00", "¥1.00", "-¥8.00", "¥71.50", "王*", "138****5678",
@@ -58,6 +59,6 @@ def test_receipt_carries_every_order_fact():
 def test_no_price_list_receipt_has_no_price():
     ev = OrderEvent.model_validate(fresh(example("order-created-eleme-rx.json")))
     jobs = []
-    EscPosParser(jobs.append).feed(to_escpos(receipt(ev, store_name="s", store_phone="", columns=32)))
+    EscPosParser(jobs.append).feed(to_escpos(TicketRenderer(store_name="s", store_phone="").render("receipt", ev, columns=32)))
     text = jobs[0].text()
     assert "¥" not in text and "[处方]" in text and "发票" in text and "x2" in text
