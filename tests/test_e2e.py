@@ -31,8 +31,8 @@ def test_every_example_prints(broker, vprinter, make_agent, hq_factory, store_id
     created = [e for e in events if e["type"] == "order.created"]
     assert sorted(o for o, _ in tickets(vprinter, "receipt")) == sorted(e["order"]["id"] for e in created)
     assert sorted(o for o, _ in tickets(vprinter, "warm_tip")) == sorted(e["order"]["id"] for e in created)
-    assert any("长时间无骑手接单" in t and "minutes:15" in t for t in texts)
-    assert any("缺货" in t and "available:1" in t for t in texts)
+    assert any("长时间无骑手接单" in t and "15分钟无骑手接单" in t for t in texts)
+    assert any("缺货" in t and "需要2 实有1" in t for t in texts)
     assert "online" in hq.statuses()
 
 
