@@ -33,7 +33,7 @@ PRUNE_EVERY_S = 3600
 
 def printer_settings(cfg: Config, index: int) -> dict:
     p = cfg.printers[index]
-    settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role"})
+    settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role", "render", "qr"})
     if p.connection == "virtual":
         settings["spool_dir"] = p.spool_dir or str(Path(cfg.state_dir) / "spool" / p.name)
         settings["columns"] = p.columns
@@ -96,6 +96,8 @@ class Agent:
             p.name: PrintWorker(
                 self.printers[p.name],
                 columns=p.columns,
+                render_mode=p.render,
+                qr_mode=p.qr,
                 journal=self.journal,
                 renderer=self.renderer,
                 on_done=self._on_done,

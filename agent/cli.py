@@ -119,3 +119,49 @@ def config_check(file: str | None, config_path: str | None, as_json: bool) -> No
 
 if __name__ == "__main__":
     main()
+
+
+@main.command()
+@click.argument("event_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--template", "template", default=None, help="document: receipt, warm_tip, slip, test_page (default: what the event prints)")
+@click.option("--width", type=click.Choice(["58", "80"]), default="80", help="paper width in mm")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="FILE.png or FILE.txt (default: text to stdout)")
+@click.option("--reprint", is_flag=True, help="as a reprint (补打)")
+@config_option
+def preview(event_file: str, template: str | None, width: str, out: str | None, reprint: bool, config_path: str | None) -> None:
+    """Render an order event file as it would print, without a printer."""
+    from .messages import OrderEvent, Rejection, parse_event  # noqa: PLC0415
+    from .preview import preview_text, save_png  # noqa: PLC0415
+    from .tickets import TicketRenderer, documents_for  # noqa: PLC0415
+
+    store_name, store_phone, texts, tdir = "", "", {}, None
+    if config_path or __import__("os").environ.get("STORE_AGENT_CONFIG"):
+        cfg = load_config(config_path)
+        store_name, store_phone, texts, tdir = cfg.store.name, cfg.store.phone, cfg.texts, cfg.templates.dir or None
+    parsed = parse_event(Path(event_file).read_bytes(), 16 * 1024 * 1024)
+    if isinstance(parsed, Rejection):
+        click.echo(f"{event_file}: not a valid order event: {parsed.reason}", err=True)
+        sys.exit(2)
+    docs = [template] if template else documents_for(parsed.type)
+    if not docs:
+        click.echo(f"{parsed.type} prints no ticket; choose one with --template", err=True)
+        sys.exit(1)
+    renderer = TicketRenderer(store_name=store_name, store_phone=store_phone, texts=texts, template_dir=tdir,
+                              on_fallback=lambda n, e: click.echo(f"template {n} failed, used the built-in: {e}", err=True))
+    columns = 32 if width == "58" else 48
+    for i, doc_name in enumerate(docs):
+        doc = renderer.render(doc_name, parsed, columns=columns, reprint=reprint)
+        if out is None:
+            click.echo(preview_text(doc))
+            continue
+        target = Path(out)
+        if len(docs) > 1:
+            target = target.with_name(f"{target.stem}-{doc_name}{target.suffix}")
+        if target.suffix.lower() == ".png":
+            save_png(doc, target)
+        elif target.suffix.lower() == ".txt":
+            target.write_text(preview_text(doc), encoding="utf-8")
+        else:
+            click.echo("--out must end in .png or .txt", err=True)
+            sys.exit(2)
+        click.echo(f"wrote {target}")

@@ -68,6 +68,8 @@ class _PrinterBase(_Model):
     role: Literal["primary", "backup"] = "primary"
     timeout_s: float = Field(3.0, gt=0, le=60, description="I/O timeout for writes and status answers")
     status_query: bool = Field(True, description="ask DLE EOT status around every job; false for write-only ports")
+    render: Literal["text", "image"] = Field("text", description="image: print tickets as raster images (printers without a Chinese font)")
+    qr: Literal["native", "image"] = Field("native", description="image: QR codes as raster images (printers without native QR)")
 
     @property
     def columns(self) -> int:

@@ -18,7 +18,7 @@ from drivers.printers import Printer, PrinterError, PrinterIOError
 
 from .journal import EventDone, Job, Journal, JournalError
 from .messages import OrderEvent
-from .render import to_escpos
+from .preview import encode
 from .tickets import TicketRenderer
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ class PrintWorker:
         printer: Printer,
         *,
         columns: int,
+        render_mode: str = "text",
+        qr_mode: str = "native",
         journal: Journal,
         renderer: TicketRenderer,
         on_done: Callable[[EventDone], None],
@@ -42,6 +44,8 @@ class PrintWorker:
         self.printer = printer
         self.name = printer.name
         self.columns = columns
+        self.render_mode = render_mode
+        self.qr_mode = qr_mode
         self.journal = journal
         self.renderer = renderer
         self.on_done = on_done
@@ -114,7 +118,8 @@ class PrintWorker:
 
     def _render(self, job: Job) -> bytes:
         ev = OrderEvent.model_validate_json(job.payload)
-        return to_escpos(self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint))
+        doc = self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint)
+        return encode(doc, self.render_mode, self.qr_mode)
 
     def _process(self, job: Job) -> bool:
         """One attempt at a job; False means 'wait before the next attempt'."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Callable, Literal, Union
 
 from wcwidth import wcwidth
 
@@ -81,15 +81,22 @@ def width_of(text: str) -> int:
     return sum(max(wcwidth(c), 0) for c in text)
 
 
+# Chinese line-breaking (禁则): these never start a line; the previous character moves down with them.
+NO_LINE_START = set("，。、；：！？）》」』】〕…—,.;:!?)]}%")
+
+
 def wrap(text: str, columns: int) -> list[str]:
     """Wrap by display width; never split a double-width character, never exceed ``columns``."""
     lines, cur, w = [], "", 0
     for ch in printable(text):
         cw = max(wcwidth(ch), 0)
         if w + cw > columns:
+            carry = ""
+            if ch in NO_LINE_START and len(cur) > 1 and cur[-1] not in NO_LINE_START and cur[-1] != " ":
+                carry, cur = cur[-1], cur[:-1]
             lines.append(cur.rstrip())
-            cur, w = "", 0
-            if ch == " ":
+            cur, w = carry, width_of(carry)
+            if ch == " " and not carry:
                 continue
         cur += ch
         w += cw
@@ -150,7 +157,8 @@ def _qr_bytes(data: str, size: int) -> bytes:
     )
 
 
-def to_escpos(doc: Document) -> bytes:
+def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None) -> bytes:
+    """Text-mode bytes. ``qr_encoder`` replaces the native ``GS ( k`` QR (for printers without it)."""
     out = bytearray(ESC_INIT + CHINESE_ON)
     for b in doc.blocks:
         if isinstance(b, Text):
@@ -162,10 +170,30 @@ def to_escpos(doc: Document) -> bytes:
         elif isinstance(b, Feed):
             out += b"\x1bd" + bytes((max(0, min(b.lines, 255)),))
         elif isinstance(b, QR):
-            out += b"\x1ba\x01" + _qr_bytes(b.data, b.size) + b"\n"
+            out += b"\x1ba\x01" + (qr_encoder(b) if qr_encoder else _qr_bytes(b.data, b.size)) + b"\n"
         elif isinstance(b, Barcode):
             data = b.data.encode("ascii", errors="replace")[:255]
             out += b"\x1ba\x01\x1dh\x50\x1dw\x02\x1dH\x02" + b"\x1dkI" + bytes((len(data) + 2,)) + b"{B" + data + b"\n"
         elif isinstance(b, Cut):
             out += b"\x1ba\x00\x1d!\x00\x1bE\x00" + CUT
     return bytes(out)
+
+
+# ------------------------------------------------------------------ previews (same document as the paper)
+
+
+def document_lines(doc: Document) -> list["Line"]:
+    """The printed lines of a document, in the shape the virtual printers parse back from the bytes."""
+    from drivers.escpos_proto import Line  # noqa: PLC0415 - a plain dataclass
+
+    out: list[Line] = []
+    for b in doc.blocks:
+        if isinstance(b, Text):
+            out.append(Line(printable(b.text), _ALIGN[b.align], b.width, b.height, b.bold))
+        elif isinstance(b, Feed):
+            out += [Line("") for _ in range(b.lines)]
+        elif isinstance(b, QR):
+            out.append(Line(f"[QR:{b.data}]", 1, 1, 1, False, "qr"))
+        elif isinstance(b, Barcode):
+            out.append(Line(f"[BARCODE:{b.data}]", 1, 1, 1, False, "barcode"))
+    return out

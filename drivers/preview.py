@@ -56,7 +56,21 @@ def find_font() -> str | None:
 
 
 def job_png(job: ParsedJob, columns: int, path: Path) -> None:
-    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415 - Pillow only when previews are written
+    lines_image(job.lines, columns).save(path, optimize=True)
+
+
+def _qr_image(data: str, size_px: int):
+    import qrcode  # noqa: PLC0415
+
+    qr = qrcode.QRCode(border=1, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(data)
+    qr.make(fit=True)
+    return qr.make_image(fill_color="black", back_color="white").get_image().convert("L").resize((size_px, size_px))
+
+
+def lines_image(lines: list[Line], columns: int, margin: bool = True):
+    """Printed lines as a grayscale image ``columns * 12`` dots wide (QR codes drawn as QR codes)."""
+    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415 - Pillow only when images are made
 
     font_path = find_font()
     width_px = columns * DOT
@@ -64,15 +78,22 @@ def job_png(job: ParsedJob, columns: int, path: Path) -> None:
 
     def font(h: int):
         if h not in fonts:
-            fonts[h] = ImageFont.truetype(font_path, 2 * DOT * h) if font_path else ImageFont.load_default()
+            # face 1 of wqy-microhei.ttc is its monospaced cut: half-width glyphs fill exactly one column
+            fonts[h] = ImageFont.truetype(font_path, 2 * DOT * h, index=1 if font_path.endswith("microhei.ttc") else 0) if font_path else ImageFont.load_default()
         return fonts[h]
 
-    heights = [2 * DOT * line.height + 6 for line in job.lines] or [2 * DOT]
-    img = Image.new("L", (width_px + 2 * DOT, sum(heights) + 2 * DOT), 255)
+    qr_px = min(width_px, 16 * DOT)
+    heights = [(qr_px + 6 if line.kind == "qr" else 2 * DOT * line.height + 6) for line in lines] or [2 * DOT]
+    pad = DOT if margin else 0
+    img = Image.new("L", (width_px + 2 * pad, sum(heights) + 2 * pad), 255)
     draw = ImageDraw.Draw(img)
-    y = DOT
-    for line, h in zip(job.lines, heights):
-        x = DOT
+    y = pad
+    for line, h in zip(lines, heights):
+        x = pad
+        if line.kind == "qr" and line.text.startswith("[QR:"):
+            img.paste(_qr_image(line.text[4:-1], qr_px), (pad + (width_px - qr_px) // 2, y))
+            y += h
+            continue
         cols = display_width(line.text) * line.width
         if line.align == 1:
             x += max(columns - cols, 0) * DOT // 2
@@ -95,7 +116,7 @@ def job_png(job: ParsedJob, columns: int, path: Path) -> None:
                     draw.text((x + 1, y), ch, font=f, fill=0)
             x += cw * DOT
         y += h
-    img.save(path, optimize=True)
+    return img
 
 
 _counter_lock = threading.Lock()

@@ -1,0 +1,44 @@
+"""One document, three outputs: text preview, PNG preview, and image-mode ESC/POS bytes.
+
+All three come from ``render.document_lines(doc)``, the same lines the text-mode bytes print, so
+preview and paper agree line for line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from drivers.escpos_proto import ParsedJob
+from drivers.preview import job_text, lines_image, _qr_image, DOT
+from drivers.raster import image_to_escpos
+
+from .render import CUT, ESC_INIT, QR, Document, document_lines, to_escpos
+
+
+def preview_text(doc: Document) -> str:
+    return job_text(ParsedJob(lines=document_lines(doc), cut=True), doc.columns)
+
+
+def preview_image(doc: Document):
+    return lines_image(document_lines(doc), doc.columns)
+
+
+def save_png(doc: Document, path: Path) -> None:
+    preview_image(doc).save(path, optimize=True)
+
+
+def to_escpos_image(doc: Document) -> bytes:
+    """Image mode: the whole ticket as a raster image, for printers without a Chinese font."""
+    img = lines_image(document_lines(doc), doc.columns, margin=False)
+    return ESC_INIT + image_to_escpos(img) + b"\n" + CUT
+
+
+def qr_as_image(qr: QR) -> bytes:
+    return image_to_escpos(_qr_image(qr.data, 16 * DOT))
+
+
+def encode(doc: Document, render: str = "text", qr: str = "native") -> bytes:
+    """Bytes for a printer configured with ``render`` (text | image) and ``qr`` (native | image)."""
+    if render == "image":
+        return to_escpos_image(doc)
+    return to_escpos(doc, qr_encoder=qr_as_image if qr == "image" else None)
