@@ -117,10 +117,6 @@ def config_check(file: str | None, config_path: str | None, as_json: bool) -> No
         click.echo(f"{path}: ok (store {cfg.store_id}, {len(cfg.printers)} printer(s))")
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command()
 @click.argument("event_file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--template", "template", default=None, help="document: receipt, warm_tip, slip, test_page (default: what the event prints)")
@@ -165,3 +161,7 @@ def preview(event_file: str, template: str | None, width: str, out: str | None, 
             click.echo("--out must end in .png or .txt", err=True)
             sys.exit(2)
         click.echo(f"wrote {target}")
+
+
+if __name__ == "__main__":
+    main()

@@ -192,8 +192,8 @@ def document_lines(doc: Document) -> list["Line"]:
             out.append(Line(printable(b.text), _ALIGN[b.align], b.width, b.height, b.bold))
         elif isinstance(b, Feed):
             out += [Line("") for _ in range(b.lines)]
-        elif isinstance(b, QR):
-            out.append(Line(f"[QR:{b.data}]", 1, 1, 1, False, "qr"))
+        elif isinstance(b, QR):  # the LF after a code feeds one empty (centred) line on paper
+            out += [Line(f"[QR:{b.data}]", 1, 1, 1, False, "qr"), Line("", 1)]
         elif isinstance(b, Barcode):
-            out.append(Line(f"[BARCODE:{b.data}]", 1, 1, 1, False, "barcode"))
+            out += [Line(f"[BARCODE:{b.data}]", 1, 1, 1, False, "barcode"), Line("", 1)]
     return out

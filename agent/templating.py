@@ -21,7 +21,9 @@ template raises ``TemplateFailure``; the caller falls back to the built-in one.
 
 from __future__ import annotations
 
+import sys
 import threading
+import time
 from datetime import datetime
 from importlib import resources
 from typing import Any, Callable, Mapping, Optional
@@ -171,13 +173,26 @@ def render_markup(
     name: str,
     context: Mapping[str, Any],
     *,
-    max_chars: int = MAX_OUTPUT_CHARS,
-    max_seconds: float = MAX_RENDER_S,
+    max_chars: Optional[int] = None,
+    max_seconds: Optional[float] = None,
 ) -> str:
-    """Render ``name`` within an output-size and time limit (the render runs on a helper thread)."""
+    """Render ``name`` within an output-size and time limit.
+
+    The render runs on a helper thread whose trace hook aborts it at the deadline, so a runaway
+    template stops instead of burning the CPU in the background.
+    """
+    max_chars = max_chars or MAX_OUTPUT_CHARS
+    max_seconds = max_seconds or MAX_RENDER_S
     result: dict[str, Any] = {}
+    deadline = time.monotonic() + max_seconds
+
+    def tracer(frame, event, arg):  # noqa: ANN001 - sys.settrace signature
+        if time.monotonic() > deadline:
+            raise TemplateFailure(f"template {name} took longer than {max_seconds}s")
+        return tracer
 
     def work() -> None:
+        sys.settrace(tracer)
         try:
             tpl = env.get_template(f"{name}.j2")
             out: list[str] = []
@@ -196,10 +211,12 @@ def render_markup(
             result["error"] = f"template {name}: {type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - anything a template can raise
             result["error"] = f"template {name}: {type(e).__name__}: {e}"
+        finally:
+            sys.settrace(None)
 
     t = threading.Thread(target=work, name=f"render-{name}", daemon=True)
     t.start()
-    t.join(max_seconds)
+    t.join(max_seconds + 1.0)
     if t.is_alive():
         raise TemplateFailure(f"template {name} took longer than {max_seconds}s")
     if "error" in result:

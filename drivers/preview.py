@@ -6,6 +6,7 @@ leave each job as ``NNNN.bin`` + ``NNNN.txt`` + ``NNNN.png``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import threading
@@ -70,17 +71,9 @@ def _qr_image(data: str, size_px: int):
 
 def lines_image(lines: list[Line], columns: int, margin: bool = True):
     """Printed lines as a grayscale image ``columns * 12`` dots wide (QR codes drawn as QR codes)."""
-    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415 - Pillow only when images are made
+    from PIL import Image, ImageDraw  # noqa: PLC0415 - Pillow only when images are made
 
-    font_path = find_font()
     width_px = columns * DOT
-    fonts: dict[int, object] = {}
-
-    def font(h: int):
-        if h not in fonts:
-            # face 1 of wqy-microhei.ttc is its monospaced cut: half-width glyphs fill exactly one column
-            fonts[h] = ImageFont.truetype(font_path, 2 * DOT * h, index=1 if font_path.endswith("microhei.ttc") else 0) if font_path else ImageFont.load_default()
-        return fonts[h]
 
     qr_px = min(width_px, 16 * DOT)
     heights = [(qr_px + 6 if line.kind == "qr" else 2 * DOT * line.height + 6) for line in lines] or [2 * DOT]
@@ -100,23 +93,39 @@ def lines_image(lines: list[Line], columns: int, margin: bool = True):
         elif line.align == 2:
             x += max(columns - cols, 0) * DOT
         for ch in line.text:
-            base = max(wcwidth(ch), 0)
-            cw = base * line.width
-            f = font(line.height)
-            if line.width != line.height:  # render at the height's size, then stretch to the width
-                glyph = Image.new("L", (max(base * DOT * line.height, 1), 2 * DOT * line.height + 6), 255)
-                gd = ImageDraw.Draw(glyph)
-                gd.text((0, 0), ch, font=f, fill=0)
-                if line.bold:
-                    gd.text((1, 0), ch, font=f, fill=0)
-                img.paste(glyph.resize((max(cw * DOT, 1), glyph.height)), (x, y))
-            else:
-                draw.text((x, y), ch, font=f, fill=0)
-                if line.bold:
-                    draw.text((x + 1, y), ch, font=f, fill=0)
+            cw = max(wcwidth(ch), 0) * line.width
+            if cw and not ch.isspace():
+                img.paste(0, (x, y), _glyph(ch, line.width, line.height, line.bold))
             x += cw * DOT
         y += h
     return img
+
+
+@functools.lru_cache(maxsize=8192)
+def _glyph(ch: str, width: int, height: int, bold: bool):
+    """A glyph's ink as a mask (255 = black), ``wcwidth * width`` columns wide; cached: receipts repeat glyphs."""
+    from PIL import Image, ImageDraw  # noqa: PLC0415
+
+    base = max(wcwidth(ch), 0)
+    canvas = Image.new("L", (max(base * DOT * height, 1) + 1, 2 * DOT * height + 6), 0)
+    d = ImageDraw.Draw(canvas)
+    d.text((0, 0), ch, font=_font(height), fill=255)
+    if bold:
+        d.text((1, 0), ch, font=_font(height), fill=255)
+    if width != height:  # rendered at the height's size, stretched to the width
+        canvas = canvas.resize((max(base * DOT * width, 1) + 1, canvas.height))
+    return canvas
+
+
+@functools.lru_cache(maxsize=4)
+def _font(h: int):
+    from PIL import ImageFont  # noqa: PLC0415
+
+    path = find_font()
+    if not path:
+        return ImageFont.load_default()
+    # face 1 of wqy-microhei.ttc is its monospaced cut: half-width glyphs fill exactly one column
+    return ImageFont.truetype(path, 2 * DOT * h, index=1 if path.endswith("microhei.ttc") else 0)
 
 
 _counter_lock = threading.Lock()
