@@ -21,6 +21,7 @@ template raises ``TemplateFailure``; the caller falls back to the built-in one.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -68,6 +69,19 @@ def _hm(value: Any, fmt: str = "%H:%M") -> str:
     return "" if value is None else str(value)
 
 
+_DIGITS = re.compile(r"\d")
+
+
+def mask_phone(value: Any) -> str:
+    """Only masked phone numbers reach paper: 13812345678 -> 138****5678 (already masked stays)."""
+    text = "" if value is None else str(value)
+    digits = _DIGITS.findall(text)
+    if "*" in text or len(digits) < 7:
+        return text
+    d = "".join(digits)
+    return d[:3] + "*" * (len(d) - 7) + d[-4:]
+
+
 def builtin_loader() -> BaseLoader:
     root = resources.files("templates")
     return FileSystemLoader(str(root))
@@ -95,6 +109,7 @@ def make_environment(
     )
     env.filters["money"] = money
     env.filters["hm"] = _hm
+    env.filters["mask_phone"] = mask_phone
     env.filters["platform_name"] = lambda p: PLATFORM_NAMES.get(p or "", p or "")
     return env
 

@@ -12,6 +12,13 @@ Wording = Union[str, list[str]]
 
 DEFAULT_TEXTS: dict[str, Wording] = {
     "reprint_banner": "** 补打 REPRINT **",
+    "order_no": "订单号",
+    "event_time": "时间",
+    "sku": "条码",
+    "void_banner": "作废 VOID",
+    "stop_picking": "停止拣货",
+    "minutes_suffix": "分钟",
+    "total_orders": "共{count}单",
     "receipt_title": "订单小票",
     "placed": "下单",
     "window": "期望送达",

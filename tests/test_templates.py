@@ -261,3 +261,15 @@ def test_preview_cli(tmp_path):
     bad.write_text('{"v": 1}')
     r = run(str(bad))
     assert r.returncode == 2 and "not a valid order event" in r.stderr
+
+
+def test_only_masked_phones_reach_paper():
+    from agent.templating import mask_phone
+
+    assert mask_phone("13812345678") == "138****5678"
+    assert mask_phone("138****5678") == "138****5678"
+    assert mask_phone("+86 138 1234 5678") == "861******5678"
+    ev = example("order-created-meituan.json")
+    ev["order"]["customer"]["phone"] = "13812345678"
+    text = preview_text(TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate(ev), columns=48))
+    assert "13812345678" not in text and "138****5678" in text
