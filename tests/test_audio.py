@@ -1,0 +1,58 @@
+"""Chimes through ALSA's file plugin (an asoundrc made here): the bytes that reached ALSA are checked."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from drivers.audio import SOUNDS, AudioError, SystemChime, find_sound, scaled_wav
+
+
+@pytest.fixture(scope="module")
+def alsa_file(tmp_path_factory):
+    home = tmp_path_factory.mktemp("alsa-home")
+    out = home / "alsa-out.raw"
+    (home / ".asoundrc").write_text(
+        'pcm.!default { type file; slave.pcm "null"; file "%s"; format "raw" }\n'
+        'pcm.capture_file { type file; slave.pcm "null"; file "%s"; format "raw" }\n' % (out, out)
+    )
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)  # ALSA reads ~/.asoundrc at its first use in this process
+    yield out
+    if old is not None:
+        os.environ["HOME"] = old
+
+
+def test_every_shipped_sound_exists_and_is_16_bit():
+    for name in SOUNDS:
+        pcm, channels, width, rate = scaled_wav(find_sound(name), 1.0)
+        assert width == 2 and channels == 1 and rate == 16000 and len(pcm) > 8000
+
+
+@pytest.mark.parametrize("use_simpleaudio, backend", [(True, "simpleaudio"), (False, "aplay")])
+def test_chime_reaches_alsa(alsa_file, use_simpleaudio, backend):
+    wav = find_sound("new_order")
+    expected, *_ = scaled_wav(wav, 1.0)
+    assert SystemChime(use_simpleaudio=use_simpleaudio).play(wav, 1.0) == backend
+    got = alsa_file.read_bytes()
+    assert got[: len(expected)] == expected  # the PCM that reached the device, sample for sample
+
+
+def test_volume_scales_the_samples(alsa_file):
+    wav = find_sound("exception")
+    half, *_ = scaled_wav(wav, 0.5)
+    full, *_ = scaled_wav(wav, 1.0)
+    SystemChime(use_simpleaudio=False, device="capture_file").play(wav, 0.5)
+    got = alsa_file.read_bytes()[: len(half)]
+    assert got == half and got != full
+
+
+def test_broken_audio_is_an_error_not_a_crash(alsa_file, tmp_path):
+    with pytest.raises(AudioError, match="aplay"):
+        SystemChime(device="no_such_device_xyz").play(find_sound("urgent"))
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF....not a wav")
+    with pytest.raises(AudioError, match="cannot read"):
+        SystemChime().play(bad)
+    with pytest.raises(AudioError, match="no sound named"):
+        find_sound("trumpet")
