@@ -1,0 +1,58 @@
+"""LEDs and the button on gpiozero's MockFactory: asserted on pin state histories."""
+
+import time
+
+from drivers.gpio import AckButton, Led, make_pin_factory
+from conftest import wait_until
+
+
+def test_led_patterns_on_mock_pins():
+    f = make_pin_factory("mock")
+    led = Led(17, f)
+    pin = f.pin(17)
+    led.show("on")
+    assert pin.state
+    led.show("off")
+    assert not pin.state
+    pin.clear_states()
+    led.show("blink")
+    time.sleep(1.1)
+    led.show("off")
+    changes = [s.state for s in pin.states]
+    assert changes.count(True) >= 2 and changes.count(False) >= 2  # it really blinked
+    led.close()
+
+
+def test_button_press_and_hold():
+    f = make_pin_factory("mock")
+    presses, holds = [], []
+    btn = AckButton(27, f, on_press=lambda: presses.append(1), on_hold=lambda: holds.append(1), hold_s=0.3)
+    pin = f.pin(27)
+    pin.drive_low()
+    time.sleep(0.05)
+    pin.drive_high()
+    assert wait_until(lambda: presses == [1], 2)
+    pin.drive_low()
+    assert wait_until(lambda: holds == [1], 2)
+    pin.drive_high()
+    time.sleep(0.1)
+    assert presses == [1]  # a long press is not also a short press
+    btn.close()
+
+
+def test_button_handler_errors_do_not_escape():
+    f = make_pin_factory("mock")
+
+    def boom():
+        raise RuntimeError("handler bug")
+
+    btn = AckButton(22, f, on_press=boom, on_hold=boom, hold_s=0.2)
+    pin = f.pin(22)
+    pin.drive_low()
+    time.sleep(0.05)
+    pin.drive_high()
+    time.sleep(0.1)
+    pin.drive_low()
+    time.sleep(0.05)
+    pin.drive_high()
+    btn.close()
