@@ -22,7 +22,11 @@ from .intake import OrderIntake
 from .journal import EventDone, Journal
 from .messages import OrderResult
 from .mqtt import Inbound, MqttLink, MqttSettings
+from .alerts import Alert, AlertBook
+from .annunciator import Annunciator, SoundSettings
+from .messages import OrderEvent
 from .printing import PrintWorker
+from .rules import CLOSING_EVENTS, alert_code, effective_rules
 from .tickets import TicketRenderer
 from .topics import Topics
 
@@ -96,6 +100,7 @@ class Agent:
             p.name: PrintWorker(
                 self.printers[p.name],
                 columns=p.columns,
+                describe={"name": p.name, "connection": _describe(p), "paper_width_mm": p.paper_width_mm},
                 render_mode=p.render,
                 qr_mode=p.qr,
                 journal=self.journal,
@@ -108,10 +113,15 @@ class Agent:
             )
             for p in cfg.printers
         }
+        self.rules = effective_rules(cfg.rules)
+        self.alerts = AlertBook(self.journal, self._publish_alert, clock)
+        self._gpio_devices: list = []
+        self.annunciator = self._build_annunciator(cfg)
         self.intake = OrderIntake(
             self.journal,
             max_payload_bytes=cfg.intake.max_payload_bytes,
-            route=self._route,
+            plan=self._plan,
+            on_accepted=self._on_accepted,
             publish_result=self._publish_result,
             wake=self._wake_all,
             on_store_failure=self._on_store_failure,
@@ -121,12 +131,79 @@ class Agent:
         self._last_prune = time.monotonic()
         self._housekeeper: Optional[threading.Thread] = None
 
+    def _build_annunciator(self, cfg: Config) -> Annunciator:
+        from drivers.audio import make_chime  # noqa: PLC0415
+
+        exc_led = status_led = None
+        if cfg.gpio.enabled:
+            from drivers.gpio import AckButton, GpioError, Led, make_pin_factory  # noqa: PLC0415
+
+            try:
+                factory = make_pin_factory(cfg.gpio.pin_factory)
+                if cfg.gpio.exception_led is not None:
+                    exc_led = Led(cfg.gpio.exception_led, factory)
+                if cfg.gpio.status_led is not None:
+                    status_led = Led(cfg.gpio.status_led, factory)
+                if cfg.gpio.button is not None:
+                    self._gpio_devices.append(
+                        AckButton(cfg.gpio.button, factory, on_press=self.acknowledge, on_hold=self.test_print, hold_s=cfg.gpio.hold_s)
+                    )
+                self._gpio_devices += [d for d in (exc_led, status_led) if d is not None]
+                self.pin_factory = factory
+            except GpioError as e:
+                log.error("GPIO unavailable, running without LEDs and button: %s", e)
+        chime = make_chime(cfg.sound.device) if cfg.sound.enabled else None
+        s = cfg.sound
+        return Annunciator(
+            self.alerts,
+            chime=chime,
+            settings=SoundSettings(s.enabled, s.volume, s.quiet_hours, s.quiet_volume),
+            exception_led=exc_led,
+            status_led=status_led,
+            link_up=lambda: self.link.connected,
+            clock=self.clock,
+        )
+
     # -- wiring
-    def _route(self, event_type: str, document: str) -> str:
+    def _default_printer(self) -> str:
         for p in self.cfg.printers:
             if p.role == "primary":
                 return p.name
         return self.cfg.printers[0].name
+
+    def _plan(self, event_type: str) -> list[tuple[str, str]]:
+        rule = self.rules[event_type]
+        printer = rule.printer or self._default_printer()
+        return [(doc, printer) for _ in range(rule.copies) for doc in rule.documents]
+
+    def _on_accepted(self, ev: OrderEvent) -> None:
+        rule = self.rules[ev.type]
+        self.annunciator.request(rule.sound)
+        keep = None
+        if rule.ack:
+            keep = f"order:{ev.order.id}:{ev.type}"
+            facts = ", ".join(f"{k}={v}" for k, v in ev.detail.items() if isinstance(v, (str, int, float)))
+            self.alerts.raise_(
+                keep, alert_code(ev.type), f"{self.renderer.texts.get(ev.type.replace('.', '_') + '_title', ev.type)}: {ev.order.id}" + (f" ({facts})" if facts else ""),
+                severity=rule.severity, order_id=ev.order.id, needs_ack=True, sound=rule.sound,
+                repeat_s=rule.repeat_s, escalate_after_s=rule.escalate_after_s,
+            )
+        if ev.type in CLOSING_EVENTS:
+            self.alerts.clear_order(ev.order.id, keep=keep)
+
+    def _publish_alert(self, alert: Alert) -> None:
+        self.link.publish(self.topics.alerts, alert.payload())
+
+    def acknowledge(self, alert_id: Optional[str] = None) -> list[Alert]:
+        """Button, CLI and the ``ack`` request: acknowledge one or all open alerts; stops repeats."""
+        return self.alerts.acknowledge(alert_id)
+
+    def test_print(self, printer: Optional[str] = None) -> None:
+        """Long press / ``test_print``: queue a test page (printed by that printer's worker)."""
+        name = printer or self._default_printer()
+        log.info("test page requested for %s", name)
+        self.journal.record_event(f"test-page-{self.clock():.6f}", None, "agent.test_page", b"{}", [("test_page", name)], now=self.clock())
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for w in self.workers.values():
@@ -208,6 +285,7 @@ class Agent:
         self._prune()
         for w in self.workers.values():
             w.start()
+        self.annunciator.start()
         self.link.start()
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         self._housekeeper.start()
@@ -216,6 +294,9 @@ class Agent:
         log.info("stopping")
         self._stop.set()
         self.link.stop()
+        self.annunciator.stop()
+        for d in self._gpio_devices:
+            d.close()
         for w in self.workers.values():
             w.stop()
         if self._housekeeper is not None:
@@ -249,9 +330,22 @@ class Agent:
         else:
             notifier("WATCHDOG=1")
         self._flush_reported()
+        self.alerts.tick()
         if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = time.monotonic()
             self._prune()
+
+
+def _describe(p) -> str:  # noqa: ANN001 - any printer config
+    if p.connection == "network":
+        return f"network {p.host}:{p.port}"
+    if p.connection == "usb":
+        return f"usb {p.vendor_id:04x}:{p.product_id:04x}"
+    if p.connection == "serial":
+        return f"serial {p.device} {p.baudrate}"
+    if p.connection == "file":
+        return f"file {p.path}"
+    return "virtual"
 
 
 def _systemd_notifier() -> Callable[[str], None]:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .messages import EventType as EventTypeName
+from .rules import RuleOverride
 
 DEFAULT_CONFIG_PATH = "/etc/store-agent/config.toml"
 CONFIG_ENV = "STORE_AGENT_CONFIG"
@@ -135,6 +138,24 @@ class PrintConfig(_Model):
     max_attempts: int = Field(0, ge=0, description="0 = retry until printed; N = result 'failed' after N attempts")
 
 
+class SoundConfig(_Model):
+    enabled: bool = True
+    device: str = Field("default", description="ALSA device; simpleaudio plays only to 'default', others go through aplay -D")
+    volume: float = Field(0.8, ge=0, le=1)
+    quiet_hours: str = Field("", pattern=r"^$|^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+                             description='"22:00-07:30": chimes muted (LEDs still show), local time')
+    quiet_volume: float = Field(0.0, ge=0, le=1, description="volume during quiet hours (0 = silent)")
+
+
+class GpioConfig(_Model):
+    enabled: bool = Field(False, description="LEDs and the acknowledge button are optional hardware")
+    pin_factory: Literal["", "mock", "lgpio", "rpigpio"] = ""
+    exception_led: Optional[int] = Field(17, ge=0, le=27)
+    status_led: Optional[int] = Field(27, ge=0, le=27)
+    button: Optional[int] = Field(22, ge=0, le=27)
+    hold_s: float = Field(2.0, gt=0, description="holding the button this long prints a test page")
+
+
 class TemplatesConfig(_Model):
     dir: str = Field("", description="a directory of .j2 templates that replace built-ins of the same name")
 
@@ -163,6 +184,9 @@ class Config(_Model):
     intake: IntakeConfig = IntakeConfig()
     print: PrintConfig = PrintConfig()
     templates: TemplatesConfig = TemplatesConfig()
+    sound: SoundConfig = SoundConfig()
+    gpio: GpioConfig = GpioConfig()
+    rules: dict[EventTypeName, RuleOverride] = Field(default_factory=dict, description="per event type, see agent/rules.py")
     texts: Annotated[dict[str, Union[str, list[str]]], AfterValidator(_check_texts)] = Field(
         default_factory=dict, description="override any ticket wording (see agent/wording.py for the keys)"
     )
@@ -173,6 +197,9 @@ class Config(_Model):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"printer names must be unique: {', '.join(sorted(dup))}")
+        for type_, rule in self.rules.items():
+            if rule.printer and rule.printer not in names:
+                raise ValueError(f"rules.{type_}.printer: no printer named {rule.printer!r}")
         return self
 
     @property

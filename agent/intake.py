@@ -13,7 +13,6 @@ from typing import Callable, Optional
 
 from .journal import Journal, JournalError
 from .messages import OrderEvent, OrderResult, Rejection, parse_event
-from .tickets import documents_for
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +23,17 @@ class OrderIntake:
         journal: Journal,
         *,
         max_payload_bytes: int,
-        route: Callable[[str, str], str],
+        plan: Callable[[str], list[tuple[str, str]]],
         publish_result: Callable[[OrderResult], None],
         wake: Callable[[], None],
         on_store_failure: Callable[[str], None],
+        on_accepted: Callable[[OrderEvent], None] = lambda ev: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.journal = journal
         self.max_payload_bytes = max_payload_bytes
-        self.route = route  # (event_type, document) -> printer name
+        self.plan = plan  # event_type -> [(document, printer name), ...] (copies repeat)
+        self.on_accepted = on_accepted
         self.publish_result = publish_result
         self.wake = wake
         self.on_store_failure = on_store_failure
@@ -72,7 +73,7 @@ class OrderIntake:
     def _accept(self, ev: OrderEvent, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
         now = self.clock()
         expired = ev.order.expires_at is not None and ev.order.expires_at.timestamp() < now
-        docs = [(d, self.route(ev.type, d)) for d in documents_for(ev.type)]
+        docs = self.plan(ev.type)
         try:
             intake = self.journal.record_event(ev.id, ev.order.id, ev.type, payload, docs, expired=expired, now=now)
         except JournalError as e:
@@ -97,4 +98,9 @@ class OrderIntake:
         )
         if intake.status == "queued":
             self.wake()
+        if intake.status in ("queued", "printed"):  # new and accepted: chimes and alerts (never for duplicates)
+            try:
+                self.on_accepted(ev)
+            except Exception:  # noqa: BLE001 - the order is safe in the journal; alerts must not undo that
+                log.exception("actions for event %s failed", ev.id)
         return intake.status

@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(printer, state, id);
 CREATE INDEX IF NOT EXISTS jobs_event ON jobs(event_seq);
+CREATE TABLE IF NOT EXISTS alerts (
+    id           TEXT PRIMARY KEY,
+    open         INTEGER NOT NULL,
+    updated_at   REAL NOT NULL,
+    body         TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at  REAL NOT NULL,
@@ -317,6 +323,20 @@ class Journal:
             error=error,
         )
 
+    # -- alerts ---------------------------------------------------------
+    def save_alert(self, alert_id: str, body: str, is_open: bool, now: Optional[float] = None) -> None:
+        now = time.time() if now is None else now
+        self._tx(
+            lambda db: db.execute(
+                "INSERT INTO alerts(id, open, updated_at, body) VALUES (?,?,?,?) "
+                "ON CONFLICT(id) DO UPDATE SET open=excluded.open, updated_at=excluded.updated_at, body=excluded.body",
+                (alert_id, int(is_open), now, body),
+            )
+        )
+
+    def open_alerts(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT body FROM alerts WHERE open=1 ORDER BY updated_at")]
+
     # -- results outbox -------------------------------------------------
     def mark_reported(self, event_ids: Iterable[str]) -> None:
         """The broker confirmed (PUBACK) the final results of these events (one transaction)."""
@@ -382,6 +402,7 @@ class Journal:
         def by_age(db: sqlite3.Connection) -> int:
             n = db.execute(f"DELETE FROM events WHERE {final} AND received_at < ?", (cutoff,)).rowcount
             n += db.execute("DELETE FROM rejected WHERE received_at < ?", (cutoff,)).rowcount
+            db.execute("DELETE FROM alerts WHERE open=0 AND updated_at < ?", (cutoff,))
             return n
 
         removed = self._tx(by_age)

@@ -30,6 +30,7 @@ class PrintWorker:
         printer: Printer,
         *,
         columns: int,
+        describe: Optional[dict] = None,
         render_mode: str = "text",
         qr_mode: str = "native",
         journal: Journal,
@@ -45,6 +46,7 @@ class PrintWorker:
         self.name = printer.name
         self.columns = columns
         self.render_mode = render_mode
+        self.describe = describe or {"name": printer.name, "connection": "", "paper_width_mm": 80}
         self.qr_mode = qr_mode
         self.journal = journal
         self.renderer = renderer
@@ -117,6 +119,9 @@ class PrintWorker:
         return st.printable or (not self.printer.queryable and st.state == "unknown")
 
     def _render(self, job: Job) -> bytes:
+        if job.type == "agent.test_page":
+            doc = self.renderer.render_named("test_page", {"printer": self.describe}, columns=self.columns)
+            return encode(doc, self.render_mode, self.qr_mode)
         ev = OrderEvent.model_validate_json(job.payload)
         doc = self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint)
         return encode(doc, self.render_mode, self.qr_mode)

@@ -150,6 +150,7 @@ def agent_config(state_dir: Path, broker_port: int, printer_port: int, store_id:
         "printers": [{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": printer_port, "timeout_s": 1.0}],
         "health": {"printer_poll_s": 1},
         "print": {"retry_s": 0.2},
+        "sound": {"enabled": False},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

@@ -1,0 +1,163 @@
+"""Sound and light: plays chimes, repeats unacknowledged alerts, drives the LEDs.
+
+Runs on its own thread: a slow or broken audio device never delays intake or printing. A chime
+that cannot play raises an ``audio.failed`` device alert (cleared by the next good chime).
+
+LEDs: the exception LED is solid while a device fault is open, blinks while store alerts wait for
+acknowledgement, and is off otherwise; the status LED is steady while the broker is connected and
+blinks slowly while it is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable, Optional
+
+from drivers.audio import AudioError, Chime, find_sound
+from drivers.gpio import Indicator
+
+from .alerts import AlertBook
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SoundSettings:
+    enabled: bool = True
+    volume: float = 0.8
+    quiet_hours: str = ""  # "22:00-07:30": local time when chimes are muted (LEDs still show)
+    quiet_volume: float = 0.0
+
+
+def in_quiet_hours(spec: str, now: datetime) -> bool:
+    if not spec:
+        return False
+    start_s, end_s = spec.split("-")
+    start = int(start_s[:2]) * 60 + int(start_s[3:5])
+    end = int(end_s[:2]) * 60 + int(end_s[3:5])
+    minute = now.hour * 60 + now.minute
+    return start <= minute < end if start <= end else (minute >= start or minute < end)
+
+
+class Annunciator:
+    def __init__(
+        self,
+        alerts: AlertBook,
+        *,
+        chime: Optional[Chime],
+        settings: SoundSettings,
+        exception_led: Optional[Indicator] = None,
+        status_led: Optional[Indicator] = None,
+        link_up: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.time,
+        local_now: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        self.alerts = alerts
+        self.chime = chime
+        self.settings = settings
+        self.exception_led = exception_led
+        self.status_led = status_led
+        self.link_up = link_up
+        self.clock = clock
+        self.local_now = local_now
+        self.silenced_until = 0.0
+        self.played: list[tuple[float, str, str]] = []  # (time, sound, backend or error) — the last 100
+        self.audio_state = "ok" if chime else "disabled"
+        self._sounds: queue.Queue[str] = queue.Queue(maxsize=50)
+        self._last_played: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.heartbeat = time.monotonic()
+
+    # -- control
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="annunciator", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+    def request(self, sound: str) -> None:
+        if sound == "none":
+            return
+        try:
+            self._sounds.put_nowait(sound)
+        except queue.Full:
+            log.warning("chime queue full; %s dropped", sound)
+
+    def silence(self, minutes: float) -> None:
+        self.silenced_until = self.clock() + minutes * 60
+
+    # -- loop
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                self._step()
+            except Exception:  # noqa: BLE001 - this thread must not die
+                log.exception("annunciator step failed")
+                self._stop.wait(1.0)
+
+    def _step(self) -> None:
+        try:
+            sound = self._sounds.get(timeout=0.25)
+        except queue.Empty:
+            sound = None
+        if sound:
+            self._play(sound)
+        now = self.clock()
+        for a in self.alerts.open_alerts():
+            if a.repeat_s and not a.acknowledged and now - self._last_played.get(a.id, a.since) >= a.repeat_s:
+                self._last_played[a.id] = now
+                self._play(a.sound)
+        self._leds()
+
+    def _volume(self) -> Optional[float]:
+        if not self.settings.enabled or self.clock() < self.silenced_until:
+            return None
+        if in_quiet_hours(self.settings.quiet_hours, self.local_now()):
+            return self.settings.quiet_volume or None
+        return self.settings.volume
+
+    def _play(self, sound: str) -> None:
+        volume = self._volume()
+        if self.chime is None or volume is None:
+            self._remember(sound, "muted")
+            return
+        try:
+            backend = self.chime.play(find_sound(sound), volume)
+        except AudioError as e:
+            self._remember(sound, f"error: {e}")
+            if self.audio_state != "failed":
+                log.error("chime %s failed: %s", sound, e)
+            self.audio_state = "failed"
+            self.alerts.raise_("audio:default", "audio.failed", f"提示音无法播放: {e}", severity="critical",
+                               needs_ack=False, sound="none", escalate_after_s=0)
+            return
+        self._remember(sound, backend)
+        if self.audio_state == "failed":
+            self.alerts.clear("audio:default", "提示音已恢复")
+        self.audio_state = "ok"
+
+    def _remember(self, sound: str, outcome: str) -> None:
+        self.played.append((self.clock(), sound, outcome))
+        del self.played[:-100]
+
+    def _leds(self) -> None:
+        open_ = self.alerts.open_alerts()
+        if self.exception_led is not None:
+            if any(a.device_fault for a in open_):
+                self.exception_led.show("on")
+            elif any(not a.device_fault and not a.acknowledged for a in open_):
+                self.exception_led.show("blink")
+            else:
+                self.exception_led.show("off")
+        if self.status_led is not None:
+            self.status_led.show("on" if self.link_up() else "slow_blink")
