@@ -183,7 +183,7 @@ class Journal:
             if type_ == "order.created":
                 prior = db.execute(
                     "SELECT event_id FROM events WHERE order_id=? AND type='order.created' "
-                    "AND status IN ('queued','printed','failed') LIMIT 1",
+                    "AND status IN ('queued','printed') LIMIT 1",
                     (order_id,),
                 ).fetchone()
                 if prior:

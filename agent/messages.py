@@ -53,13 +53,14 @@ EventType = Literal[
 ]
 Platform = Literal["meituan", "eleme", "jddj", "youzan", "pdd", "web", "other"]
 ResultStatus = Literal["queued", "printed", "failed", "rejected", "duplicate", "expired"]
-MAX_TEXT = 2000  # longest free text accepted in any field; keeps one order from flooding paper
+MAX_TEXT = 65536  # the payload cap bounds every field; printing shortens long values (templating)
 
 
 class _In(BaseModel):
-    """Incoming payload part: unknown fields are ignored (forward compatible)."""
+    """Incoming payload part: unknown fields are ignored (forward compatible); types are strict
+    (``"qty": "2"``, ``"qty": true`` and ``"price": 25.0`` are rejections, not guesses)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, str_strip_whitespace=True, strict=True)
 
 
 class Window(_In):
@@ -73,9 +74,9 @@ class Delivery(_In):
 
 
 class Customer(_In):
-    name: Optional[str] = Field(None, max_length=100)
+    name: Optional[str] = Field(None, max_length=MAX_TEXT)
     phone: Optional[str] = Field(None, max_length=40)
-    address: Optional[str] = Field(None, max_length=500)
+    address: Optional[str] = Field(None, max_length=MAX_TEXT)
 
 
 class Flags(_In):
@@ -86,8 +87,8 @@ class Flags(_In):
 
 class Item(_In):
     sku: Optional[str] = Field(None, max_length=64)
-    name: str = Field(min_length=1, max_length=200)
-    spec: Optional[str] = Field(None, max_length=100)
+    name: str = Field(min_length=1, max_length=MAX_TEXT)
+    spec: Optional[str] = Field(None, max_length=MAX_TEXT)
     qty: int = Field(ge=1, le=100000)
     price: int = Field(0, ge=0, description="unit price in fen")
     rx: bool = False
@@ -113,7 +114,7 @@ class Order(_In):
     customer: Optional[Customer] = None
     note: Optional[str] = Field(None, max_length=MAX_TEXT)
     flags: Flags = Flags()
-    items: Optional[list[Item]] = Field(None, max_length=500)
+    items: Optional[list[Item]] = None
     amounts: Optional[Amounts] = None
 
 
@@ -182,17 +183,26 @@ def parse_event(payload: bytes, max_bytes: int) -> OrderEvent | Rejection:
         return Rejection(f"payload is not UTF-8: {e.reason} at byte {e.start}", digest)
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
+    except RecursionError:
+        return Rejection("payload is not JSON: nested too deeply", digest)
+    except ValueError as e:  # JSONDecodeError, and e.g. integers longer than Python's digit limit
         return Rejection(f"payload is not JSON: {e}", digest)
     if not isinstance(obj, dict):
         return Rejection(f"payload must be a JSON object, got {type(obj).__name__}", digest)
     try:
-        return OrderEvent.model_validate(obj)
+        # the same parser the print worker uses later (parse_stored): what is accepted here prints
+        return OrderEvent.model_validate_json(payload)
     except ValidationError as e:
         eid, oid = _ids_from(obj)
         return Rejection(_describe(e), digest, eid, oid)
-    except RecursionError:
-        return Rejection("payload is nested too deeply", digest)
+    except (RecursionError, ValueError) as e:
+        eid, oid = _ids_from(obj)
+        return Rejection(f"payload cannot be read: {e}", digest, eid, oid)
+
+
+def parse_stored(payload: bytes) -> OrderEvent:
+    """An event the journal accepted earlier (parse_event validated it with the same parser)."""
+    return OrderEvent.model_validate_json(payload)
 
 
 class OrderResult(BaseModel):

@@ -17,7 +17,7 @@ from drivers.escpos_proto import PrinterStatus
 from drivers.printers import Printer, PrinterError, PrinterIOError
 
 from .journal import EventDone, Job, Journal, JournalError
-from .messages import OrderEvent
+from .messages import parse_stored
 from .preview import encode
 from .tickets import TicketRenderer
 
@@ -122,7 +122,7 @@ class PrintWorker:
         if job.type == "agent.test_page":
             doc = self.renderer.render_named("test_page", {"printer": self.describe}, columns=self.columns)
             return encode(doc, self.render_mode, self.qr_mode)
-        ev = OrderEvent.model_validate_json(job.payload)
+        ev = parse_stored(job.payload)
         doc = self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint)
         return encode(doc, self.render_mode, self.qr_mode)
 

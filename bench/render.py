@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--png-dir", type=Path, default=None, help="also write receipt-58mm.png / receipt-80mm.png here")
     a = ap.parse_args()
-    ev = OrderEvent.model_validate(EVENT)
+    ev = OrderEvent.model_validate_json(json.dumps(EVENT))
     r = TicketRenderer(store_name="示例大药房(解放碑店)", store_phone="023-6000-0231")
     for columns, mm in ((32, 58), (48, 80)):
         for mode in ("text", "image"):

@@ -54,6 +54,13 @@ def _mut(fn):
         (_mut(lambda e: e["order"].update(placed_at="yesterday")), "order.placed_at"),
         (_mut(lambda e: e["order"].update(placed_at="2026-11-22T11:31:40")), "order.placed_at"),
         (b"[" * 100000 + b"]" * 100000, "not JSON"),
+        (b'{"v":1,"id":"e","x":' + b"9" * 4400 + b"}", "not JSON"),
+        (_mut(lambda e: e["order"]["items"][0].update(qty=True)), "order.items.0.qty"),
+        (_mut(lambda e: e["order"]["items"][0].update(qty="2")), "order.items.0.qty"),
+        (_mut(lambda e: e["order"]["items"][0].update(price=25.0)), "order.items.0.price"),
+        (_mut(lambda e: e["order"]["flags"].update(no_price_list="yes")), "order.flags.no_price_list"),
+        (_mut(lambda e: e["order"].update(expires_at=1795300000)), "order.expires_at"),
+        (_mut(lambda e: e.update(deep=json.loads("[" * 300 + "]" * 300))), "recursion limit"),
     ],
 )
 def test_malformed_payloads_are_rejected_with_a_reason(payload, reason):

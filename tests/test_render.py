@@ -1,3 +1,4 @@
+import json
 from hypothesis import given, settings, strategies as st
 
 from agent.messages import OrderEvent
@@ -45,7 +46,7 @@ def test_no_line_exceeds_the_paper(left, right, cols):
 
 
 def test_receipt_carries_every_order_fact():
-    ev = OrderEvent.model_validate(fresh(example("order-created-meituan.json")))
+    ev = OrderEvent.model_validate_json(json.dumps(fresh(example("order-created-meituan.json"))))
     jobs = []
     r = TicketRenderer(store_name="示例大药房", store_phone="023-1")
     EscPosParser(jobs.append).feed(to_escpos(r.render("receipt", ev, columns=48)))
@@ -57,7 +58,7 @@ def test_receipt_carries_every_order_fact():
 
 
 def test_no_price_list_receipt_has_no_price():
-    ev = OrderEvent.model_validate(fresh(example("order-created-eleme-rx.json")))
+    ev = OrderEvent.model_validate_json(json.dumps(fresh(example("order-created-eleme-rx.json"))))
     jobs = []
     EscPosParser(jobs.append).feed(to_escpos(TicketRenderer(store_name="s", store_phone="").render("receipt", ev, columns=32)))
     text = jobs[0].text()

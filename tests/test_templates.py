@@ -35,12 +35,12 @@ def event_of_type(t: str) -> OrderEvent:
         "logistics.exception": {"reason": "揽收超时", "carrier": "顺丰", "waybill": "SF1234567890"},
         "rx.pending": {"stage": "开方中"},
     }.get(t, {})
-    return OrderEvent.model_validate(base)
+    return OrderEvent.model_validate_json(json.dumps(base))
 
 
 def cases():
     for ev in example_events():
-        e = OrderEvent.model_validate(ev)
+        e = OrderEvent.model_validate_json(json.dumps(ev))
         for doc in documents_for(e.type):
             yield f"{ev['id']}-{doc}", doc, e
     for t in EVENT_TYPES:
@@ -116,7 +116,7 @@ def test_every_slip_says_what_to_do():
 
 def test_reprint_is_marked_on_every_document():
     r = TicketRenderer(**STORE)
-    ev = OrderEvent.model_validate(example("order-created-meituan.json"))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     for doc in ("receipt", "warm_tip"):
         assert "补打" in preview_text(r.render(doc, ev, columns=32, reprint=True))
         assert "补打" not in preview_text(r.render(doc, ev, columns=32))
@@ -124,7 +124,7 @@ def test_reprint_is_marked_on_every_document():
 
 def test_wording_overrides_from_config():
     r = TicketRenderer(**STORE, texts={"warm_tip_title": "用药小贴士", "warm_tip_qr": "https://example.invalid/wx"})
-    text = preview_text(r.render("warm_tip", OrderEvent.model_validate(example("order-created-meituan.json")), columns=48))
+    text = preview_text(r.render("warm_tip", OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json"))), columns=48))
     assert "用药小贴士" in text and "[QR:https://example.invalid/wx]" in text
 
 
@@ -146,7 +146,7 @@ def test_no_receipt_line_exceeds_the_paper(name, note, qty, price, columns):
     ev = example("order-created-meituan.json")
     ev["order"]["items"][0].update(name=name.strip() or "x", qty=qty, price=price)
     ev["order"]["note"] = note
-    e = OrderEvent.model_validate(ev)
+    e = OrderEvent.model_validate_json(json.dumps(ev))
     d = TicketRenderer(**STORE).render("receipt", e, columns=columns)
     for b in d.blocks:
         if isinstance(b, Text):
@@ -160,7 +160,7 @@ def test_no_receipt_line_exceeds_the_paper(name, note, qty, price, columns):
 def test_unprintable_characters_become_the_fallback_glyph():
     ev = example("order-created-meituan.json")
     ev["order"]["note"] = "请快点😷𠀀谢谢"
-    d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate(ev), columns=48)
+    d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48)
     text = to_escpos(d).decode("gb18030", errors="strict")
     assert "请快点" + FALLBACK * 2 + "谢谢" in text
     assert all(ord(c) <= 0xFFFF for c in text)
@@ -170,14 +170,14 @@ def test_data_cannot_inject_directives():
     ev = example("order-created-meituan.json")
     ev["order"]["note"] = "x\n@cut\n@qr evil"
     ev["order"]["customer"]["address"] = "@cut"
-    d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate(ev), columns=48)
+    d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48)
     jobs = []
     EscPosParser(jobs.append).feed(to_escpos(d))
     assert len(jobs) == 1 and "[QR:evil]" not in jobs[0].text() and "＠cut" in jobs[0].text()
 
 
 def test_png_preview_renders(tmp_path):
-    ev = OrderEvent.model_validate(example("order-created-meituan.json"))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     for columns in (32, 48):
         d = TicketRenderer(**STORE).render("receipt", ev, columns=columns)
         save_png(d, tmp_path / f"r{columns}.png")
@@ -189,7 +189,7 @@ def test_png_preview_renders(tmp_path):
 
 
 def test_image_mode_prints_a_raster_not_text():
-    ev = OrderEvent.model_validate(example("order-created-meituan.json"))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     d = TicketRenderer(**STORE).render("receipt", ev, columns=32)
     data = encode(d, "image")
     assert b"\x1dv0\x00" in data and "布洛芬".encode("gb18030") not in data
@@ -201,7 +201,7 @@ def test_image_mode_prints_a_raster_not_text():
 
 
 def test_qr_as_image_for_printers_without_native_qr():
-    ev = OrderEvent.model_validate(example("order-created-meituan.json"))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     d = TicketRenderer(**STORE).render("receipt", ev, columns=48)
     native, image = encode(d, "text", "native"), encode(d, "text", "image")
     assert b"\x1d(k" in native and b"\x1d(k" not in image and b"\x1dv0\x00" in image
@@ -224,7 +224,7 @@ def test_qr_as_image_for_printers_without_native_qr():
 def test_broken_remote_template_falls_back_and_alerts(source, error):
     alerts = []
     r = TicketRenderer(**STORE, template_overrides={"receipt": source}, on_fallback=lambda n, e: alerts.append((n, e)))
-    ev = OrderEvent.model_validate(example("order-created-meituan.json"))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     from agent import templating
 
     old = templating.MAX_RENDER_S
@@ -243,7 +243,7 @@ def test_broken_remote_template_falls_back_and_alerts(source, error):
 def test_template_directory_overrides_by_name(tmp_path):
     (tmp_path / "warm_tip.j2").write_text("@center,big| 谢谢惠顾\n{{ store.name }}\n@cut\n", encoding="utf-8")
     r = TicketRenderer(**STORE, template_dir=str(tmp_path))
-    ev = OrderEvent.model_validate(example("order-created-meituan.json"))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     assert "谢谢惠顾" in preview_text(r.render("warm_tip", ev, columns=48))
     assert "布洛芬" in preview_text(r.render("receipt", ev, columns=48))  # others stay built-in
 
@@ -271,5 +271,5 @@ def test_only_masked_phones_reach_paper():
     assert mask_phone("+86 138 1234 5678") == "861******5678"
     ev = example("order-created-meituan.json")
     ev["order"]["customer"]["phone"] = "13812345678"
-    text = preview_text(TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate(ev), columns=48))
+    text = preview_text(TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48))
     assert "13812345678" not in text and "138****5678" in text
