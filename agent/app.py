@@ -33,11 +33,14 @@ from .topics import Topics
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600
+TEST_PAGE_PREFIX = "test-page-"  # test pages travel through the journal like orders, without results
 
 
 def printer_settings(cfg: Config, index: int) -> dict:
     p = cfg.printers[index]
     settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role", "render", "qr"})
+    if p.connection in ("file", "virtual"):
+        settings.pop("confirm", None)
     if p.connection == "virtual":
         settings["spool_dir"] = p.spool_dir or str(Path(cfg.state_dir) / "spool" / p.name)
         settings["columns"] = p.columns
@@ -202,7 +205,7 @@ class Agent:
         """Long press / ``test_print``: queue a test page (printed by that printer's worker)."""
         name = printer or self._default_printer()
         log.info("test page requested for %s", name)
-        self.journal.record_event(f"test-page-{self.clock():.6f}", None, "agent.test_page", b"{}", [("test_page", name)], now=self.clock())
+        self.journal.record_event(f"{TEST_PAGE_PREFIX}{self.clock():.6f}", None, "agent.test_page", b"{}", [("test_page", name)], now=self.clock())
         self._wake_all()
 
     def _wake_all(self) -> None:
@@ -261,6 +264,10 @@ class Agent:
             self._on_done(done, log_it=False)
 
     def _on_done(self, done: EventDone, log_it: bool = True) -> None:
+        if done.event_id.startswith(TEST_PAGE_PREFIX):
+            log.info("test page %s on %s", done.status, done.printer)
+            self._mark_reported(done.event_id)
+            return
         if log_it:
             log.info("event %s (order %s) %s: %s", done.event_id, done.order_id, done.status, ", ".join(done.documents))
         self._publish_result(
@@ -279,6 +286,9 @@ class Agent:
     # -- lifecycle
     def start(self) -> None:
         log.info("store-agent %s starting for store %s (state in %s)", __version__, self.cfg.store_id, self.cfg.state_dir)
+        moved = self.journal.reassign_orphans([p.name for p in self.cfg.printers], self._default_printer(), now=self.clock())
+        if moved:
+            log.warning("%d unfinished job(s) were for printers no longer configured: moved to %s", moved, self._default_printer())
         open_jobs = self.journal.open_jobs()
         if open_jobs:
             log.info("resuming %d unfinished print job(s)", len(open_jobs))

@@ -71,6 +71,7 @@ class _PrinterBase(_Model):
     role: Literal["primary", "backup"] = "primary"
     timeout_s: float = Field(3.0, gt=0, le=60, description="I/O timeout for writes and status answers")
     status_query: bool = Field(True, description="ask DLE EOT status around every job; false for write-only ports")
+    confirm: bool = Field(True, description="wait for GS r 1 after each job: the printer's word that it printed")
     render: Literal["text", "image"] = Field("text", description="image: print tickets as raster images (printers without a Chinese font)")
     qr: Literal["native", "image"] = Field("native", description="image: QR codes as raster images (printers without native QR)")
 
@@ -134,7 +135,7 @@ class IntakeConfig(_Model):
 
 
 class PrintConfig(_Model):
-    retry_s: float = Field(2.0, gt=0, description="wait between attempts while a printer is not ready")
+    retry_s: float = Field(2.0, gt=0, le=30, description="wait between attempts while a printer is not ready")
     max_attempts: int = Field(0, ge=0, description="0 = retry until printed; N = result 'failed' after N attempts")
 
 
@@ -177,7 +178,7 @@ class Config(_Model):
     state_dir: str = "/var/lib/store-agent"
     store: StoreConfig = StoreConfig()
     mqtt: MqttConfig = MqttConfig()
-    printers: list[PrinterConfig] = Field(default_factory=list)
+    printers: list[PrinterConfig] = Field(min_length=1, description="at least one printer (a virtual one prints to files)")
     health: HealthConfig = HealthConfig()
     escalation: EscalationConfig = EscalationConfig()
     journal: JournalConfig = JournalConfig()

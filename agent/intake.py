@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from .journal import Journal, JournalError
-from .messages import OrderEvent, OrderResult, Rejection, parse_event
+from .messages import OrderEvent, OrderResult, Rejection, parse_event, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,15 @@ class OrderIntake:
         parsed = parse_event(payload, self.max_payload_bytes)
         if isinstance(parsed, Rejection):
             return self._reject(parsed, payload, ack)
-        return self._accept(parsed, payload, ack)
+        acked = []
+        try:
+            return self._accept(parsed, payload, lambda: (ack(), acked.append(True)))
+        except Exception as e:  # noqa: BLE001 - a bug must not leave the message bouncing forever
+            log.exception("event %s could not be handled", parsed.id)
+            if acked:
+                return None
+            rej = Rejection(f"agent error while accepting: {type(e).__name__}: {e}", sha256_hex(payload), parsed.id, parsed.order.id)
+            return self._reject(rej, payload, ack)
 
     def _reject(self, rej: Rejection, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
         log.warning("rejected order payload %s (%d bytes, event %s): %s", rej.payload_sha256[:12], len(payload), rej.event_id, rej.reason)

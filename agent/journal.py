@@ -248,6 +248,20 @@ class Journal:
         rows = self._read(self._JOB_SQL + where + " ORDER BY j.id", (printer,) if printer else ())
         return [self._job(r) for r in rows]
 
+    def reassign_orphans(self, printers: list[str], to: str, now: Optional[float] = None) -> int:
+        """Open jobs for printers no longer configured move to ``to`` (a 'printing' one stays a reprint)."""
+        now = time.time() if now is None else now
+        marks = ",".join("?" * len(printers))
+
+        def tx(db: sqlite3.Connection) -> int:
+            return db.execute(
+                f"UPDATE jobs SET printer=?, updated_at=?, reprint=CASE WHEN state='printing' THEN 1 ELSE reprint END "
+                f"WHERE state IN ('queued','printing') AND printer NOT IN ({marks})",
+                (to, now, *printers),
+            ).rowcount
+
+        return self._tx(tx)
+
     def begin_attempt(self, job_id: int, now: Optional[float] = None) -> Job:
         """Mark a job ``printing`` before any byte is sent; the returned job says whether it is a reprint."""
         now = time.time() if now is None else now

@@ -97,10 +97,12 @@ class PrintWorker:
                 self._sleep(self.retry_s)
 
     def _sleep(self, seconds: float) -> None:
+        self.heartbeat = time.monotonic()  # waiting for paper is not being stuck
         self._stop.wait(seconds)
 
     def _idle(self) -> None:
         """Nothing to print: poll the printer's status every ``poll_s`` until woken."""
+        self.heartbeat = time.monotonic()
         if self._wake.wait(self.poll_s):
             self._wake.clear()
             return

@@ -13,7 +13,9 @@ from typing import Any, Callable, Mapping, Optional
 
 from . import __version__
 from .messages import OrderEvent
-from .render import Document
+from dataclasses import replace
+
+from .render import Document, Text
 from .templating import TemplateFailure, builtin_environment, make_environment, render_document
 from .wording import DEFAULT_TEXTS, Wording
 
@@ -89,7 +91,12 @@ class TicketRenderer:
     def render(self, document: str, ev: OrderEvent, *, columns: int, reprint: bool = False) -> Document:
         name = self._template_for(document, ev)
         ctx = self.context(ev, columns=columns, reprint=reprint)
-        return render_document(self.env, name, ctx, columns, fallback=self.builtin, on_fallback=self.on_fallback)
+        doc = render_document(self.env, name, ctx, columns, fallback=self.builtin, on_fallback=self.on_fallback)
+        banner = str(self.texts["reprint_banner"])
+        if reprint and not any(isinstance(b, Text) and banner.strip() in b.text for b in doc.blocks):
+            # a custom template forgot the mark: a reprint is never without it
+            doc = replace(doc, blocks=(Text(banner, align="center", bold=True),) + doc.blocks)
+        return doc
 
     def render_named(self, name: str, context: Mapping[str, Any], *, columns: int) -> Document:
         """Reminders, summaries and the test page: templates fed a context of their own."""

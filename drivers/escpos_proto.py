@@ -70,6 +70,18 @@ def interpret_status(answers: dict[int, Optional[int]]) -> PrinterStatus:
     return PrinterStatus("ready", "", raw)
 
 
+TRANSMIT_PAPER_STATUS = b"\x1dr\x01"  # GS r 1: paper sensor status, answered in sequence
+
+
+def transmit_status_ok(b: int) -> bool:
+    """A ``GS r 1`` answer: bit 4 and bit 7 are 0 (a DLE EOT answer always has bit 4 set)."""
+    return (b & 0x90) == 0
+
+
+def transmit_status_byte(state: str) -> int:
+    return 0x03 if state == "paper_low" else 0x00
+
+
 def status_bytes(state: str) -> dict[int, int]:
     """The answers a printer in ``state`` gives (used by the virtual printers)."""
     s1, s2, s3, s4 = 0x12, 0x12, 0x12, 0x12
@@ -126,10 +138,18 @@ class EscPosParser:
     (or None to stay silent); the caller writes it back to the host.
     """
 
-    def __init__(self, on_job: Callable[[ParsedJob], None], on_status: Callable[[int], Optional[int]] | None = None):
+    def __init__(
+        self,
+        on_job: Callable[[ParsedJob], None],
+        on_status: Callable[[int], Optional[int]] | None = None,
+        on_transmit_status: Callable[[int], Optional[int]] | None = None,
+    ):
+        """``on_transmit_status(n)`` answers ``GS r n``, which (unlike DLE EOT) runs in order, after
+        everything before it has printed; None = no answer."""
         self._buf = b""
         self._on_job = on_job
         self._on_status = on_status or (lambda n: None)
+        self._on_gs_r = on_transmit_status or (lambda n: None)
         self._reset_job()
         self.answers: bytearray = bytearray()
         self._cut_pending = False
@@ -328,6 +348,12 @@ class EscPosParser:
             self._special("image", f"[IMAGE {width_bytes * 8}x{height}]")
             return size
         n = self._fixed(_GS_ARGS, b, "GS")
+        if n and cmd == b"r" and n >= 3:
+            self._decode()
+            ans = self._on_gs_r(b[2])
+            if ans is not None:
+                self.answers.append(ans)
+            self._skip_raw = True
         if n and cmd == b"!" and n >= 3:
             self._w = (b[2] >> 4) + 1
             self._h = (b[2] & 0x0F) + 1

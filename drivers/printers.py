@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Protocol
 
-from .escpos_proto import EscPosParser, ParsedJob, PrinterStatus, dle_eot, interpret_status
+from .escpos_proto import TRANSMIT_PAPER_STATUS, EscPosParser, ParsedJob, PrinterStatus, dle_eot, interpret_status, transmit_status_ok
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,14 @@ class StreamPrinter:
 
     queryable = True
 
-    def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True) -> None:
+    CHUNK = 4096
+    CONFIRM_BYTES_PER_S = 4096  # how long a job may take to print, at worst, before GS r must answer
+
+    def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True, confirm: bool = True) -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.queryable = status_query
+        self.confirm = confirm and status_query
         self._t: Optional[_Transport] = None
         self._lock = threading.Lock()
 
@@ -128,13 +132,33 @@ class StreamPrinter:
             return st
 
     def send(self, data: bytes) -> None:
+        """Write a job; with ``confirm``, return only once the printer has processed all of it.
+
+        ``DLE EOT`` is answered in real time, ahead of buffered data, so it cannot tell that a job
+        printed. ``GS r 1`` is executed in sequence: its answer arrives after everything before it
+        was printed. No answer in time means the job may not have printed: ``PrinterIOError``.
+        """
         with self._lock:
             t = self._transport()  # PrinterError: nothing sent
             try:
-                t.write(data)
+                for i in range(0, len(data), self.CHUNK):  # the timeout applies per chunk, not per job
+                    t.write(data[i : i + self.CHUNK])
+                if self.confirm:
+                    self._confirm(t, self.timeout_s + len(data) / self.CONFIRM_BYTES_PER_S)
             except (OSError, PrinterError) as e:
                 self._drop()
-                raise PrinterIOError(f"{self.name}: write failed: {e}") from e
+                raise PrinterIOError(f"{self.name}: {e}") from e
+
+    def _confirm(self, t: _Transport, wait_s: float) -> None:
+        t.write(TRANSMIT_PAPER_STATUS)
+        deadline = time.monotonic() + wait_s
+        while True:
+            left = deadline - time.monotonic()
+            b = t.read1(max(left, 0.01)) if left > 0 else None
+            if b is None:
+                raise PrinterIOError(f"no confirmation within {wait_s:.1f}s that the job printed")
+            if transmit_status_ok(b):
+                return  # (stray DLE EOT answers have bit 4 set and are skipped)
 
     def close(self) -> None:
         with self._lock:
@@ -263,7 +287,10 @@ class UsbPrinter(StreamPrinter):
             found = usb.core.find(idVendor=self.vendor_id, idProduct=self.product_id)
             if found is None:
                 raise PrinterError(f"{ident} not found (unplugged or no permission)")
-            intf = found.get_active_configuration()[(0, 0)] if found.get_active_configuration() else found[0][(0, 0)]
+            try:
+                intf = found.get_active_configuration()[(0, 0)]
+            except usb.core.USBError:  # not configured yet
+                intf = found[0][(0, 0)]
             out_ep, in_ep = usb_endpoints(intf)
             ep = import_escpos_printers()
             dev = ep.Usb(self.vendor_id, self.product_id, timeout=int(self.timeout_s * 1000), in_ep=in_ep or 0x82, out_ep=out_ep)
@@ -272,6 +299,9 @@ class UsbPrinter(StreamPrinter):
             raise
         except Exception as e:  # usb.core.USBError, escpos errors
             raise PrinterError(f"{ident}: {e}") from e
+        if not in_ep and self.queryable:
+            log.warning("%s has no IN endpoint: it cannot answer status queries; printing unconfirmed", ident)
+            self.queryable = self.confirm = False
         return _UsbTransport(dev, in_ep, int(self.timeout_s * 1000))
 
 
@@ -416,14 +446,14 @@ class SpoolPrinter:
 
 def make_printer(connection: str, name: str, **settings: Any) -> Printer:
     """The one factory: ``connection`` is network | usb | serial | file | virtual."""
-    timeout = settings.pop("timeout_s", 3.0)
-    query = settings.pop("status_query", True)
+    kw = {"timeout_s": settings.pop("timeout_s", 3.0), "status_query": settings.pop("status_query", True),
+          "confirm": settings.pop("confirm", True)}
     if connection == "network":
-        return NetworkPrinter(name, settings["host"], settings.get("port", 9100), timeout_s=timeout, status_query=query)
+        return NetworkPrinter(name, settings["host"], settings.get("port", 9100), **kw)
     if connection == "usb":
-        return UsbPrinter(name, settings["vendor_id"], settings["product_id"], timeout_s=timeout, status_query=query)
+        return UsbPrinter(name, settings["vendor_id"], settings["product_id"], **kw)
     if connection == "serial":
-        return SerialPrinter(name, settings["device"], settings.get("baudrate", 19200), timeout_s=timeout, status_query=query)
+        return SerialPrinter(name, settings["device"], settings.get("baudrate", 19200), **kw)
     if connection == "file":
         return FilePrinter(name, settings["path"])
     if connection == "virtual":

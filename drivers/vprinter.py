@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .escpos_proto import PRINTABLE_STATES, EscPosParser, ParsedJob, status_bytes
+from .escpos_proto import PRINTABLE_STATES, EscPosParser, ParsedJob, status_bytes, transmit_status_byte
 
 log = logging.getLogger(__name__)
 MODES = ("ready", "paper_low", "paper_out", "cover_open", "offline", "hang", "down")
@@ -163,6 +163,10 @@ class VirtualPrinter:
         with self._cv:
             self.paper_left = jobs
 
+    def _answer_gs_r(self, n: int) -> Optional[int]:
+        # processed in sequence: a printer out of paper or offline holds it until it can print again
+        return transmit_status_byte(self.mode) if self.mode in PRINTABLE_STATES else None
+
     def _on_job(self, conn_no: int, job: ParsedJob) -> None:
         with self._cv:
             if self.paper_left is not None and self.mode in PRINTABLE_STATES:
@@ -180,7 +184,7 @@ class VirtualPrinter:
             self._cv.notify_all()
 
     def _serve(self, conn: socket.socket, conn_no: int) -> None:
-        parser = EscPosParser(lambda job: self._on_job(conn_no, job), self._answer)
+        parser = EscPosParser(lambda job: self._on_job(conn_no, job), self._answer, self._answer_gs_r)
         try:
             while not self._stop.is_set():
                 if self.mode == "hang":

@@ -30,6 +30,8 @@ def test_sample_config_loads():
         ({"store_id": "a", "printers": [{"name": "p", "connection": "network", "host": "h", "paper_width_mm": 76}]}, "printers[0].paper_width_mm"),
         ({"store_id": "a b"}, "store_id"),
         ({}, "store_id: required key is missing"),
+        ({"store_id": "a"}, "printers: required key is missing"),
+        ({"store_id": "a", "printers": []}, "printers: List should have at least 1 item"),
         ({"store_id": "a", "mqtt": {"port": 0}}, "mqtt.port"),
         ({"store_id": "a", "mqtt": {"password": "x", "password_file": "/f"}}, "either password or password_file"),
         ({"store_id": "a", "health": {"printer_poll_s": "fast"}}, "health.printer_poll_s"),
@@ -54,7 +56,7 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 def test_env_var_names_the_config(tmp_path, monkeypatch):
     f = tmp_path / "c.toml"
-    f.write_text('store_id = "env-1"\n')
+    f.write_text('store_id = "env-1"\n[[printers]]\nname = "v"\nconnection = "virtual"\n')
     monkeypatch.setenv("STORE_AGENT_CONFIG", str(f))
     assert load_config(None).store_id == "env-1"
 
@@ -62,7 +64,7 @@ def test_env_var_names_the_config(tmp_path, monkeypatch):
 def test_cli_config_check_exit_codes(tmp_path):
     good = DATA / "examples" / "config.toml"
     bad = tmp_path / "bad.toml"
-    bad.write_text('store_id = "x"\n[mqtt]\nhots = "y"\n')
+    bad.write_text('store_id = "x"\n[mqtt]\nhots = "y"\n[[printers]]\nname = "v"\nconnection = "virtual"\n')
     run = lambda *a: subprocess.run([sys.executable, "-m", "agent.cli", *a], capture_output=True, text=True, cwd=ROOT)
     ok = run("config", "check", str(good))
     assert ok.returncode == 0 and "ok" in ok.stdout

@@ -120,3 +120,12 @@ def test_unopenable_journal_is_a_journal_error(tmp_path):
     (tmp_path / "dir.sqlite3").mkdir()
     with pytest.raises(JournalError):
         Journal(tmp_path / "dir.sqlite3")
+
+
+def test_jobs_of_a_removed_printer_move_to_the_default(j):
+    j.record_event("e1", "o1", "order.created", b"{}", [("receipt", "old"), ("warm_tip", "old")])
+    j.begin_attempt(j.next_job("old").id)
+    assert j.reassign_orphans(["counter"], "counter") == 2
+    first = j.next_job("counter")
+    assert first.document == "receipt" and first.reprint  # it may have printed on the old printer
+    assert j.next_job("old") is None

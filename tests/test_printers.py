@@ -32,9 +32,30 @@ def test_jobs_are_split_at_cuts_and_decoded(vprinter):
 def test_nothing_comes_out_while_paper_is_out(vprinter):
     p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=1.0)
     vprinter.set_mode("paper_out")
-    p.send(JOB)
+    with pytest.raises(PrinterIOError, match="no confirmation"):
+        p.send(JOB)  # the printer holds GS r until it can print: no word that the job printed
     assert vprinter.wait_for(lambda v: len(v.discarded) == 1)
     assert vprinter.jobs == []
+    p.close()
+
+
+def test_send_returns_only_after_the_printer_confirms(vprinter):
+    p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=1.0)
+    p.send(JOB)
+    assert len(vprinter.jobs) == 1  # already there when send() returned: GS r was answered after it
+    unconfirmed = NetworkPrinter("u", "127.0.0.1", vprinter.port, timeout_s=1.0, confirm=False)
+    unconfirmed.send(JOB)
+    assert vprinter.wait_jobs(2)
+    p.close()
+    unconfirmed.close()
+
+
+def test_big_jobs_are_written_in_chunks_within_the_timeout(vprinter):
+    p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=0.5)
+    big = to_escpos(Document("t", 48, tuple(Text("长" * 24) for _ in range(4000)) + (Cut(),)))
+    assert len(big) > 200_000
+    p.send(big)
+    assert len(vprinter.jobs) == 1 and len(vprinter.jobs[0].job.lines) == 4000
     p.close()
 
 

@@ -17,7 +17,7 @@ def test_serial_printer_over_a_pty():
     stop = threading.Event()
 
     def device():
-        parser = EscPosParser(jobs.append, lambda n: status_bytes(state["mode"]).get(n))
+        parser = EscPosParser(jobs.append, lambda n: status_bytes(state["mode"]).get(n), lambda n: 0)
         while not stop.is_set():
             try:
                 data = os.read(master, 4096)

@@ -273,3 +273,11 @@ def test_only_masked_phones_reach_paper():
     ev["order"]["customer"]["phone"] = "13812345678"
     text = preview_text(TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48))
     assert "13812345678" not in text and "138****5678" in text
+
+
+def test_reprint_mark_survives_a_template_without_it(tmp_path):
+    (tmp_path / "receipt.j2").write_text("{{ order.id }}\n@cut\n", encoding="utf-8")
+    r = TicketRenderer(**STORE, template_dir=str(tmp_path))
+    ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
+    assert "补打" in preview_text(r.render("receipt", ev, columns=48, reprint=True))
+    assert "补打" not in preview_text(r.render("receipt", ev, columns=48))
