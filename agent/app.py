@@ -254,7 +254,7 @@ class Agent:
 
     def _flush_outbox(self) -> None:
         try:
-            pending = self.journal.unreported()
+            pending = self.journal.unreported(limit=100_000)
         except Exception:  # noqa: BLE001
             log.exception("cannot read unreported results")
             return

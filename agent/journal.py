@@ -425,8 +425,9 @@ class Journal:
             batch = max(1, total // 20)  # 5 % steps: never far below the bound
 
             def oldest(db: sqlite3.Connection) -> int:
+                # under size pressure only events whose result HQ has confirmed go (age pruning takes any)
                 n = db.execute(
-                    f"DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE {final} ORDER BY seq LIMIT ?)",
+                    f"DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE {final} AND reported=1 ORDER BY seq LIMIT ?)",
                     (batch,),
                 ).rowcount
                 n += db.execute(

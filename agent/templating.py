@@ -37,6 +37,7 @@ from .render import Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, 
 STYLES = {"left", "center", "right", "bold", "big", "wide", "tall"}
 MAX_OUTPUT_CHARS = 64 * 1024
 MAX_RENDER_S = 2.0
+MAX_VALUE_CHARS = 500  # longest single value printed; longer ones end in "…"
 
 PLATFORM_NAMES = {
     "meituan": "美团",
@@ -58,6 +59,8 @@ def _flatten(value: Any) -> Any:
         return ""
     if isinstance(value, str):
         text = printable(value)  # newlines -> spaces, controls dropped, unprintable -> fallback glyph
+        if len(text) > MAX_VALUE_CHARS:  # a 10 000-character note must not empty the paper roll
+            text = text[: MAX_VALUE_CHARS - 1] + "…"
         # a value at the start of a line must not become a directive: "@cut" -> "＠cut"
         return "＠" + text[1:] if text.startswith("@") else text
     return value

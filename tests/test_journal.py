@@ -101,10 +101,12 @@ def test_prune_by_size(j):
     pad = b"x" * 4000
     for i in range(300):
         j.record_event(f"e{i}", f"o{i}", "order.completed", pad, [], now=1000 + i)
+    j.mark_reported([f"e{i}" for i in range(1, 300)])  # e0's result was never confirmed
     before = j.size_bytes()
     j.prune(keep_days=3650, max_bytes=200_000, now=2000)
     assert j.size_bytes() <= 200_000 < before
-    assert j.event_status("e299") == "printed" and j.event_status("e0") is None
+    assert j.event_status("e299") == "printed" and j.event_status("e1") is None
+    assert j.event_status("e0") == "printed"  # kept until HQ has its result
 
 
 def test_disk_full_raises_and_stores_nothing(j):

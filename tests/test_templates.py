@@ -281,3 +281,11 @@ def test_reprint_mark_survives_a_template_without_it(tmp_path):
     ev = OrderEvent.model_validate_json(json.dumps(example("order-created-meituan.json")))
     assert "补打" in preview_text(r.render("receipt", ev, columns=48, reprint=True))
     assert "补打" not in preview_text(r.render("receipt", ev, columns=48))
+
+
+def test_very_long_values_are_shortened_on_paper():
+    ev = example("order-created-meituan.json")
+    ev["order"]["note"] = "长" * 5000
+    d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48)
+    text = preview_text(d)
+    assert text.count("长") < 600 and "…" in text
