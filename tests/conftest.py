@@ -220,3 +220,20 @@ def spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen:
         [sys.executable, "-m", "agent.cli", "run", "--config", str(config_path), "--log-level", "info"],
         stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
     )
+
+
+@pytest.fixture(scope="session")
+def alsa_file(tmp_path_factory):
+    """ALSA's default device -> a file (via ~/.asoundrc). ALSA reads its config once per process,
+    so every audio test shares this one."""
+    home = tmp_path_factory.mktemp("alsa-home")
+    out = home / "alsa-out.raw"
+    (home / ".asoundrc").write_text(
+        'pcm.!default { type file; slave.pcm "null"; file "%s"; format "raw" }\n'
+        'pcm.capture_file { type file; slave.pcm "null"; file "%s"; format "raw" }\n' % (out, out)
+    )
+    old = os.environ.get("HOME")
+    os.environ["HOME"] = str(home)
+    yield out
+    if old is not None:
+        os.environ["HOME"] = old

@@ -8,21 +8,6 @@ import pytest
 from drivers.audio import SOUNDS, AudioError, SystemChime, find_sound, scaled_wav
 
 
-@pytest.fixture(scope="module")
-def alsa_file(tmp_path_factory):
-    home = tmp_path_factory.mktemp("alsa-home")
-    out = home / "alsa-out.raw"
-    (home / ".asoundrc").write_text(
-        'pcm.!default { type file; slave.pcm "null"; file "%s"; format "raw" }\n'
-        'pcm.capture_file { type file; slave.pcm "null"; file "%s"; format "raw" }\n' % (out, out)
-    )
-    old = os.environ.get("HOME")
-    os.environ["HOME"] = str(home)  # ALSA reads ~/.asoundrc at its first use in this process
-    yield out
-    if old is not None:
-        os.environ["HOME"] = old
-
-
 def test_every_shipped_sound_exists_and_is_16_bit():
     for name in SOUNDS:
         pcm, channels, width, rate = scaled_wav(find_sound(name), 1.0)

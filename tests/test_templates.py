@@ -289,3 +289,13 @@ def test_very_long_values_are_shortened_on_paper():
     d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48)
     text = preview_text(d)
     assert text.count("长") < 600 and "…" in text
+
+
+@pytest.mark.parametrize("t", [t for t in EVENT_TYPES if documents_for(t) == ["slip"]])
+def test_every_slip_renders_with_an_empty_detail(t):
+    ev = example("rider-unassigned.json")
+    ev.update(type=t, detail={})
+    alerts = []
+    r = TicketRenderer(**STORE, on_fallback=lambda n, e: alerts.append(e))
+    text = preview_text(r.render("slip", OrderEvent.model_validate_json(json.dumps(ev)), columns=32))
+    assert "MT-8812345678901" in text and not alerts
