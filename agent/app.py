@@ -27,13 +27,14 @@ from .annunciator import Annunciator, SoundSettings
 from .messages import OrderEvent
 from .printing import PrintWorker
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
+from .timers import LocalTimers, TimerSettings, context_json
 from .tickets import TicketRenderer
 from .topics import Topics
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600
-TEST_PAGE_PREFIX = "test-page-"  # test pages travel through the journal like orders, without results
+INTERNAL_PREFIX = "agent-"  # test pages and timer slips travel through the journal like orders, without results
 
 
 def printer_settings(cfg: Config, index: int) -> dict:
@@ -130,6 +131,10 @@ class Agent:
             on_store_failure=self._on_store_failure,
             clock=clock,
         )
+        t = cfg.timers
+        self.timers = LocalTimers(self.journal, TimerSettings(t.prep_before_s, t.unshipped_after_s, t.summary_every_s),
+                                  print_internal=self.print_internal, on_unshipped=self._on_unshipped, clock=clock)
+        self._last_timers = 0.0
         self._stop = threading.Event()
         self._last_prune = time.monotonic()
         self._housekeeper: Optional[threading.Thread] = None
@@ -205,8 +210,19 @@ class Agent:
         """Long press / ``test_print``: queue a test page (printed by that printer's worker)."""
         name = printer or self._default_printer()
         log.info("test page requested for %s", name)
-        self.journal.record_event(f"{TEST_PAGE_PREFIX}{self.clock():.6f}", None, "agent.test_page", b"{}", [("test_page", name)], now=self.clock())
+        self.print_internal(f"test-page-{self.clock():.6f}", "test_page", {}, name)
+
+    def print_internal(self, key: str, template: str, context: dict, printer: Optional[str] = None) -> None:
+        """Queue an agent-made ticket (test page, prep reminder, summary) through the journal."""
+        self.journal.record_event(f"{INTERNAL_PREFIX}{key}", None, f"agent.{template}", context_json(context),
+                                  [(template, printer or self._default_printer())], now=self.clock())
         self._wake_all()
+
+    def _on_unshipped(self, orders: list[dict]) -> None:
+        self.annunciator.request("exception")
+        ids = ", ".join(f"#{o['seq']} {o['id']}" for o in orders[:5])
+        self.alerts.raise_("timer:unshipped", "order.unshipped", f"{len(orders)} 单超时未出库: {ids}",
+                           severity="warning", needs_ack=True, sound="exception")
 
     def _wake_all(self) -> None:
         for w in self.workers.values():
@@ -264,8 +280,8 @@ class Agent:
             self._on_done(done, log_it=False)
 
     def _on_done(self, done: EventDone, log_it: bool = True) -> None:
-        if done.event_id.startswith(TEST_PAGE_PREFIX):
-            log.info("test page %s on %s", done.status, done.printer)
+        if done.event_id.startswith(INTERNAL_PREFIX):
+            log.info("%s %s on %s", done.event_id, done.status, done.printer)
             self._mark_reported(done.event_id)
             return
         if log_it:
@@ -341,6 +357,9 @@ class Agent:
             notifier("WATCHDOG=1")
         self._flush_reported()
         self.alerts.tick()
+        if time.monotonic() - self._last_timers >= self.cfg.timers.check_s:
+            self._last_timers = time.monotonic()
+            self.timers.tick()
         if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = time.monotonic()
             self._prune()

@@ -157,6 +157,13 @@ class GpioConfig(_Model):
     hold_s: float = Field(2.0, gt=0, description="holding the button this long prints a test page")
 
 
+class TimersConfig(_Model):
+    prep_before_s: int = Field(1800, ge=0, description="prep reminder this long before a delivery window (0 = off)")
+    unshipped_after_s: int = Field(3600, ge=60, description="an order not shipped this long after it was placed is listed")
+    summary_every_s: int = Field(1800, ge=0, description="unshipped-orders summary interval (0 = off)")
+    check_s: int = Field(30, ge=1, le=3600, description="how often the timers look at the journal")
+
+
 class TemplatesConfig(_Model):
     dir: str = Field("", description="a directory of .j2 templates that replace built-ins of the same name")
 
@@ -186,6 +193,7 @@ class Config(_Model):
     print: PrintConfig = PrintConfig()
     templates: TemplatesConfig = TemplatesConfig()
     sound: SoundConfig = SoundConfig()
+    timers: TimersConfig = TimersConfig()
     gpio: GpioConfig = GpioConfig()
     rules: dict[EventTypeName, RuleOverride] = Field(default_factory=dict, description="per event type, see agent/rules.py")
     texts: Annotated[dict[str, Union[str, list[str]]], AfterValidator(_check_texts)] = Field(

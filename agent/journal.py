@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS alerts (
     updated_at   REAL NOT NULL,
     body         TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS timers (
+    key          TEXT PRIMARY KEY,
+    fired_at     REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejected (
     id           INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at  REAL NOT NULL,
@@ -337,6 +341,27 @@ class Journal:
             error=error,
         )
 
+    # -- local timers ---------------------------------------------------
+    def timer_fired(self, key: str, default: Optional[float] = None) -> Optional[float]:
+        rows = self._read("SELECT fired_at FROM timers WHERE key=?", (key,))
+        return rows[0][0] if rows else default
+
+    def mark_timer(self, key: str, fired_at: float) -> None:
+        self._tx(lambda db: db.execute(
+            "INSERT INTO timers(key, fired_at) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET fired_at=excluded.fired_at",
+            (key, fired_at)))
+
+    def recent_created(self, since: float) -> list[tuple[float, bytes, str]]:
+        """(received_at, payload, order_id) of accepted order.created events since ``since``."""
+        return self._read(
+            "SELECT received_at, payload, order_id FROM events WHERE type='order.created' "
+            "AND status IN ('queued','printed') AND received_at > ? ORDER BY seq", (since,))
+
+    def orders_with(self, types: tuple[str, ...], since: float) -> set[str]:
+        marks = ",".join("?" * len(types))
+        return {r[0] for r in self._read(
+            f"SELECT DISTINCT order_id FROM events WHERE type IN ({marks}) AND received_at > ?", (*types, since))}
+
     # -- alerts ---------------------------------------------------------
     def save_alert(self, alert_id: str, body: str, is_open: bool, now: Optional[float] = None) -> None:
         now = time.time() if now is None else now
@@ -417,6 +442,7 @@ class Journal:
             n = db.execute(f"DELETE FROM events WHERE {final} AND received_at < ?", (cutoff,)).rowcount
             n += db.execute("DELETE FROM rejected WHERE received_at < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM alerts WHERE open=0 AND updated_at < ?", (cutoff,))
+            db.execute("DELETE FROM timers WHERE fired_at < ? AND key != 'summary'", (cutoff,))
             return n
 
         removed = self._tx(by_age)

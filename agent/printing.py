@@ -19,6 +19,7 @@ from drivers.printers import Printer, PrinterError, PrinterIOError
 from .journal import EventDone, Job, Journal, JournalError
 from .messages import parse_stored
 from .preview import encode
+from .timers import context_from
 from .tickets import TicketRenderer
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,9 @@ class PrintWorker:
         return st.printable or (not self.printer.queryable and st.state == "unknown")
 
     def _render(self, job: Job) -> bytes:
-        if job.type == "agent.test_page":
-            doc = self.renderer.render_named("test_page", {"printer": self.describe}, columns=self.columns)
+        if job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
+            ctx = {**context_from(job.payload), "printer": self.describe}
+            doc = self.renderer.render_named(job.document, ctx, columns=self.columns)
             return encode(doc, self.render_mode, self.qr_mode)
         ev = parse_stored(job.payload)
         doc = self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint)

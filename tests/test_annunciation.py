@@ -162,4 +162,4 @@ def test_button_press_acknowledges_and_long_press_prints_a_test_page(noisy_agent
     assert vprinter.wait_jobs(jobs_before + 1)
     assert "打印测试页" in vprinter.texts()[-1]
     time.sleep(0.3)
-    assert not any(r["event_id"] and r["event_id"].startswith("test-page-") for r in hq.results())
+    assert not any(r["event_id"] and r["event_id"].startswith("agent-") for r in hq.results())
