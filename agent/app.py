@@ -6,8 +6,10 @@ simulation).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import queue
 import threading
 import time
 from datetime import datetime, timezone
@@ -23,6 +25,8 @@ from .journal import EventDone, Journal
 from .messages import OrderResult
 from .mqtt import Inbound, MqttLink, MqttSettings
 from .alerts import Alert, AlertBook
+from .commands import Commands, reply
+from .control import SOCKET_NAME, ControlServer
 from .annunciator import Annunciator, SoundSettings
 from .messages import OrderEvent
 from .printing import PrintWorker
@@ -85,7 +89,7 @@ class Agent:
                 reconnect_min_s=cfg.mqtt.reconnect_min_s,
                 reconnect_max_s=cfg.mqtt.reconnect_max_s,
             ),
-            subscriptions=[self.topics.orders],
+            subscriptions=[self.topics.orders, self.topics.requests],
             status_topic=self.topics.status,
             handler=self._on_inbound,
             on_connection=self._on_connection,
@@ -135,6 +139,9 @@ class Agent:
         self.timers = LocalTimers(self.journal, TimerSettings(t.prep_before_s, t.unshipped_after_s, t.summary_every_s),
                                   print_internal=self.print_internal, on_unshipped=self._on_unshipped, clock=clock)
         self._last_timers = 0.0
+        self.commands = Commands(self)
+        self._requests: "queue.Queue[Inbound]" = queue.Queue(maxsize=100)
+        self.control = ControlServer(state / SOCKET_NAME, lambda command, args: self.commands.run(command, args))
         self._stop = threading.Event()
         self._last_prune = time.monotonic()
         self._housekeeper: Optional[threading.Thread] = None
@@ -218,6 +225,18 @@ class Agent:
                                   [(template, printer or self._default_printer())], now=self.clock())
         self._wake_all()
 
+    def reprint(self, order_id: str) -> list[str]:
+        """``reprint``: the order's receipt and warm-tip card again, marked 补打; [] when unknown."""
+        payload = self.journal.order_payload(order_id)
+        if payload is None:
+            return []
+        printer = self._default_printer()
+        key = f"{INTERNAL_PREFIX}reprint-{order_id}-{self.clock():.6f}"
+        docs = [(d, printer) for d in self.rules["order.created"].documents]
+        self.journal.record_event(key, order_id, "agent.reprint", payload, docs, reprint=True, now=self.clock())
+        self._wake_all()
+        return [d for d, _ in docs]
+
     def _on_unshipped(self, orders: list[dict]) -> None:
         self.annunciator.request("exception")
         ids = ", ".join(f"#{o['seq']} {o['id']}" for o in orders[:5])
@@ -231,6 +250,12 @@ class Agent:
     def _on_inbound(self, msg: Inbound) -> None:
         if msg.topic == self.topics.orders:
             self.intake.handle(msg.payload, lambda: self.link.ack(msg))
+        elif msg.topic.startswith(self.topics.request("")):
+            self.link.ack(msg)  # requests are not journaled: a lost one is simply asked again
+            try:
+                self._requests.put_nowait(msg)
+            except queue.Full:
+                log.warning("request queue full: %s dropped", msg.topic)
         else:
             log.warning("message on unexpected topic %s ignored", msg.topic)
             self.link.ack(msg)
@@ -312,13 +337,41 @@ class Agent:
         for w in self.workers.values():
             w.start()
         self.annunciator.start()
+        try:
+            self.control.start()
+        except OSError as e:  # e.g. a state_dir path too long for a Unix socket
+            log.error("control socket unavailable (%s): the CLI cannot reach this agent", e)
+        threading.Thread(target=self._serve_requests, name="requests", daemon=True).start()
         self.link.start()
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         self._housekeeper.start()
 
+    def _serve_requests(self) -> None:
+        """MQTT requests run here, off paho's thread (``diagnose`` waits for printers)."""
+        while not self._stop.is_set():
+            try:
+                msg = self._requests.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            command = msg.topic[len(self.topics.request("")):]
+            transaction = None
+            try:
+                body = json.loads(msg.payload.decode("utf-8"))
+                if not isinstance(body, dict):
+                    raise ValueError("the request must be a JSON object")
+                transaction = body.get("transaction")
+                out = self.commands.run(command, body.get("args"), transaction)
+            except (ValueError, UnicodeDecodeError) as e:
+                out = reply(transaction, error=f"bad request: {e}")
+            try:
+                self.link.publish(self.topics.response(command or "unknown"), json.dumps(out, ensure_ascii=False, default=str).encode())
+            except Exception:  # noqa: BLE001
+                log.exception("cannot answer request %s", command)
+
     def stop(self) -> None:
         log.info("stopping")
         self._stop.set()
+        self.control.stop()
         self.link.stop()
         self.annunciator.stop()
         for d in self._gpio_devices:

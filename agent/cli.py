@@ -163,5 +163,116 @@ def preview(event_file: str, template: str | None, width: str, out: str | None, 
         click.echo(f"wrote {target}")
 
 
+# ---------------------------------------------------------------- commands to the running daemon
+
+
+def _daemon(config_path: str | None, command: str, args: dict, as_json: bool, show) -> None:  # noqa: ANN001
+    from .control import ControlError, call  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    try:
+        out = call(cfg.state_dir, command, args)
+    except ControlError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+    elif out.get("status") == "ok":
+        show(out.get("data") or {})
+    if out.get("status") != "ok":
+        if not as_json:
+            click.echo(f"error: {out.get('error')}", err=True)
+        sys.exit(1)
+
+
+def _kv(data: dict) -> None:
+    for k, v in data.items():
+        click.echo(f"{k:<16} {v}")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+
+
+@main.command()
+@config_option
+@json_option
+def status(config_path: str | None, as_json: bool) -> None:
+    """What the running agent is doing: MQTT, printers, audio, alerts, queue."""
+
+    def show(d: dict) -> None:
+        click.echo(f"store {d['store_id']}  version {d['version']}  up {d['uptime_s']}s")
+        click.echo(f"mqtt     {'connected' if d['mqtt']['connected'] else 'NOT CONNECTED'}")
+        for p in d["printers"]:
+            click.echo(f"printer  {p['name']:<12} {p['state']:<12} {p['detail']}")
+        click.echo(f"audio    {d['audio']['state']}{' (silenced)' if d['audio']['silenced'] else ''}")
+        click.echo(f"queue    {d['queue']['pending']} job(s) waiting")
+        for a in d["alerts"]:
+            click.echo(f"alert    {a['id']:<40} {a['state']:<12} {a['message']}")
+
+    _daemon(config_path, "status", {}, as_json, show)
+
+
+@main.command()
+@config_option
+@json_option
+def queue(config_path: str | None, as_json: bool) -> None:
+    """Print jobs waiting or in progress."""
+
+    def show(d: dict) -> None:
+        if not d["jobs"]:
+            click.echo("queue empty")
+        for j in d["jobs"]:
+            click.echo(f"{j['job']:>6} {j['printer']:<12} {j['state']:<9} {j['document']:<9} {j['order_id'] or '-':<20} attempts {j['attempts']}{' 补打' if j['reprint'] else ''}")
+
+    _daemon(config_path, "queue", {}, as_json, show)
+
+
+@main.command()
+@click.argument("order_id")
+@config_option
+@json_option
+def reprint(order_id: str, config_path: str | None, as_json: bool) -> None:
+    """Print an order's receipt and warm-tip card again, marked 补打."""
+    _daemon(config_path, "reprint", {"order_id": order_id}, as_json, lambda d: click.echo(f"reprinting {order_id}: {', '.join(d['jobs'])}"))
+
+
+@main.command("test-print")
+@click.argument("printer", required=False)
+@config_option
+@json_option
+def test_print(printer: str | None, config_path: str | None, as_json: bool) -> None:
+    """Print a test page (default printer unless PRINTER is given)."""
+    args = {"printer": printer} if printer else {}
+    _daemon(config_path, "test_print", args, as_json, lambda d: click.echo(f"test page queued on {d['printer']}"))
+
+
+@main.command()
+@click.argument("alert_id", required=False)
+@config_option
+@json_option
+def ack(alert_id: str | None, config_path: str | None, as_json: bool) -> None:
+    """Acknowledge one alert, or all open alerts: stops their repeats and blinking."""
+    args = {"alert_id": alert_id} if alert_id else {}
+    _daemon(config_path, "ack", args, as_json, lambda d: click.echo(f"acknowledged {len(d['acknowledged'])} alert(s)"))
+
+
+@main.command()
+@click.argument("minutes", type=float)
+@config_option
+@json_option
+def silence(minutes: float, config_path: str | None, as_json: bool) -> None:
+    """Mute chimes for MINUTES (LEDs keep showing)."""
+    _daemon(config_path, "silence", {"minutes": minutes}, as_json, lambda d: click.echo(f"silenced for {minutes:g} min"))
+
+
+@main.command()
+@click.argument("sound", default="new_order")
+@config_option
+@json_option
+def chime(sound: str, config_path: str | None, as_json: bool) -> None:
+    """Play a chime (new_order, exception, urgent, device_fault) to test the speaker."""
+    _daemon(config_path, "chime", {"sound": sound}, as_json, lambda d: click.echo(f"playing {sound}"))
+
+
 if __name__ == "__main__":
     main()

@@ -175,6 +175,7 @@ class Journal:
         documents: list[tuple[str, str]],
         *,
         expired: bool = False,
+        reprint: bool = False,
         now: Optional[float] = None,
     ) -> Intake:
         """Store an accepted event and its print jobs ``[(document, printer), ...]`` in one transaction."""
@@ -209,9 +210,9 @@ class Journal:
             seq = cur.lastrowid
             if status == "queued":
                 db.executemany(
-                    "INSERT INTO jobs(event_seq, document, printer, state, created_at, updated_at) "
-                    "VALUES (?,?,?,'queued',?,?)",
-                    [(seq, doc, printer, now, now) for doc, printer in documents],
+                    "INSERT INTO jobs(event_seq, document, printer, state, reprint, created_at, updated_at) "
+                    "VALUES (?,?,?,'queued',?,?,?)",
+                    [(seq, doc, printer, int(reprint), now, now) for doc, printer in documents],
                 )
             return Intake(status, seq, reason)
 
@@ -340,6 +341,13 @@ class Journal:
             reprint=any(j[3] for j in jobs),
             error=error,
         )
+
+    def order_payload(self, order_id: str) -> Optional[bytes]:
+        """The newest order.created payload of an order (printed, failed or expired alike), for reprints."""
+        rows = self._read(
+            "SELECT payload FROM events WHERE order_id=? AND type='order.created' "
+            "AND status IN ('queued','printed','failed','expired') ORDER BY seq DESC LIMIT 1", (order_id,))
+        return rows[0][0] if rows else None
 
     # -- local timers ---------------------------------------------------
     def timer_fired(self, key: str, default: Optional[float] = None) -> Optional[float]:

@@ -122,6 +122,9 @@ class PrintWorker:
         return st.printable or (not self.printer.queryable and st.state == "unknown")
 
     def _render(self, job: Job) -> bytes:
+        if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
+            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=True)
+            return encode(doc, self.render_mode, self.qr_mode)
         if job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
             ctx = {**context_from(job.payload), "printer": self.describe}
             doc = self.renderer.render_named(job.document, ctx, columns=self.columns)

@@ -1,0 +1,162 @@
+"""The commands of the contract, one implementation for MQTT requests and the local CLI.
+
+Every reply has one shape: ``{"transaction", "status": "ok"|"error", "data", "error"}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .app import Agent
+
+log = logging.getLogger(__name__)
+
+
+class CommandError(Exception):
+    pass
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ReprintArgs(_Args):
+    order_id: str = Field(min_length=1, max_length=64)
+
+
+class TestPrintArgs(_Args):
+    printer: Optional[str] = None
+
+
+class ChimeArgs(_Args):
+    sound: str
+
+
+class AckArgs(_Args):
+    alert_id: Optional[str] = None
+
+
+class SilenceArgs(_Args):
+    minutes: float = Field(gt=0, le=720)
+
+
+class NoArgs(_Args):
+    pass
+
+
+ARGS: dict[str, type[_Args]] = {
+    "reprint": ReprintArgs,
+    "test_print": TestPrintArgs,
+    "chime": ChimeArgs,
+    "ack": AckArgs,
+    "silence": SilenceArgs,
+    "diagnose": NoArgs,
+    "queue": NoArgs,
+    "status": NoArgs,
+}
+
+
+def reply(transaction: Any, data: Optional[dict] = None, error: Optional[str] = None) -> dict:
+    return {"transaction": transaction, "status": "error" if error else "ok", "data": data or {}, "error": error}
+
+
+class Commands:
+    def __init__(self, agent: "Agent") -> None:
+        self.agent = agent
+
+    def run(self, command: str, args: Any, transaction: Any = None) -> dict:
+        """Validate and run; never raises (bad input and failures are an error reply)."""
+        model = ARGS.get(command)
+        if model is None:
+            return reply(transaction, error=f"unknown command {command!r}; one of {', '.join(sorted(ARGS))}")
+        try:
+            parsed = model.model_validate(args if args is not None else {})
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "args"
+            return reply(transaction, error=f"bad arguments for {command}: {where}: {first['msg']}")
+        try:
+            fn: Callable[[Any], dict] = getattr(self, f"_{command}")
+            return reply(transaction, fn(parsed))
+        except CommandError as e:
+            return reply(transaction, error=str(e))
+        except Exception as e:  # noqa: BLE001 - a failing command is an answer, not a crash
+            log.exception("command %s failed", command)
+            return reply(transaction, error=f"{command} failed: {type(e).__name__}: {e}")
+
+    # -- the commands
+    def _reprint(self, a: ReprintArgs) -> dict:
+        ids = self.agent.reprint(a.order_id)
+        if not ids:
+            raise CommandError(f"no order {a.order_id} in the journal")
+        return {"order_id": a.order_id, "jobs": ids}
+
+    def _test_print(self, a: TestPrintArgs) -> dict:
+        names = [p.name for p in self.agent.cfg.printers]
+        if a.printer is not None and a.printer not in names:
+            raise CommandError(f"no printer named {a.printer!r}; configured: {', '.join(names)}")
+        self.agent.test_print(a.printer)
+        return {"printer": a.printer or self.agent._default_printer()}
+
+    def _chime(self, a: ChimeArgs) -> dict:
+        from drivers.audio import SOUNDS  # noqa: PLC0415
+
+        if a.sound not in SOUNDS:
+            raise CommandError(f"unknown sound {a.sound!r}; one of {', '.join(SOUNDS)}")
+        self.agent.annunciator.request(a.sound)
+        return {"sound": a.sound}
+
+    def _ack(self, a: AckArgs) -> dict:
+        if a.alert_id is not None and self.agent.alerts.get(a.alert_id) is None:
+            raise CommandError(f"no open alert {a.alert_id!r}")
+        changed = self.agent.acknowledge(a.alert_id)
+        return {"acknowledged": [x.id for x in changed]}
+
+    def _silence(self, a: SilenceArgs) -> dict:
+        self.agent.annunciator.silence(a.minutes)
+        return {"silenced_until": self.agent.annunciator.silenced_until}
+
+    def _queue(self, _: NoArgs) -> dict:
+        now = self.agent.clock()
+        jobs = self.agent.journal.open_jobs()
+        return {"jobs": [{"job": j.id, "event_id": j.event_id, "order_id": j.order_id, "document": j.document,
+                          "printer": j.printer, "state": j.state, "attempts": j.attempts, "reprint": j.reprint}
+                         for j in jobs],
+                "pending": len(jobs), "oldest_s": self.agent.journal.oldest_open_age(now)}
+
+    def _status(self, _: NoArgs) -> dict:
+        a = self.agent
+        return {
+            "store_id": a.cfg.store_id,
+            "version": __version__,
+            "uptime_s": int(a.clock() - a.started_at),
+            "mqtt": {"connected": a.link.connected, "subscribed": a.link.subscribed},
+            "printers": [{"name": w.name, "state": w.status.state, "detail": w.status.detail,
+                          "last_print_at": w.last_print_at} for w in a.workers.values()],
+            "audio": {"state": a.annunciator.audio_state, "silenced": a.annunciator.silenced_until > a.clock()},
+            "alerts": [{"id": x.id, "code": x.code, "state": x.state, "message": x.message} for x in a.alerts.open_alerts()],
+            "queue": {"pending": len(a.journal.open_jobs()), "oldest_s": a.journal.oldest_open_age(a.clock())},
+        }
+
+    def _diagnose(self, _: NoArgs) -> dict:
+        a = self.agent
+        printers = []
+        for p in a.cfg.printers:
+            t0 = time.monotonic()
+            st = a.printers[p.name].status()
+            printers.append({"name": p.name, "state": st.state, "detail": st.detail, "answer_ms": round(1000 * (time.monotonic() - t0), 1)})
+        disk = shutil.disk_usage(a.cfg.state_dir)
+        return {
+            **self._status(NoArgs()),
+            "printers": printers,
+            "disk": {"free_mb": disk.free // 2**20, "total_mb": disk.total // 2**20},
+            "journal": {"bytes": a.journal.size_bytes(), "events": a.journal.counts()},
+        }
