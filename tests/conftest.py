@@ -151,6 +151,7 @@ def agent_config(state_dir: Path, broker_port: int, printer_port: int, store_id:
         "health": {"printer_poll_s": 1},
         "print": {"retry_s": 0.2},
         "sound": {"enabled": False},
+        "timers": {"prep_before_s": 0, "summary_every_s": 0},
     }
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):

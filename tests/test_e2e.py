@@ -157,7 +157,7 @@ def test_broker_restart_mid_burst(own_broker, vprinter, make_agent, hq_factory, 
     check_exactly_once(vprinter, ids)
     check_exactly_once(vprinter, ids, "warm_tip")
     done = lambda: {r[0] for r in agent.journal._read("SELECT event_id FROM events WHERE status='printed'")}
-    assert wait_until(lambda: done() == {e["id"] for e in events}, 20)
+    assert wait_until(lambda: done() == {e["id"] for e in events}, 20), agent.journal._read("SELECT event_id, status FROM events WHERE status != 'printed'")
 
 
 def test_paper_out_mid_burst(broker, vprinter, make_agent, hq_factory, store_id):
