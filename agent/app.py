@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import queue
+import shutil
 import threading
 import time
 from datetime import datetime, timezone
@@ -28,7 +29,7 @@ from .alerts import Alert, AlertBook
 from .commands import Commands, reply
 from .control import SOCKET_NAME, ControlServer
 from .annunciator import Annunciator, SoundSettings
-from .messages import OrderEvent
+from .messages import Health, OrderEvent, PrinterHealth
 from .printing import PrintWorker
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
 from .timers import LocalTimers, TimerSettings, context_json
@@ -142,6 +143,8 @@ class Agent:
         self.commands = Commands(self)
         self._requests: "queue.Queue[Inbound]" = queue.Queue(maxsize=100)
         self.control = ControlServer(state / SOCKET_NAME, lambda command, args: self.commands.run(command, args))
+        self._health_signature: tuple = ()
+        self._health_sent = 0.0
         self._stop = threading.Event()
         self._last_prune = time.monotonic()
         self._housekeeper: Optional[threading.Thread] = None
@@ -402,6 +405,45 @@ class Agent:
                 log.exception("housekeeping failed")
         notifier("STOPPING=1")
 
+    def health(self) -> Health:
+        now = self.clock()
+        utc = lambda ts: datetime.fromtimestamp(ts, timezone.utc) if ts else None  # noqa: E731
+        jobs = self.journal.open_jobs()
+        printers = []
+        for p in self.cfg.printers:
+            w = self.workers[p.name]
+            printers.append(PrinterHealth(
+                name=p.name, role=p.role, state=w.status.state, since=utc(w.status_since), detail=w.status.detail,
+                last_print_at=utc(w.last_print_at), queue=sum(1 for j in jobs if j.printer == p.name)))
+        try:
+            free_mb = shutil.disk_usage(self.cfg.state_dir).free // 2**20
+        except OSError:
+            free_mb = -1
+        oldest = self.journal.oldest_open_age(now)
+        return Health(
+            store_id=self.cfg.store_id, at=utc(now),
+            agent={"version": __version__, "uptime_s": int(now - self.started_at)},
+            mqtt={"connected": self.link.connected},
+            printers=printers,
+            audio={"state": self.annunciator.audio_state},
+            queue={"pending": len(jobs), "oldest_s": round(oldest, 1) if oldest is not None else None},
+            alerts_open=len(self.alerts.open_alerts()),
+            disk={"free_mb": free_mb},
+        )
+
+    def _publish_health(self, force: bool = False) -> None:
+        """Retained health: whenever something a person would care about changes, and every publish_s."""
+        signature = (
+            tuple((w.name, w.status.state) for w in self.workers.values()),
+            self.annunciator.audio_state, self.link.connected, len(self.alerts.open_alerts()),
+        )
+        due = time.monotonic() - self._health_sent >= self.cfg.health.publish_s
+        if not (force or due or signature != self._health_signature) or not self.link.connected:
+            return
+        self._health_signature = signature
+        self._health_sent = time.monotonic()
+        self.link.publish(self.topics.health, self.health().model_dump_json().encode(), retain=True)
+
     def _housekeeping_tick(self, notifier: Callable[[str], None]) -> None:
         stale = [w.name for w in self.workers.values() if time.monotonic() - w.heartbeat > max(60.0, 3 * w.poll_s + 30)]
         if stale:
@@ -410,6 +452,7 @@ class Agent:
             notifier("WATCHDOG=1")
         self._flush_reported()
         self.alerts.tick()
+        self._publish_health()
         if time.monotonic() - self._last_timers >= self.cfg.timers.check_s:
             self._last_timers = time.monotonic()
             self.timers.tick()

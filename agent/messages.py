@@ -222,3 +222,28 @@ class OrderResult(BaseModel):
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=False).encode()
+
+
+class PrinterHealth(BaseModel):
+    name: str
+    role: str
+    state: Literal["ready", "paper_low", "paper_out", "cover_open", "offline", "unreachable", "unknown"]
+    since: Optional[datetime] = None
+    detail: str = ""
+    last_print_at: Optional[datetime] = None
+    queue: int = 0
+
+
+class Health(BaseModel):
+    """Health snapshot, retained on ``P/S/health``: on every change and every ``health.publish_s``."""
+
+    v: Literal[1] = 1
+    store_id: str
+    at: datetime
+    agent: dict[str, Any]
+    mqtt: dict[str, bool]
+    printers: list[PrinterHealth]
+    audio: dict[str, str]
+    queue: dict[str, Optional[float]]
+    alerts_open: int
+    disk: dict[str, int] = Field(default_factory=dict)

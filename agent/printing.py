@@ -58,6 +58,7 @@ class PrintWorker:
         self.max_attempts = max_attempts
         self.clock = clock
         self.status: PrinterStatus = PrinterStatus("unknown", "not checked yet")
+        self.status_since = clock()
         self.last_print_at: Optional[float] = None
         self.heartbeat = time.monotonic()
         self._wake = threading.Event()
@@ -114,6 +115,7 @@ class PrintWorker:
         st = self.printer.status()
         if st.state != self.status.state:
             log.info("printer %s: %s -> %s %s", self.name, self.status.state, st.state, st.detail)
+            self.status_since = self.clock()
         self.status = st
         self.on_status(self.name, st)
         return st

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 
 from .config import Config
-from .messages import OrderEvent, OrderResult
+from .messages import Health, OrderEvent, OrderResult
 
 MODELS = {
     "order-event.schema.json": (OrderEvent, "validation", "Order event (in, P/S/orders)"),
     "order-result.schema.json": (OrderResult, "serialization", "Order result (out, P/S/orders/result)"),
     "config.schema.json": (Config, "validation", "store-agent config file (TOML)"),
+    "health.schema.json": (Health, "serialization", "Health snapshot (out, retained, P/S/health)"),
 }
 
 

@@ -163,3 +163,21 @@ def test_button_press_acknowledges_and_long_press_prints_a_test_page(noisy_agent
     assert "打印测试页" in vprinter.texts()[-1]
     time.sleep(0.3)
     assert not any(r["event_id"] and r["event_id"].startswith("agent-") for r in hq.results())
+
+
+def test_status_led_blinks_slowly_while_the_broker_is_unreachable(own_broker, vprinter, make_agent, store_id):
+    agent = make_agent(own_broker.port, vprinter.port, store_id, gpio={"enabled": True, "pin_factory": "mock"})
+    assert wait_until(lambda: agent.annunciator.status_led.pattern == "on")
+    own_broker.stop()
+    assert wait_until(lambda: agent.annunciator.status_led.pattern == "slow_blink", 10)
+    own_broker.start()
+    assert wait_until(lambda: agent.annunciator.status_led.pattern == "on", 15)
+
+
+def test_audio_failure_shows_in_health(noisy_agent):
+    agent, hq = noisy_agent(sound={"enabled": True, "device": "no_such_alsa_device"})
+    agent.annunciator.request("new_order")
+    health = lambda: [json.loads(p) for t, p, _ in list(hq.messages) if t == hq.topic("health")]
+    assert wait_until(lambda: any(h["audio"]["state"] == "failed" for h in health()), 10)
+    h = health()[-1]
+    assert h["alerts_open"] >= 1 and h["store_id"] == agent.cfg.store_id and h["printers"][0]["name"] == "counter"
