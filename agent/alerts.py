@@ -65,7 +65,10 @@ class Alert:
 
 
 class AlertBook:
-    def __init__(self, journal: Journal, publish: Callable[[Alert], None], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, journal: Journal, publish: Callable[[Alert], None], clock: Callable[[], float] = time.time,
+                 *, details_for: Callable[[Alert], dict] = lambda a: {}, renotify_s: int = 1800) -> None:
+        self.details_for = details_for  # what the info department needs, added when an alert is escalated
+        self.renotify_s = renotify_s
         self.journal = journal
         self.publish = publish
         self.clock = clock
@@ -160,10 +163,17 @@ class AlertBook:
     def tick(self) -> list[Alert]:
         """Escalate every alert whose ``escalate_after_s`` has passed (acknowledged order alerts excepted)."""
         now = self.clock()
-        due = [a.id for a in self.open_alerts()
+        due = [a for a in self.open_alerts()
                if a.escalate_after_s and a.state != "escalated" and now - a.since >= a.escalate_after_s
                and not (a.acknowledged and not a.device_fault)]
-        return [e for e in (self.escalate(i) for i in due) if e]
+        out = [e for e in (self.escalate(a.id, self.details_for(a)) for a in due) if e]
+        with self._lock:  # re-notify escalated alerts until they clear
+            again = [a for a in self._open.values() if a.state == "escalated" and now - a.at >= self.renotify_s]
+            for a in again:
+                b = replace(a, at=now, details={**a.details, **self.details_for(a)})
+                self._store(b)
+                out.append(b)
+        return out
 
     def open_alerts(self) -> list[Alert]:
         with self._lock:

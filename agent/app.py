@@ -25,7 +25,8 @@ from .intake import OrderIntake
 from .journal import EventDone, Journal
 from .messages import OrderResult
 from .mqtt import Inbound, MqttLink, MqttSettings
-from .alerts import Alert, AlertBook
+from .alerts import Alert, AlertBook, iso
+from .notify import Notifier, Webhook
 from .commands import Commands, reply
 from .control import SOCKET_NAME, ControlServer
 from .annunciator import Annunciator, SoundSettings
@@ -115,6 +116,7 @@ class Agent:
                 journal=self.journal,
                 renderer=self.renderer,
                 on_done=self._on_done,
+                on_status=self._on_printer_status,
                 retry_s=cfg.print.retry_s,
                 poll_s=cfg.health.printer_poll_s,
                 max_attempts=cfg.print.max_attempts,
@@ -123,7 +125,10 @@ class Agent:
             for p in cfg.printers
         }
         self.rules = effective_rules(cfg.rules)
-        self.alerts = AlertBook(self.journal, self._publish_alert, clock)
+        self.alerts = AlertBook(self.journal, self._publish_alert, clock, details_for=self._escalation_details,
+                                renotify_s=cfg.escalation.renotify_s)
+        self.notifier = Notifier([Webhook(n.kind, n.url, n.secret) for n in cfg.escalation.notifiers])
+        self._fault_ok_since: dict[str, float] = {}
         self._gpio_devices: list = []
         self.annunciator = self._build_annunciator(cfg)
         self.intake = OrderIntake(
@@ -211,6 +216,51 @@ class Agent:
 
     def _publish_alert(self, alert: Alert) -> None:
         self.link.publish(self.topics.alerts, alert.payload())
+        if alert.audience == "infodept" or (alert.state == "cleared" and alert.details.get("escalated")):
+            title = f"[{self.cfg.store_id}] {alert.code} {alert.state}"
+            lines = [f"### {title}", f"- 门店: {self.cfg.store.name} {self.cfg.store.phone}", f"- {alert.message}"]
+            lines += [f"- {k}: {v}" for k, v in alert.details.items()]
+            self.notifier.send(title, "\n".join(lines))
+
+    # -- printer faults: store first, then the info department
+    def _on_printer_status(self, name: str, st) -> None:  # noqa: ANN001 - drivers.escpos_proto.PrinterStatus
+        now = self.clock()
+        faulted = st.state not in ("ready", "paper_low", "unknown") or (st.state == "unknown" and self.printers[name].queryable)
+        low_id = f"printer:{name}:paper_low"
+        if st.state == "paper_low":
+            self.alerts.raise_(low_id, "printer.paper_low", f"打印机 {name} 纸将用完,请备纸", severity="warning",
+                               printer=name, needs_ack=False, sound="none")
+        elif st.state == "ready" and self.alerts.get(low_id):
+            self.alerts.clear(low_id, f"打印机 {name} 已换纸")
+        open_faults = [a for a in self.alerts.open_alerts() if a.printer == name and a.code != "printer.paper_low"]
+        if faulted:
+            self._fault_ok_since.pop(name, None)
+            aid = f"printer:{name}:{st.state}"
+            if self.alerts.get(aid) is None:
+                for a in open_faults:  # the cause changed (cover closed, now paper out): one open fault per printer
+                    self.alerts.clear(a.id, f"打印机 {name}: {st.state}")
+                self.annunciator.request("device_fault")
+                self.alerts.raise_(aid, f"printer.{st.state}", f"打印机 {name}: {st.state} {st.detail}".strip(),
+                                   severity="critical", printer=name, needs_ack=False, sound="device_fault",
+                                   escalate_after_s=max(self.cfg.escalation.printer_fault_after_s, 1))
+        elif open_faults:
+            first_ok = self._fault_ok_since.setdefault(name, now)
+            if now - first_ok >= self.cfg.health.clear_after_s:  # stable again: a loose cable gives one alert
+                for a in open_faults:
+                    self.alerts.clear(a.id, f"打印机 {name} 已恢复")
+                self._fault_ok_since.pop(name, None)
+
+    def _escalation_details(self, alert: Alert) -> dict:
+        d: dict = {"store": self.cfg.store.name, "store_phone": self.cfg.store.phone, "escalated": True}
+        if alert.printer and alert.printer in self.workers:
+            w = self.workers[alert.printer]
+            p = next(p for p in self.cfg.printers if p.name == alert.printer)
+            d.update({
+                "printer": p.name, "connection": _describe(p), "cause": f"{w.status.state} {w.status.detail}".strip(),
+                "since": iso(alert.since), "last_good_print": iso(w.last_print_at) if w.last_print_at else None,
+                "jobs_waiting": len(self.journal.open_jobs(p.name)),
+            })
+        return d
 
     def acknowledge(self, alert_id: Optional[str] = None) -> list[Alert]:
         """Button, CLI and the ``ack`` request: acknowledge one or all open alerts; stops repeats."""
@@ -340,6 +390,7 @@ class Agent:
         for w in self.workers.values():
             w.start()
         self.annunciator.start()
+        self.notifier.start()
         try:
             self.control.start()
         except OSError as e:  # e.g. a state_dir path too long for a Unix socket
@@ -377,6 +428,7 @@ class Agent:
         self.control.stop()
         self.link.stop()
         self.annunciator.stop()
+        self.notifier.stop()
         for d in self._gpio_devices:
             d.close()
         for w in self.workers.values():

@@ -117,11 +117,20 @@ PrinterConfig = Annotated[
 
 class HealthConfig(_Model):
     printer_poll_s: int = Field(5, ge=1, le=3600)
-    publish_s: int = Field(60, ge=5, le=86400)
+    publish_s: int = Field(60, ge=1, le=86400)
+    clear_after_s: int = Field(10, ge=0, description="a printer fault clears only after this long ready again (a loose cable gives one alert)")
+
+
+class NotifierConfig(_Model):
+    kind: Literal["dingtalk", "wecom"]
+    url: str = Field(pattern=r"^https?://")
+    secret: str = Field("", description="DingTalk 加签 secret (signed robots)")
 
 
 class EscalationConfig(_Model):
     printer_fault_after_s: int = Field(120, ge=0)
+    renotify_s: int = Field(1800, ge=60, description="an escalated alert is sent again this often until cleared")
+    notifiers: list[NotifierConfig] = Field(default_factory=list, description="DingTalk / WeCom group robots")
 
 
 class JournalConfig(_Model):

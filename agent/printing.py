@@ -117,7 +117,10 @@ class PrintWorker:
             log.info("printer %s: %s -> %s %s", self.name, self.status.state, st.state, st.detail)
             self.status_since = self.clock()
         self.status = st
-        self.on_status(self.name, st)
+        try:
+            self.on_status(self.name, st)
+        except Exception:  # noqa: BLE001 - alerting must never break a print job
+            log.exception("printer %s: status handler failed", self.name)
         return st
 
     def _ok_to_print(self, st: PrinterStatus) -> bool:
