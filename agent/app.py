@@ -31,7 +31,7 @@ from .commands import Commands, reply
 from .control import SOCKET_NAME, ControlServer
 from .annunciator import Annunciator, SoundSettings
 from .messages import Health, OrderEvent, PrinterHealth
-from .printing import PrintWorker
+from .printing import Inflight, PrintWorker
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
 from .timers import LocalTimers, TimerSettings, context_json
 from .tickets import TicketRenderer
@@ -106,6 +106,7 @@ class Agent:
             template_dir=cfg.templates.dir or None,
             on_fallback=self._on_template_fallback,
         )
+        self.inflight = Inflight()
         self.workers = {
             p.name: PrintWorker(
                 self.printers[p.name],
@@ -121,6 +122,8 @@ class Agent:
                 poll_s=cfg.health.printer_poll_s,
                 max_attempts=cfg.print.max_attempts,
                 clock=clock,
+                takeover=self._takeover if p.role == "backup" else (lambda: ()),
+                inflight=self.inflight,
             )
             for p in cfg.printers
         }
@@ -193,6 +196,13 @@ class Agent:
             if p.role == "primary":
                 return p.name
         return self.cfg.printers[0].name
+
+    def _takeover(self) -> tuple[str, ...]:
+        """For a backup printer: every primary, while every primary is faulted; else nothing."""
+        primaries = [w for p, w in ((p, self.workers[p.name]) for p in self.cfg.printers) if p.role == "primary"]
+        if primaries and all(not w.status.printable and w.printer.queryable and w.status.state != "unknown" for w in primaries):
+            return tuple(w.name for w in primaries)
+        return ()
 
     def _plan(self, event_type: str) -> list[tuple[str, str]]:
         rule = self.rules[event_type]

@@ -241,11 +241,13 @@ class Journal:
     def _job(row: tuple) -> Job:
         return Job(*row[:9], bool(row[9]), row[10])
 
-    def next_job(self, printer: str) -> Optional[Job]:
-        rows = self._read(
-            self._JOB_SQL + "WHERE j.printer=? AND j.state IN ('queued','printing') ORDER BY j.id LIMIT 1",
-            (printer,),
-        )
+    def next_job(self, printer: str, also: tuple[str, ...] = (), skip: tuple[int, ...] = ()) -> Optional[Job]:
+        """The oldest open job of ``printer`` (or of the printers in ``also``, for a backup taking over)."""
+        names = (printer, *also)
+        where = f"WHERE j.printer IN ({','.join('?' * len(names))}) AND j.state IN ('queued','printing')"
+        if skip:
+            where += f" AND j.id NOT IN ({','.join('?' * len(skip))})"
+        rows = self._read(self._JOB_SQL + where + " ORDER BY j.id LIMIT 1", (*names, *skip))
         return self._job(rows[0]) if rows else None
 
     def open_jobs(self, printer: Optional[str] = None) -> list[Job]:
@@ -267,19 +269,20 @@ class Journal:
 
         return self._tx(tx)
 
-    def begin_attempt(self, job_id: int, now: Optional[float] = None) -> Job:
-        """Mark a job ``printing`` before any byte is sent; the returned job says whether it is a reprint."""
+    def begin_attempt(self, job_id: int, now: Optional[float] = None, printer: Optional[str] = None) -> Job:
+        """Mark a job ``printing`` (on ``printer``, when a backup takes it over) before any byte is sent;
+        the returned job says whether it is a reprint."""
         now = time.time() if now is None else now
 
         def tx(db: sqlite3.Connection) -> Job:
-            state, attempts, reprint = db.execute(
-                "SELECT state, attempts, reprint FROM jobs WHERE id=?", (job_id,)
+            state, attempts, reprint, owner = db.execute(
+                "SELECT state, attempts, reprint, printer FROM jobs WHERE id=?", (job_id,)
             ).fetchone()
             # a job already 'printing' was interrupted after bytes may have left: paper may exist
             reprint = bool(reprint) or state == "printing"
             db.execute(
-                "UPDATE jobs SET state='printing', attempts=attempts+1, reprint=?, updated_at=? WHERE id=?",
-                (int(reprint), now, job_id),
+                "UPDATE jobs SET state='printing', attempts=attempts+1, reprint=?, printer=?, updated_at=? WHERE id=?",
+                (int(reprint), printer or owner, now, job_id),
             )
             return self._job(db.execute(self._JOB_SQL + "WHERE j.id=?", (job_id,)).fetchone())
 

@@ -25,6 +25,29 @@ from .tickets import TicketRenderer
 log = logging.getLogger(__name__)
 
 
+class Inflight:
+    """Jobs being attempted right now, shared by all workers: a job is never on two printers at once."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def claim(self, job_id: int) -> bool:
+        with self._lock:
+            if job_id in self._ids:
+                return False
+            self._ids.add(job_id)
+            return True
+
+    def release(self, job_id: int) -> None:
+        with self._lock:
+            self._ids.discard(job_id)
+
+    def ids(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(self._ids)
+
+
 class PrintWorker:
     def __init__(
         self,
@@ -42,7 +65,11 @@ class PrintWorker:
         poll_s: float = 5.0,
         max_attempts: int = 0,
         clock: Callable[[], float] = time.time,
+        takeover: Callable[[], tuple[str, ...]] = lambda: (),
+        inflight: Optional["Inflight"] = None,
     ) -> None:
+        self.takeover = takeover  # a backup printer: the primaries whose jobs it may print now
+        self.inflight = inflight or Inflight()
         self.printer = printer
         self.name = printer.name
         self.columns = columns
@@ -85,11 +112,17 @@ class PrintWorker:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                job = self.journal.next_job(self.name)
+                job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
                 if job is None:
                     self._idle()
                     continue
-                if not self._process(job):
+                if not self.inflight.claim(job.id):
+                    continue
+                try:
+                    ok = self._process(job)
+                finally:
+                    self.inflight.release(job.id)
+                if not ok:
                     self._sleep(self.retry_s)
             except JournalError as e:
                 log.error("printer %s: journal error: %s", self.name, e)
@@ -146,7 +179,9 @@ class PrintWorker:
         before = self._check()
         if not self._ok_to_print(before):
             return False
-        job = self.journal.begin_attempt(job.id, now=self.clock())
+        if job.printer != self.name:
+            log.warning("printer %s: taking over %s of %s (faulted)", self.name, job.document, job.printer)
+        job = self.journal.begin_attempt(job.id, now=self.clock(), printer=self.name)
         try:
             data = self._render(job)
         except Exception as e:  # noqa: BLE001 - a document that cannot render fails its job, never the agent
