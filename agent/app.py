@@ -507,7 +507,10 @@ class Agent:
         self.link.publish(self.topics.health, self.health().model_dump_json().encode(), retain=True)
 
     def _housekeeping_tick(self, notifier: Callable[[str], None]) -> None:
-        stale = [w.name for w in self.workers.values() if time.monotonic() - w.heartbeat > max(60.0, 3 * w.poll_s + 30)]
+        limit = self.cfg.health.stuck_after_s
+        beats = {w.name: w.heartbeat for w in self.workers.values()}
+        beats["annunciator"] = self.annunciator.heartbeat
+        stale = [name for name, beat in beats.items() if time.monotonic() - beat > limit]
         if stale:
             log.error("print worker(s) stuck: %s; withholding the watchdog ping", ", ".join(stale))
         else:

@@ -119,6 +119,7 @@ class HealthConfig(_Model):
     printer_poll_s: int = Field(5, ge=1, le=3600)
     publish_s: int = Field(60, ge=1, le=86400)
     clear_after_s: int = Field(10, ge=0, description="a printer fault clears only after this long ready again (a loose cable gives one alert)")
+    stuck_after_s: int = Field(90, ge=3, description="a worker thread silent this long withholds the systemd watchdog ping (restart)")
 
 
 class NotifierConfig(_Model):

@@ -66,7 +66,7 @@ def printable(text: str) -> str:
     out = []
     for ch in text:
         cat = unicodedata.category(ch)
-        if ch in "\n\t":
+        if ch in "\n\t" or cat in ("Zl", "Zp"):  # line/paragraph separators: one line stays one line
             out.append(" ")
         elif cat in ("Cc", "Cf"):
             continue

@@ -139,7 +139,7 @@ def _text_blocks(styles: set[str], content: str, columns: int) -> list[Block]:
 
 def parse_markup(name: str, markup: str, columns: int) -> Document:
     blocks: list[Block] = []
-    for lineno, raw in enumerate(markup.splitlines(), 1):
+    for lineno, raw in enumerate(markup.split("\n"), 1):  # not splitlines(): U+2028 & co. are not line ends here
         line = raw.rstrip()
         if not line.strip():
             continue

@@ -168,6 +168,7 @@ def test_unprintable_characters_become_the_fallback_glyph():
 
 def test_data_cannot_inject_directives():
     ev = example("order-created-meituan.json")
+    ev["order"]["items"][0]["name"] = "0\u20280\u2029@cut\r@qr x"  # found by hypothesis: U+2028 split the line
     ev["order"]["note"] = "x\n@cut\n@qr evil"
     ev["order"]["customer"]["address"] = "@cut"
     d = TicketRenderer(**STORE).render("receipt", OrderEvent.model_validate_json(json.dumps(ev)), columns=48)
