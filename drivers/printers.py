@@ -57,6 +57,10 @@ def import_escpos_printers() -> Any:
         for h in root.handlers[:]:
             if h not in before:
                 root.removeHandler(h)
+        if not root.handlers:
+            # escpos logs through logging.info() & co., which call basicConfig() whenever the root
+            # logger has no handler: a NullHandler keeps it from installing a stderr handler later
+            root.addHandler(logging.NullHandler())
         logging.getLogger("escpos").setLevel(logging.WARNING)
         return ep
 

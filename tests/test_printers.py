@@ -129,3 +129,13 @@ def test_file_printer_without_device_is_unreachable(tmp_path):
     assert p.status().state == "unknown"
     p.send(JOB)
     assert (tmp_path / "lp0").read_bytes() == JOB
+
+
+def test_escpos_leaves_the_root_logger_alone(vprinter):
+    import logging
+
+    p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=1.0)
+    p.status()
+    p.close()
+    assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler)
+                and getattr(h, "stream", None) is __import__("sys").stderr]
