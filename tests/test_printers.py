@@ -132,10 +132,14 @@ def test_file_printer_without_device_is_unreachable(tmp_path):
 
 
 def test_escpos_leaves_the_root_logger_alone(vprinter):
-    import logging
+    # in a fresh interpreter: pytest's own root handlers would hide a basicConfig() call here
+    import subprocess
+    import sys
 
-    p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=1.0)
-    p.status()
-    p.close()
-    assert not [h for h in logging.getLogger().handlers if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.NullHandler)
-                and getattr(h, "stream", None) is __import__("sys").stderr]
+    code = (
+        "import logging; from drivers.printers import NetworkPrinter;"
+        f"p = NetworkPrinter('n', '127.0.0.1', {vprinter.port}, timeout_s=1.0); print(p.status().state); p.close();"
+        "print([type(h).__name__ for h in logging.getLogger().handlers])"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(__import__("conftest").ROOT))
+    assert r.stdout.splitlines() == ["ready", "['NullHandler']"], r.stdout + r.stderr
