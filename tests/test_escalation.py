@@ -108,3 +108,22 @@ def test_dingtalk_signature():
 
     expected = base64.b64encode(hmac.new(b"SECabc", b"1700000000000\nSECabc", hashlib.sha256).digest()).decode()
     assert q["sign"] == [expected]
+
+
+@pytest.mark.parametrize("mode, state", [("paper_out", "paper_out"), ("cover_open", "cover_open"), ("offline", "offline"),
+                                         ("hang", "unreachable"), ("down", "unreachable")])
+def test_each_fault_kind_alerts_shows_in_health_and_recovers(broker, vprinter, make_agent, hq_factory, store_id, mode, state):
+    hq = hq_factory(broker.port, store_id)
+    agent = make_agent(broker.port, vprinter.port, store_id, health={"printer_poll_s": 1, "clear_after_s": 1},
+                       escalation={"printer_fault_after_s": 600})
+    health = lambda: [json.loads(p) for t, p, _ in list(hq.messages) if t == hq.topic("health")]
+    t0 = time.monotonic()
+    vprinter.set_mode(mode)
+    assert wait_until(lambda: any(a["code"] == f"printer.{state}" and a["state"] == "raised" for a in alerts_of(hq)), 10)
+    took = time.monotonic() - t0
+    print(f"\n{mode}: alert after {took:.2f}s (poll 1s, timeout 1s)")
+    assert wait_until(lambda: health() and health()[-1]["printers"][0]["state"] == state, 5)
+    assert agent.annunciator.exception_led is None or agent.annunciator.exception_led.pattern == "on"
+    vprinter.set_mode("ready")
+    assert wait_until(lambda: any(a["code"] == f"printer.{state}" and a["state"] == "cleared" for a in alerts_of(hq)), 15)
+    assert wait_until(lambda: health()[-1]["printers"][0]["state"] == "ready", 5)
