@@ -117,6 +117,19 @@ class EventDone:
     error: Optional[str]
 
 
+def _event_done(event_id: str, order_id: Optional[str], status: str, error: Optional[str], jobs: list[tuple]) -> EventDone:
+    """Jobs as (document, printer, state, reprint, ...) rows."""
+    return EventDone(
+        event_id=event_id,
+        order_id=order_id,
+        status=status,
+        documents=[j[0] for j in jobs if j[2] == "printed"],
+        printer=jobs[-1][1] if jobs else "",
+        reprint=any(j[3] for j in jobs),
+        error=error,
+    )
+
+
 class Journal:
     def __init__(self, path: str | Path, *, max_rejected_bytes: int = 65536) -> None:
         self.path = Path(path)
@@ -335,15 +348,7 @@ class Journal:
         status = "failed" if failed else "printed"
         error = "; ".join(f"{j[0]}: {j[4]}" for j in failed) or None
         db.execute("UPDATE events SET status=?, finished_at=?, error=? WHERE seq=?", (status, now, error, seq))
-        return EventDone(
-            event_id=event_id,
-            order_id=order_id,
-            status=status,
-            documents=[j[0] for j in jobs if j[2] == "printed"],
-            printer=jobs[-1][1] if jobs else "",
-            reprint=any(j[3] for j in jobs),
-            error=error,
-        )
+        return _event_done(event_id, order_id, status, error, jobs)
 
     def order_payload(self, order_id: str) -> Optional[bytes]:
         """The newest order.created payload of an order (printed, failed or expired alike), for reprints."""
@@ -404,17 +409,7 @@ class Journal:
         out = []
         for seq, event_id, order_id, status, error in rows:
             jobs = self._read("SELECT document, printer, state, reprint FROM jobs WHERE event_seq=? ORDER BY id", (seq,))
-            out.append(
-                EventDone(
-                    event_id=event_id,
-                    order_id=order_id,
-                    status=status,
-                    documents=[j[0] for j in jobs if j[2] == "printed"],
-                    printer=jobs[-1][1] if jobs else "",
-                    reprint=any(j[3] for j in jobs),
-                    error=error,
-                )
-            )
+            out.append(_event_done(event_id, order_id, status, error, jobs))
         return out
 
     # -- queries --------------------------------------------------------

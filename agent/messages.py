@@ -11,28 +11,10 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-EVENT_TYPES = (
-    "order.created",
-    "order.modified",
-    "order.cancelled",
-    "order.reassigned",
-    "order.urged",
-    "order.dispatched",
-    "order.completed",
-    "rider.unassigned",
-    "rider.cancelled",
-    "delivery.late",
-    "aftersale.requested",
-    "aftersale.revoked",
-    "logistics.exception",
-    "stock.short",
-    "rx.pending",
-    "fever.registration",
-)
 EventType = Literal[
     "order.created",
     "order.modified",
@@ -51,6 +33,7 @@ EventType = Literal[
     "rx.pending",
     "fever.registration",
 ]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
 Platform = Literal["meituan", "eleme", "jddj", "youzan", "pdd", "web", "other"]
 ResultStatus = Literal["queued", "printed", "failed", "rejected", "duplicate", "expired"]
 MAX_TEXT = 65536  # the payload cap bounds every field; printing shortens long values (templating)
