@@ -69,3 +69,17 @@ def test_paper_runs_out_mid_burst_backup_finishes_it(broker, vprinter, backup, m
     stats = check_exactly_once(Both(vprinter, backup), [e["order"]["id"] for e in events])
     assert len(vprinter.jobs) == 5 and len(backup.jobs) >= 35
     print(f"\nfailover mid-burst: primary printed {len(vprinter.jobs)}, backup {len(backup.jobs)}, marked extra copies {stats['extra_marked_copies']}")
+
+
+def test_a_hung_printer_blocks_no_other_printer(broker, vprinter, backup, make_agent, hq_factory, store_id):
+    hq = hq_factory(broker.port, store_id)
+    agent = make_agent(broker.port, vprinter.port, store_id, health={"printer_poll_s": 1},
+                       printers=[{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": vprinter.port, "timeout_s": 1.0},
+                                 {"name": "back", "connection": "network", "host": "127.0.0.1", "port": backup.port, "timeout_s": 1.0, "role": "backup"}],
+                       rules={"stock.short": {"printer": "back"}})
+    vprinter.set_mode("hang")
+    hq.publish(order(1, "hang"))  # stuck on the hung counter printer
+    ev = __import__("conftest").example("stock-short.json")
+    hq.publish(ev)  # routed to the other printer by its rule
+    assert backup.wait_for(lambda v: any("缺货" in j.text for j in v.jobs), 10)
+    assert agent.workers["counter"].status.state == "unreachable" or wait_until(lambda: agent.workers["counter"].status.state == "unreachable", 10)
