@@ -43,7 +43,7 @@ def run_demo(out_dir: Path, echo=print) -> int:
                 "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 2},
                 "printers": [{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": printer.port, "paper_width_mm": 80}],
                 "health": {"printer_poll_s": 1},
-                "sound": {"enabled": False},  # no hardware assumed: chimes are listed in the log instead
+                "sound": {"enabled": False},  # no audio hardware assumed in the demo
             })
             topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
             agent = Agent(cfg)
