@@ -397,6 +397,7 @@ class Agent:
         if open_jobs:
             log.info("resuming %d unfinished print job(s)", len(open_jobs))
         self._prune()
+        self.renderer.warm()
         for w in self.workers.values():
             w.start()
         self.annunciator.start()

@@ -109,6 +109,10 @@ class PrintWorker:
 
     # -- loop
     def _run(self) -> None:
+        try:  # connect and learn the printer's state before the first order needs it
+            self._check()
+        except Exception:  # noqa: BLE001
+            log.exception("printer %s: first status check failed", self.name)
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:

@@ -7,6 +7,7 @@ to the built-in one and the failure is reported through ``on_fallback`` (an aler
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
@@ -19,6 +20,7 @@ from .render import Document, Text
 from .templating import TemplateFailure, builtin_environment, make_environment, render_document
 from .wording import DEFAULT_TEXTS, Wording
 
+log = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 NO_TICKET = ("order.dispatched", "order.completed")
 
@@ -54,6 +56,14 @@ class TicketRenderer:
         custom = template_dir or template_overrides
         self.env = make_environment(template_overrides, template_dir) if custom else self.builtin
         self.on_fallback = on_fallback
+
+    def warm(self) -> None:
+        """Compile the common templates now, not while the first order waits."""
+        for name in ("receipt", "warm_tip", "slip"):
+            try:
+                self.env.get_template(f"{name}.j2")
+            except Exception as e:  # noqa: BLE001 - a broken override shows up (and falls back) when used
+                log.warning("template %s does not load: %s", name, e)
 
     def _template_for(self, document: str, ev: OrderEvent) -> str:
         if document != "slip":

@@ -70,8 +70,11 @@ class LocalTimers:
 
     def tick(self) -> None:
         now = self.clock()
-        orders = self._open_orders(now)
         s = self.settings
+        summary_due = s.summary_every_s and now - self.journal.timer_fired("summary", default=0.0) >= s.summary_every_s
+        if not s.prep_before_s and not summary_due:
+            return  # nothing to look at: no journal scan
+        orders = self._open_orders(now)
         if s.prep_before_s:
             due = [o for _, o in orders if o["window_ts"] and now < o["window_ts"] <= now + s.prep_before_s]
             fresh = [o for o in due if not self.journal.timer_fired(f"prep:{o['id']}")]
@@ -79,7 +82,7 @@ class LocalTimers:
                 for o in fresh:
                     self.journal.mark_timer(f"prep:{o['id']}", now)
                 self.print_internal(f"prep-{int(now)}", "prep_reminder", {"orders": fresh})
-        if s.summary_every_s and now - self.journal.timer_fired("summary", default=0.0) >= s.summary_every_s:
+        if summary_due:
             late = [dict(o, age_min=int((now - placed) // 60)) for placed, o in orders if now - placed >= s.unshipped_after_s]
             self.journal.mark_timer("summary", now)
             if late:

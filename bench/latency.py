@@ -78,9 +78,12 @@ def run(paced: int, interval: float, burst: int) -> None:
                 assert wait_until(lambda: len(receipt_latencies(ids)) == len(ids), 120)
                 lat = receipt_latencies(ids)
                 wall = max(j.at for j in vp.jobs) - t0
+                slow = sorted(range(len(lat)), key=lambda i: -lat[i])[:3]
+                print(f"{'':<22} slowest: " + ", ".join(f"#{i} {lat[i]:.0f} ms" for i in slow))
                 print(f"{name:<22} n={len(lat):<4} p50={pct(lat, 50):6.1f} ms  p95={pct(lat, 95):6.1f} ms  "
                       f"p99={pct(lat, 99):6.1f} ms  max={max(lat):6.1f} ms  ({len(ids) / wall:.0f} orders/s)")
 
+            phase("cold start (first 3)", [order(i, "w") for i in range(3)], interval)  # imports, template compile, connect
             phase(f"paced 1 per {interval * 1000:.0f} ms", [order(i, "p") for i in range(paced)], interval)
             phase("burst", [order(i, "b") for i in range(burst)], 0)
         finally:
