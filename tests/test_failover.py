@@ -17,6 +17,11 @@ def backup():
     p.stop()
 
 
+def two_printers(primary, backup):
+    net = lambda name, p, **kw: {"name": name, "connection": "network", "host": "127.0.0.1", "port": p.port, "timeout_s": 1.0, **kw}  # noqa: E731
+    return [net("counter", primary), net("back", backup, role="backup")]
+
+
 class Both:
     """The two printers' output as one (for the exactly-once check)."""
 
@@ -31,8 +36,7 @@ class Both:
 def test_failover_to_backup_and_back(broker, vprinter, backup, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     make_agent(broker.port, vprinter.port, store_id, health={"printer_poll_s": 1},
-               printers=[{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": vprinter.port, "timeout_s": 1.0},
-                         {"name": "back", "connection": "network", "host": "127.0.0.1", "port": backup.port, "timeout_s": 1.0, "role": "backup"}])
+               printers=two_printers(vprinter, backup))
     first = [order(i, "f") for i in range(5)]
     for ev in first:
         hq.publish(ev)
@@ -59,8 +63,7 @@ def test_failover_to_backup_and_back(broker, vprinter, backup, make_agent, hq_fa
 def test_paper_runs_out_mid_burst_backup_finishes_it(broker, vprinter, backup, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     make_agent(broker.port, vprinter.port, store_id, health={"printer_poll_s": 1},
-               printers=[{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": vprinter.port, "timeout_s": 1.0},
-                         {"name": "back", "connection": "network", "host": "127.0.0.1", "port": backup.port, "timeout_s": 1.0, "role": "backup"}])
+               printers=two_printers(vprinter, backup))
     events = [order(i, "m") for i in range(20)]
     vprinter.run_out_after(5)
     for ev in events:
@@ -74,8 +77,7 @@ def test_paper_runs_out_mid_burst_backup_finishes_it(broker, vprinter, backup, m
 def test_a_hung_printer_blocks_no_other_printer(broker, vprinter, backup, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     agent = make_agent(broker.port, vprinter.port, store_id, health={"printer_poll_s": 1},
-                       printers=[{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": vprinter.port, "timeout_s": 1.0},
-                                 {"name": "back", "connection": "network", "host": "127.0.0.1", "port": backup.port, "timeout_s": 1.0, "role": "backup"}],
+                       printers=two_printers(vprinter, backup),
                        rules={"stock.short": {"printer": "back"}})
     vprinter.set_mode("hang")
     hq.publish(order(1, "hang"))  # stuck on the hung counter printer
