@@ -96,6 +96,31 @@ def config_group() -> None:
     """Show or check configuration."""
 
 
+@config_group.command("show")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def config_show(config_path: str | None, as_json: bool) -> None:
+    """The effective configuration (defaults filled in), secrets redacted."""
+    from .config import redacted  # noqa: PLC0415
+
+    data = redacted(load_config(config_path))
+    if as_json:
+        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        return
+
+    def show(prefix: str, obj) -> None:  # noqa: ANN001
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                show(f"{prefix}.{k}" if prefix else k, v)
+        elif isinstance(obj, list) and obj and isinstance(obj[0], dict):
+            for i, v in enumerate(obj):
+                show(f"{prefix}[{i}]", v)
+        else:
+            click.echo(f"{prefix} = {json.dumps(obj, ensure_ascii=False)}")
+
+    show("", data)
+
+
 @config_group.command("check")
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
 @config_option
@@ -272,6 +297,73 @@ def silence(minutes: float, config_path: str | None, as_json: bool) -> None:
 def chime(sound: str, config_path: str | None, as_json: bool) -> None:
     """Play a chime (new_order, exception, urgent, device_fault) to test the speaker."""
     _daemon(config_path, "chime", {"sound": sound}, as_json, lambda d: click.echo(f"playing {sound}"))
+
+
+@main.command()
+@click.argument("event_file", type=click.Path(exists=True, dir_okay=False))
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--wait", "wait_s", default=10.0, show_default=True, help="seconds to wait for the agent's result")
+def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float) -> None:
+    """Publish an order event file to this store's order topic and show the agent's result."""
+    from .messages import Rejection, parse_event  # noqa: PLC0415
+    from .mqtt import MqttSettings, ToolClient  # noqa: PLC0415
+    from .topics import Topics  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    payload = Path(event_file).read_bytes()
+    parsed = parse_event(payload, cfg.intake.max_payload_bytes)
+    if isinstance(parsed, Rejection):
+        click.echo(f"{event_file}: the agent would reject it: {parsed.reason}", err=True)
+        sys.exit(2)
+    topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
+    m = cfg.mqtt
+    settings = MqttSettings(m.host, m.port, f"store-agent-send-{__import__('os').getpid()}", username=m.username,
+                            password=cfg.mqtt_password(), tls=m.tls, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
+    with ToolClient(settings, [topics.result]) as c:
+        c.publish(topics.orders, payload)
+        final = ("printed", "failed", "rejected", "duplicate", "expired")
+        mine = lambda msgs: [json.loads(p) for _, p in msgs if json.loads(p).get("event_id") == parsed.id]  # noqa: E731
+        c.wait_for(lambda msgs: any(r["status"] in final for r in mine(msgs)), wait_s)
+        results = mine(c.received)
+    if as_json:
+        click.echo(json.dumps({"event_id": parsed.id, "results": results}, ensure_ascii=False, indent=2))
+    else:
+        click.echo(f"sent {parsed.id} ({parsed.type}, order {parsed.order.id}) to {topics.orders}")
+        for r in results:
+            click.echo(f"result {r['status']:<9} {', '.join(r['documents']) or r.get('error') or ''}")
+    if not results:
+        click.echo(f"no result within {wait_s:g}s: is the agent running and subscribed?", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+def printers(config_path: str | None, as_json: bool) -> None:
+    """USB receipt printers pyusb can see: ids, permissions, and whether the config uses them."""
+    from drivers.usbscan import UsbScanError, scan  # noqa: PLC0415
+
+    configured = set()
+    try:
+        cfg = load_config(config_path)
+        configured = {(p.vendor_id, p.product_id) for p in cfg.printers if p.connection == "usb"}
+    except ConfigError:
+        pass  # listing printers must work before a config exists
+    try:
+        found = scan()
+    except UsbScanError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    rows = [dict(d, configured=(d["vendor_id"], d["product_id"]) in configured) for d in found]
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    if not rows:
+        click.echo("no USB printers found (plugged in and powered? `lsusb` lists every USB device)")
+    for r in rows:
+        click.echo(f"{r['vendor_id']:04x}:{r['product_id']:04x}  bus {r['bus']} addr {r['address']}  {r['product'] or '?'}"
+                   f"  {'rw ok' if r['writable'] else 'NO PERMISSION (udev rule?)'}  {'configured' if r['configured'] else 'not configured'}")
 
 
 if __name__ == "__main__":

@@ -289,3 +289,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         return parse_config(data)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+SECRET_KEYS = {"password", "secret", "key_file"}
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The config as plain data with secrets replaced by "***" (for config show and config/state)."""
+
+    def walk(obj: Any) -> Any:
+        if isinstance(obj, dict):
+            return {k: ("***" if k in SECRET_KEYS and v else walk(v)) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [walk(v) for v in obj]
+        return obj
+
+    return walk(cfg.model_dump(mode="json"))

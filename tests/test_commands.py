@@ -128,3 +128,35 @@ def test_cli_without_a_running_agent(tmp_path):
     cfg = write_toml(tmp_path / "c.toml", agent_config(tmp_path / "nostate", 1, 1, "nobody"))
     r = cli(cfg, "status")
     assert r.returncode == 1 and "not running" in r.stderr
+
+
+def test_config_show_redacts_secrets(tmp_path):
+    cfg = agent_config(tmp_path / "s", 1883, 9100, "show-1")
+    cfg["mqtt"] = {**cfg["mqtt"], "username": "u", "password": "topsecret"}
+    f = write_toml(tmp_path / "c.toml", cfg)
+    r = cli(f, "config", "show", "--json")
+    assert r.returncode == 0 and "topsecret" not in r.stdout
+    data = json.loads(r.stdout)
+    assert data["mqtt"]["password"] == "***" and data["mqtt"]["username"] == "u" and data["health"]["printer_poll_s"] == 1
+    r = cli(f, "config", "show")
+    assert r.returncode == 0 and 'mqtt.password = "***"' in r.stdout and "printers[0].name" in r.stdout
+
+
+def test_send_publishes_an_event_file_and_shows_the_result(running, vprinter, tmp_path):
+    _, _, cfg_file = running
+    ev = tmp_path / "order.json"
+    ev.write_text(json.dumps(fresh(example("order-created-meituan.json")), ensure_ascii=False), encoding="utf-8")
+    r = cli(cfg_file, "send", str(ev))
+    assert r.returncode == 0, r.stderr
+    assert "result queued" in r.stdout and "result printed" in r.stdout and "receipt, warm_tip" in r.stdout
+    assert vprinter.wait_jobs(2)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"v": 1, "id": "x", "type": "order.created", "order": {"id": "o"}}')
+    r = cli(cfg_file, "send", str(bad))
+    assert r.returncode == 2 and "would reject" in r.stderr
+
+
+def test_printers_lists_usb_printers(tmp_path):
+    r = cli(write_toml(tmp_path / "c.toml", agent_config(tmp_path / "s", 1, 1, "p-1")), "printers", "--json")
+    assert r.returncode == 0, r.stderr
+    assert isinstance(json.loads(r.stdout), list)  # this machine has no USB printer: an empty list, not an error
