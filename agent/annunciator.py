@@ -95,6 +95,23 @@ class Annunciator:
     def silence(self, minutes: float) -> None:
         self.silenced_until = self.clock() + minutes * 60
 
+    def led_test(self, step_s: float = 1.5) -> list[str]:
+        """Cycle every LED through each pattern (for a technician), then hand back to the alerts."""
+        from drivers.gpio import PATTERNS  # noqa: PLC0415
+
+        leds = [led for led in (self.exception_led, self.status_led) if led is not None]
+        if not leds:
+            return []
+        self._led_test = True
+        try:
+            for pattern in ("on", "off", "blink", "slow_blink"):
+                for led in leds:
+                    led.show(pattern)
+                self._stop.wait(step_s)
+        finally:
+            self._led_test = False
+        return [p for p in PATTERNS]
+
     # -- loop
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -150,7 +167,11 @@ class Annunciator:
         self.played.append((self.clock(), sound, outcome))
         del self.played[:-100]
 
+    _led_test = False
+
     def _leds(self) -> None:
+        if self._led_test:
+            return
         open_ = self.alerts.open_alerts()
         if self.exception_led is not None:
             if any(a.device_fault for a in open_):

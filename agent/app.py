@@ -150,7 +150,7 @@ class Agent:
         self._last_timers = 0.0
         self.commands = Commands(self)
         self._requests: "queue.Queue[Inbound]" = queue.Queue(maxsize=100)
-        self.control = ControlServer(state / SOCKET_NAME, lambda command, args: self.commands.run(command, args))
+        self.control = ControlServer(state / SOCKET_NAME, lambda command, args: self.commands.run(command, args, local=True))
         self._health_signature: tuple = ()
         self._health_sent = 0.0
         self._stop = threading.Event()

@@ -300,6 +300,15 @@ def chime(sound: str, config_path: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@click.option("--step", "step_s", default=1.5, show_default=True, help="seconds per pattern")
+@config_option
+@json_option
+def led(step_s: float, config_path: str | None, as_json: bool) -> None:
+    """Cycle the LEDs through on, off, blink and slow blink (to check the wiring), then back to normal."""
+    _daemon(config_path, "led", {"step_s": step_s}, as_json, lambda d: click.echo("LED patterns shown: on, off, blink, slow_blink"))
+
+
+@main.command()
 @click.argument("event_file", type=click.Path(exists=True, dir_okay=False))
 @config_option
 @click.option("--json", "as_json", is_flag=True)

@@ -52,6 +52,10 @@ class NoArgs(_Args):
     pass
 
 
+class LedArgs(_Args):
+    step_s: float = Field(1.5, gt=0, le=10)
+
+
 ARGS: dict[str, type[_Args]] = {
     "reprint": ReprintArgs,
     "test_print": TestPrintArgs,
@@ -62,6 +66,8 @@ ARGS: dict[str, type[_Args]] = {
     "queue": NoArgs,
     "status": NoArgs,
 }
+# local (CLI) only: not part of the MQTT command set of the contract
+LOCAL_ARGS: dict[str, type[_Args]] = {"led": LedArgs}
 
 
 def reply(transaction: Any, data: Optional[dict] = None, error: Optional[str] = None) -> dict:
@@ -72,9 +78,9 @@ class Commands:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
 
-    def run(self, command: str, args: Any, transaction: Any = None) -> dict:
+    def run(self, command: str, args: Any, transaction: Any = None, *, local: bool = False) -> dict:
         """Validate and run; never raises (bad input and failures are an error reply)."""
-        model = ARGS.get(command)
+        model = ARGS.get(command) or (LOCAL_ARGS.get(command) if local else None)
         if model is None:
             return reply(transaction, error=f"unknown command {command!r}; one of {', '.join(sorted(ARGS))}")
         try:
@@ -123,6 +129,11 @@ class Commands:
     def _silence(self, a: SilenceArgs) -> dict:
         self.agent.annunciator.silence(a.minutes)
         return {"silenced_until": self.agent.annunciator.silenced_until}
+
+    def _led(self, a: LedArgs) -> dict:
+        if self.agent.annunciator.exception_led is None and self.agent.annunciator.status_led is None:
+            raise CommandError("no LEDs configured ([gpio] enabled = true)")
+        return {"patterns": self.agent.annunciator.led_test(a.step_s)}
 
     def _queue(self, _: NoArgs) -> dict:
         now = self.agent.clock()

@@ -160,3 +160,22 @@ def test_printers_lists_usb_printers(tmp_path):
     r = cli(write_toml(tmp_path / "c.toml", agent_config(tmp_path / "s", 1, 1, "p-1")), "printers", "--json")
     assert r.returncode == 0, r.stderr
     assert isinstance(json.loads(r.stdout), list)  # this machine has no USB printer: an empty list, not an error
+
+
+def test_led_cycles_the_patterns_on_the_pins(broker, vprinter, make_agent, store_id, tmp_path):
+    cfg = agent_config(tmp_path / "state", broker.port, vprinter.port, store_id, gpio={"enabled": True, "pin_factory": "mock"})
+    agent = make_agent(broker.port, vprinter.port, store_id, gpio={"enabled": True, "pin_factory": "mock"})
+    f = write_toml(tmp_path / "agent.toml", cfg)
+    pin = agent.pin_factory.pin(17)
+    pin.clear_states()
+    r = cli(f, "led", "--step", "0.6")
+    assert r.returncode == 0, r.stderr
+    states = [s.state for s in pin.states]
+    assert states.count(True) >= 3 and states.count(False) >= 3  # on, off, and two blinking patterns
+    assert wait_until(lambda: agent.annunciator.exception_led.pattern == "off")  # back to showing alerts (none)
+
+
+def test_led_is_not_an_mqtt_command(running):
+    _, hq, _ = running
+    r = request(hq, "led", {})
+    assert r["status"] == "error" and "unknown command" in r["error"]
