@@ -300,6 +300,29 @@ def chime(sound: str, config_path: str | None, as_json: bool) -> None:
 
 
 @main.command()
+@config_option
+@json_option
+def doctor(config_path: str | None, as_json: bool) -> None:
+    """One checklist: config, agent, broker and TLS, subscriptions, printers, USB and udev, audio, GPIO,
+    disk, clock, journal. Each failing line says how to fix it; exit 1 if any fails."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from .doctor import run_checks  # noqa: PLC0415
+
+    checks = run_checks(load_config(config_path))
+    if as_json:
+        click.echo(json.dumps([asdict(c) for c in checks], ensure_ascii=False, indent=2))
+    else:
+        for c in checks:
+            mark = {True: "ok  ", False: "FAIL", None: "--  "}[c.ok]
+            click.echo(f"[{mark}] {c.name:<18} {c.detail}")
+            if c.ok is False and c.fix:
+                click.echo(f"       fix: {c.fix}")
+    if any(c.ok is False for c in checks):
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--step", "step_s", default=1.5, show_default=True, help="seconds per pattern")
 @config_option
 @json_option

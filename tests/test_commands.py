@@ -179,3 +179,25 @@ def test_led_is_not_an_mqtt_command(running):
     _, hq, _ = running
     r = request(hq, "led", {})
     assert r["status"] == "error" and "unknown command" in r["error"]
+
+
+def test_doctor_on_a_healthy_setup(running):
+    _, _, cfg_file = running
+    r = cli(cfg_file, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert r.returncode == 0, r.stdout
+    for name in ("config", "agent", "broker", "subscriptions", "printer counter", "disk", "clock", "journal"):
+        assert checks[name]["ok"] is True, checks[name]
+
+
+def test_doctor_on_a_broken_setup(tmp_path, vprinter):
+    from agent.devbroker import free_port
+
+    vprinter.set_mode("paper_out")
+    cfg = agent_config(tmp_path / "state", free_port(), vprinter.port, "broken-1")
+    r = cli(write_toml(tmp_path / "c.toml", cfg), "doctor")
+    assert r.returncode == 1
+    out = r.stdout
+    assert "[FAIL] agent" in out and "systemctl start store-agent" in out
+    assert "[FAIL] broker" in out and "fix: check mqtt.host/port" in out
+    assert "[FAIL] printer counter" in out and "paper_out" in out and "fix: load paper" in out
