@@ -268,7 +268,7 @@ class Agent:
             d.update({
                 "printer": p.name, "connection": _describe(p), "cause": f"{w.status.state} {w.status.detail}".strip(),
                 "since": iso(alert.since), "last_good_print": iso(w.last_print_at) if w.last_print_at else None,
-                "jobs_waiting": len(self.journal.open_jobs(p.name)),
+                "jobs_waiting": self.journal.open_job_counts().get(p.name, 0),
             })
         return d
 
@@ -471,13 +471,13 @@ class Agent:
     def health(self) -> Health:
         now = self.clock()
         utc = lambda ts: datetime.fromtimestamp(ts, timezone.utc) if ts else None  # noqa: E731
-        jobs = self.journal.open_jobs()
+        waiting = self.journal.open_job_counts()
         printers = []
         for p in self.cfg.printers:
             w = self.workers[p.name]
             printers.append(PrinterHealth(
                 name=p.name, role=p.role, state=w.status.state, since=utc(w.status_since), detail=w.status.detail,
-                last_print_at=utc(w.last_print_at), queue=sum(1 for j in jobs if j.printer == p.name)))
+                last_print_at=utc(w.last_print_at), queue=waiting.get(p.name, 0)))
         try:
             free_mb = shutil.disk_usage(self.cfg.state_dir).free // 2**20
         except OSError:
@@ -489,7 +489,7 @@ class Agent:
             mqtt={"connected": self.link.connected},
             printers=printers,
             audio={"state": self.annunciator.audio_state},
-            queue={"pending": len(jobs), "oldest_s": round(oldest, 1) if oldest is not None else None},
+            queue={"pending": sum(waiting.values()), "oldest_s": round(oldest, 1) if oldest is not None else None},
             alerts_open=len(self.alerts.open_alerts()),
             disk={"free_mb": free_mb},
         )

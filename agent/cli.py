@@ -155,15 +155,18 @@ def preview(event_file: str, template: str | None, width: str, out: str | None, 
     from .preview import preview_text, save_png  # noqa: PLC0415
     from .tickets import TicketRenderer, documents_for  # noqa: PLC0415
 
-    store_name, store_phone, texts, tdir = "", "", {}, None
+    from .rules import effective_rules  # noqa: PLC0415
+
+    store_name, store_phone, texts, tdir, rules = "", "", {}, None, None
     if config_path or __import__("os").environ.get("STORE_AGENT_CONFIG"):
         cfg = load_config(config_path)
         store_name, store_phone, texts, tdir = cfg.store.name, cfg.store.phone, cfg.texts, cfg.templates.dir or None
+        rules = effective_rules(cfg.rules)
     parsed = parse_event(Path(event_file).read_bytes(), 16 * 1024 * 1024)
     if isinstance(parsed, Rejection):
         click.echo(f"{event_file}: not a valid order event: {parsed.reason}", err=True)
         sys.exit(2)
-    docs = [template] if template else documents_for(parsed.type)
+    docs = [template] if template else documents_for(parsed.type, rules)
     if not docs:
         click.echo(f"{parsed.type} prints no ticket; choose one with --template", err=True)
         sys.exit(1)
@@ -208,11 +211,6 @@ def _daemon(config_path: str | None, command: str, args: dict, as_json: bool, sh
         if not as_json:
             click.echo(f"error: {out.get('error')}", err=True)
         sys.exit(1)
-
-
-def _kv(data: dict) -> None:
-    for k, v in data.items():
-        click.echo(f"{k:<16} {v}")
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")

@@ -154,7 +154,7 @@ class Commands:
                           "last_print_at": w.last_print_at} for w in a.workers.values()],
             "audio": {"state": a.annunciator.audio_state, "silenced": a.annunciator.silenced_until > a.clock()},
             "alerts": [{"id": x.id, "code": x.code, "state": x.state, "message": x.message} for x in a.alerts.open_alerts()],
-            "queue": {"pending": len(a.journal.open_jobs()), "oldest_s": a.journal.oldest_open_age(a.clock())},
+            "queue": {"pending": sum(a.journal.open_job_counts().values()), "oldest_s": a.journal.oldest_open_age(a.clock())},
         }
 
     def _diagnose(self, _: NoArgs) -> dict:

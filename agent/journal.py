@@ -282,6 +282,11 @@ class Journal:
 
         return self._tx(tx)
 
+    def open_job_counts(self) -> dict[str, int]:
+        """Open jobs per printer (health and status: no payloads read)."""
+        return {p: n for p, n in self._read(
+            "SELECT printer, COUNT(*) FROM jobs WHERE state IN ('queued','printing') GROUP BY printer")}
+
     def begin_attempt(self, job_id: int, now: Optional[float] = None, printer: Optional[str] = None) -> Job:
         """Mark a job ``printing`` (on ``printer``, when a backup takes it over) before any byte is sent;
         the returned job says whether it is a reprint."""
@@ -442,7 +447,7 @@ class Journal:
         """
         now = time.time() if now is None else now
         cutoff = now - keep_days * 86400
-        final = "status IN ('printed','failed','duplicate','expired')"
+        final = f"status IN ({','.join(repr(s) for s in FINAL_EVENT_STATES)})"
 
         def by_age(db: sqlite3.Connection) -> int:
             n = db.execute(f"DELETE FROM events WHERE {final} AND received_at < ?", (cutoff,)).rowcount

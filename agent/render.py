@@ -118,10 +118,6 @@ def columns_row(left: str, right: str, columns: int) -> list[str]:
     return lines
 
 
-def rule(columns: int, ch: str = "-") -> Text:
-    return Text(ch * columns)
-
-
 def money(fen: int) -> str:
     sign = "-" if fen < 0 else ""
     fen = abs(fen)

@@ -9,29 +9,22 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
 
 from . import __version__
 from .messages import OrderEvent
-from dataclasses import replace
-
 from .render import Document, Text
-from .templating import TemplateFailure, builtin_environment, make_environment, render_document
+from .rules import DEFAULT_RULES, Rule
+from .templating import builtin_environment, make_environment, render_document
 from .wording import DEFAULT_TEXTS, Wording
 
 log = logging.getLogger(__name__)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-NO_TICKET = ("order.dispatched", "order.completed")
-
-
-def documents_for(event_type: str) -> list[str]:
-    """Which documents an event prints (per-store rules of a later issue refine this)."""
-    if event_type == "order.created":
-        return ["receipt", "warm_tip"]
-    if event_type in NO_TICKET:
-        return []
-    return ["slip"]
+def documents_for(event_type: str, rules: Optional[Mapping[str, Rule]] = None) -> list[str]:
+    """Which documents an event prints: its rule's (the defaults unless a store's rules are given)."""
+    return list((rules or DEFAULT_RULES)[event_type].documents)
 
 
 def fill(text: str, values: Mapping[str, Any]) -> str:
@@ -113,6 +106,3 @@ class TicketRenderer:
         ctx = {"store": self.store, "t": self.texts, "cols": columns, "version": __version__,
                "now": datetime.now(timezone.utc), **context}
         return render_document(self.env, name, ctx, columns, fallback=self.builtin, on_fallback=self.on_fallback)
-
-
-__all__ = ["TicketRenderer", "documents_for", "fill", "TemplateFailure"]

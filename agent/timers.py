@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Callable
 
 from .journal import Journal
@@ -101,7 +101,3 @@ def context_from(payload: bytes) -> dict:
         if o.get("window_start"):
             o["window_start"] = datetime.fromisoformat(o["window_start"])
     return ctx
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)

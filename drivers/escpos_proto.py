@@ -180,13 +180,6 @@ class EscPosParser:
         self.job.lines.append(self._cur or Line("", self._align, self._w, self._h, self._bold))
         self._cur = None
 
-    def _flush_text(self, force_line: bool = False) -> None:
-        """A style or mode change mid-line: decode what came so far (no line end unless forced)."""
-        if force_line:
-            self._end_line()
-        else:
-            self._decode()
-
     def _special(self, kind: str, text: str) -> None:
         self._decode()
         if self._cur is not None:
@@ -281,7 +274,7 @@ class EscPosParser:
             return 0
         arg = b[2] if n >= 3 else None
         if cmd == b"@":
-            self._flush_text(False)
+            self._decode()  # a style or mode change mid-line
             self._align, self._w, self._h, self._bold, self._chinese = 0, 1, 1, False, False
         elif cmd == b"a" and arg is not None:
             self._align = arg % 48 if arg >= 48 else arg
@@ -365,9 +358,9 @@ class EscPosParser:
         cmd = b[1:2]
         n = self._fixed(_FS_ARGS, b, "FS")
         if cmd == b"&":
-            self._flush_text(False)
+            self._decode()  # a style or mode change mid-line
             self._chinese = True
         elif cmd == b".":
-            self._flush_text(False)
+            self._decode()  # a style or mode change mid-line
             self._chinese = False
         return n

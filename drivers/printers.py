@@ -463,13 +463,3 @@ def make_printer(connection: str, name: str, **settings: Any) -> Printer:
     if connection == "virtual":
         return SpoolPrinter(name, settings["spool_dir"], settings.get("columns", 48))
     raise ValueError(f"unknown printer connection {connection!r}")
-
-
-def wait_ready(printer: Printer, timeout: float, poll: float = 0.2) -> PrinterStatus:
-    """Poll until the printer is printable or ``timeout`` passes (used by tools, not the worker)."""
-    deadline = time.monotonic() + timeout
-    st = printer.status()
-    while not st.printable and time.monotonic() < deadline:
-        time.sleep(poll)
-        st = printer.status()
-    return st
