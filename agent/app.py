@@ -33,6 +33,7 @@ from .annunciator import Annunciator, SoundSettings
 from .messages import Health, OrderEvent, PrinterHealth
 from .printing import Inflight, PrintWorker
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
+from .remote import RemoteConfig
 from .timers import LocalTimers, TimerSettings, context_json
 from .tickets import TicketRenderer
 from .topics import Topics
@@ -66,9 +67,13 @@ class Agent:
         printers: Optional[dict[str, Printer]] = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.remote = RemoteConfig(cfg, clock)  # the info department's overlay, kept in state_dir
+        cfg = self.remote.effective()
         self.cfg = cfg
         self.clock = clock
         self.started_at = clock()
+        self._started_mono = time.monotonic()
+        self.restart_requested: Optional[str] = None  # why the supervisor should restart this agent
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
@@ -91,7 +96,7 @@ class Agent:
                 reconnect_min_s=cfg.mqtt.reconnect_min_s,
                 reconnect_max_s=cfg.mqtt.reconnect_max_s,
             ),
-            subscriptions=[self.topics.orders, self.topics.requests],
+            subscriptions=[self.topics.orders, self.topics.requests, self.topics.config_set],
             status_topic=self.topics.status,
             handler=self._on_inbound,
             on_connection=self._on_connection,
@@ -99,34 +104,9 @@ class Agent:
         self._outbox_flushed = False
         self._reported: list[str] = []
         self._reported_lock = threading.Lock()
-        self.renderer = TicketRenderer(
-            store_name=cfg.store.name,
-            store_phone=cfg.store.phone,
-            texts=cfg.texts,
-            template_dir=cfg.templates.dir or None,
-            on_fallback=self._on_template_fallback,
-        )
+        self.renderer = self._make_renderer(cfg)
         self.inflight = Inflight()
-        self.workers = {
-            p.name: PrintWorker(
-                self.printers[p.name],
-                columns=p.columns,
-                describe={"name": p.name, "connection": _describe(p), "paper_width_mm": p.paper_width_mm},
-                render_mode=p.render,
-                qr_mode=p.qr,
-                journal=self.journal,
-                renderer=self.renderer,
-                on_done=self._on_done,
-                on_status=self._on_printer_status,
-                retry_s=cfg.print.retry_s,
-                poll_s=cfg.health.printer_poll_s,
-                max_attempts=cfg.print.max_attempts,
-                clock=clock,
-                takeover=self._takeover if p.role == "backup" else (lambda: ()),
-                inflight=self.inflight,
-            )
-            for p in cfg.printers
-        }
+        self.workers = {p.name: self._make_worker(p) for p in cfg.printers}
         self.rules = effective_rules(cfg.rules)
         self.alerts = AlertBook(self.journal, self._publish_alert, clock, details_for=self._escalation_details,
                                 renotify_s=cfg.escalation.renotify_s)
@@ -156,6 +136,35 @@ class Agent:
         self._stop = threading.Event()
         self._last_prune = time.monotonic()
         self._housekeeper: Optional[threading.Thread] = None
+
+    def _make_renderer(self, cfg: Config) -> TicketRenderer:
+        return TicketRenderer(
+            store_name=cfg.store.name,
+            store_phone=cfg.store.phone,
+            texts=cfg.texts,
+            template_dir=cfg.templates.dir or None,
+            template_overrides=cfg.templates.custom or None,
+            on_fallback=self._on_template_fallback,
+        )
+
+    def _make_worker(self, p) -> PrintWorker:  # noqa: ANN001 - any printer config
+        return PrintWorker(
+            self.printers[p.name],
+            columns=p.columns,
+            describe={"name": p.name, "connection": _describe(p), "paper_width_mm": p.paper_width_mm},
+            render_mode=p.render,
+            qr_mode=p.qr,
+            journal=self.journal,
+            renderer=self.renderer,
+            on_done=self._on_done,
+            on_status=self._on_printer_status,
+            retry_s=self.cfg.print.retry_s,
+            poll_s=self.cfg.health.printer_poll_s,
+            max_attempts=self.cfg.print.max_attempts,
+            clock=self.clock,
+            takeover=self._takeover if p.role == "backup" else (lambda: ()),
+            inflight=self.inflight,
+        )
 
     def _build_annunciator(self, cfg: Config) -> Annunciator:
         from drivers.audio import make_chime  # noqa: PLC0415
@@ -199,7 +208,8 @@ class Agent:
 
     def _takeover(self) -> tuple[str, ...]:
         """For a backup printer: every primary, while every primary is faulted; else nothing."""
-        primaries = [w for p, w in ((p, self.workers[p.name]) for p in self.cfg.printers) if p.role == "primary"]
+        workers = self.workers
+        primaries = [workers[p.name] for p in self.cfg.printers if p.role == "primary" and p.name in workers]
         if primaries and all(not w.status.printable and w.printer.queryable and w.status.state != "unknown" for w in primaries):
             return tuple(w.name for w in primaries)
         return ()
@@ -262,8 +272,8 @@ class Agent:
 
     def _escalation_details(self, alert: Alert) -> dict:
         d: dict = {"store": self.cfg.store.name, "store_phone": self.cfg.store.phone, "escalated": True}
-        if alert.printer and alert.printer in self.workers:
-            w = self.workers[alert.printer]
+        w = self.workers.get(alert.printer or "")
+        if w is not None:
             p = next(p for p in self.cfg.printers if p.name == alert.printer)
             d.update({
                 "printer": p.name, "connection": _describe(p), "cause": f"{w.status.state} {w.status.detail}".strip(),
@@ -313,7 +323,7 @@ class Agent:
     def _on_inbound(self, msg: Inbound) -> None:
         if msg.topic == self.topics.orders:
             self.intake.handle(msg.payload, lambda: self.link.ack(msg))
-        elif msg.topic.startswith(self.topics.request("")):
+        elif msg.topic.startswith(self.topics.request("")) or msg.topic == self.topics.config_set:
             self.link.ack(msg)  # requests are not journaled: a lost one is simply asked again
             try:
                 self._requests.put_nowait(msg)
@@ -324,8 +334,11 @@ class Agent:
             self.link.ack(msg)
 
     def _on_template_fallback(self, name: str, error: str) -> None:
-        # the order still prints (built-in template); alerts arrive with the alerts issue
+        # the order still prints (built-in template); whoever supplied the template must hear of it
         log.error("template %s failed, printed with the built-in one: %s", name, error)
+        self.alerts.raise_(f"agent:template:{name}", "agent.template_failed",
+                           f"模板 {name} 出错,已用内置模板打印: {error}"[:300], severity="warning",
+                           needs_ack=False, sound="none", escalate_after_s=1)
 
     def _on_store_failure(self, error: str) -> None:
         # not acked: have the broker redeliver after a pause (disk full, I/O error)
@@ -351,6 +364,8 @@ class Agent:
             log.warning("cannot mark %d result(s) as delivered: %s", len(ids), e)
 
     def _on_connection(self, up: bool) -> None:
+        if up:
+            self._publish_config_state()
         if up and not self._outbox_flushed:
             # final results the broker never confirmed before the last stop (at-least-once)
             self._outbox_flushed = True
@@ -418,6 +433,12 @@ class Agent:
                 msg = self._requests.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if msg.topic == self.topics.config_set:
+                try:
+                    self._config_set(msg.payload)
+                except Exception:  # noqa: BLE001 - this thread serves every request
+                    log.exception("config/set failed")
+                continue
             command = msg.topic[len(self.topics.request("")):]
             transaction = None
             try:
@@ -432,6 +453,90 @@ class Agent:
                 self.link.publish(self.topics.response(command or "unknown"), json.dumps(out, ensure_ascii=False, default=str).encode())
             except Exception:  # noqa: BLE001
                 log.exception("cannot answer request %s", command)
+
+    # -- remote configuration
+    def _publish_config_state(self) -> None:
+        self.link.publish(self.topics.config_state, self.remote.state(self.cfg), retain=True)
+
+    def _config_set(self, payload: bytes) -> None:
+        d = self.remote.propose(payload, self.cfg)
+        if d.kind == "refused":
+            log.warning("config/set refused: %s", d.message)
+            self.remote.refuse(d.version, d.message)
+        elif d.kind == "apply":
+            try:
+                self.remote.commit(d)
+            except OSError as e:
+                log.error("config version %s not applied: cannot store it: %s", d.version, e)
+                self.remote.refuse(d.version, f"not applied: cannot store it in state_dir: {e}")
+            else:
+                if d.restart:
+                    log.warning("config version %s changes %s: restarting the agent", d.version, ", ".join(d.restart))
+                    self.restart_requested = f"config version {d.version} changes {', '.join(d.restart)}"
+                    return  # the restarted agent publishes config/state once it is connected
+                log.info("config version %s applied", d.version)
+                self.apply_live(d.cfg)
+        self._publish_config_state()
+
+    def apply_live(self, cfg: Config) -> None:
+        """Swap in a config that needs no restart; queued jobs stay in the journal and print afterwards."""
+        old, self.cfg = self.cfg, cfg
+        self.renderer = self._make_renderer(cfg)
+        self.renderer.warm()
+        for a in self.alerts.open_alerts():
+            if a.code == "agent.template_failed":  # new templates: a failure will be raised again if it recurs
+                self.alerts.clear(a.id, "模板已更新")
+        self.rules = effective_rules(cfg.rules)
+        t = cfg.timers
+        self.timers.settings = TimerSettings(t.prep_before_s, t.unshipped_after_s, t.summary_every_s)
+        self.alerts.renotify_s = cfg.escalation.renotify_s
+        if old.escalation.notifiers != cfg.escalation.notifiers:
+            self.notifier.stop()
+            self.notifier = Notifier([Webhook(n.kind, n.url, n.secret) for n in cfg.escalation.notifiers])
+            self.notifier.start()
+        self.intake.max_payload_bytes = self.journal.max_rejected_bytes = cfg.intake.max_payload_bytes
+        s = cfg.sound
+        self.annunciator.settings = SoundSettings(s.enabled, s.volume, s.quiet_hours, s.quiet_volume)
+        if old.printers != cfg.printers:
+            self._reopen_printers()
+        else:
+            for w in self.workers.values():
+                w.renderer, w.retry_s, w.poll_s = self.renderer, cfg.print.retry_s, cfg.health.printer_poll_s
+                w.max_attempts = cfg.print.max_attempts
+            self._wake_all()
+        self._publish_health(force=True)
+
+    def _reopen_printers(self) -> None:
+        old = self.workers
+        for w in old.values():
+            w.stop()  # an attempt under way finishes (or times out) first; its job stays claimed meanwhile
+        self.printers = build_printers(self.cfg)
+        self.workers = {p.name: self._make_worker(p) for p in self.cfg.printers}
+        for a in self.alerts.open_alerts():
+            if a.printer and a.printer not in self.workers:
+                self.alerts.clear(a.id, f"打印机 {a.printer} 已从配置中移除")
+        moved = self.journal.reassign_orphans(list(self.workers), self._default_printer(), now=self.clock())
+        if moved:
+            log.warning("%d job(s) of removed printers moved to %s", moved, self._default_printer())
+        for w in self.workers.values():
+            w.start()
+        log.info("printers reopened: %s", ", ".join(f"{p.name} ({_describe(p)})" for p in self.cfg.printers))
+
+    def _check_probation(self) -> None:
+        """After a restart for a remote change: keep it once subscribed, revert it if that does not happen."""
+        if not self.remote.probation or self.restart_requested:
+            return
+        if self.link.subscribed:
+            log.info("config version %d is connected and subscribed: kept", self.remote.version)
+            self.remote.confirm()
+            self._publish_config_state()
+        elif time.monotonic() - self._started_mono > self.cfg.mqtt.probation_s:
+            failed = self.remote.version
+            self.remote.revert(f"not connected and subscribed within {self.cfg.mqtt.probation_s} s "
+                               f"with config version {failed}: reverted")
+            log.error("config version %d did not reconnect within %d s: reverting to version %d",
+                      failed, self.cfg.mqtt.probation_s, self.remote.version)
+            self.restart_requested = f"revert config version {failed}"
 
     def stop(self) -> None:
         log.info("stopping")
@@ -473,8 +578,11 @@ class Agent:
         utc = lambda ts: datetime.fromtimestamp(ts, timezone.utc) if ts else None  # noqa: E731
         waiting = self.journal.open_job_counts()
         printers = []
+        workers = self.workers
         for p in self.cfg.printers:
-            w = self.workers[p.name]
+            w = workers.get(p.name)
+            if w is None:  # printers being reopened
+                continue
             printers.append(PrinterHealth(
                 name=p.name, role=p.role, state=w.status.state, since=utc(w.status_since), detail=w.status.detail,
                 last_print_at=utc(w.last_print_at), queue=waiting.get(p.name, 0)))
@@ -517,6 +625,7 @@ class Agent:
         else:
             notifier("WATCHDOG=1")
         self._flush_reported()
+        self._check_probation()
         self.alerts.tick()
         self._publish_health()
         if time.monotonic() - self._last_timers >= self.cfg.timers.check_s:
@@ -525,6 +634,36 @@ class Agent:
         if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = time.monotonic()
             self._prune()
+
+
+def run_supervised(base: Config, stop: threading.Event, poll_s: float = 0.5) -> None:
+    """The daemon: one Agent at a time, restarted in-process when a remote change needs it.
+
+    A restart keeps everything that matters: queued jobs are in the journal, orders wait in the
+    MQTT session. If the agent cannot even be built with a change on probation, the change reverts.
+    """
+    while not stop.is_set():
+        agent: Optional[Agent] = None
+        try:
+            agent = Agent(base)
+            agent.start()
+        except Exception as e:
+            remote = RemoteConfig(base)
+            if not remote.probation:
+                raise
+            log.exception("the agent cannot start with config version %d", remote.version)
+            if agent is not None:
+                try:
+                    agent.stop()
+                except Exception:  # noqa: BLE001 - half-started: release what can be released
+                    log.exception("stopping the half-started agent failed")
+            remote.revert(f"the agent could not start with config version {remote.version}: {e}")
+            continue
+        while not stop.wait(poll_s) and agent.restart_requested is None:
+            pass
+        if not stop.is_set():
+            log.warning("restarting the agent in-process: %s", agent.restart_requested)
+        agent.stop()
 
 
 def _describe(p) -> str:  # noqa: ANN001 - any printer config

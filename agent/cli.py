@@ -64,20 +64,14 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: str | None, log_level: str) -> None:
     """Run the agent in the foreground (systemd Type=notify). SIGTERM stops it cleanly."""
-    from .app import Agent  # noqa: PLC0415
+    from .app import run_supervised  # noqa: PLC0415
 
     cfg = load_config(config_path)
     setup_logging(log_level)
-    agent = Agent(cfg)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    agent.start()
-    try:
-        while not stop.wait(1.0):
-            pass
-    finally:
-        agent.stop()
+    run_supervised(cfg, stop)
 
 
 @main.command()
@@ -99,14 +93,23 @@ def config_group() -> None:
 @config_group.command("show")
 @config_option
 @click.option("--json", "as_json", is_flag=True)
-def config_show(config_path: str | None, as_json: bool) -> None:
-    """The effective configuration (defaults filled in), secrets redacted."""
+@click.option("--file-only", is_flag=True, help="the config file alone, without the remote overlay from HQ")
+def config_show(config_path: str | None, as_json: bool, file_only: bool) -> None:
+    """The effective configuration (file + HQ's overlay, defaults filled in), secrets redacted."""
     from .config import redacted  # noqa: PLC0415
+    from .remote import RemoteConfig  # noqa: PLC0415
 
-    data = redacted(load_config(config_path))
+    cfg = load_config(config_path)
+    remote = None if file_only else RemoteConfig(cfg)
+    data = redacted(remote.effective() if remote else cfg)
     if as_json:
         click.echo(json.dumps(data, ensure_ascii=False, indent=2))
         return
+    if remote is not None:
+        click.echo(f"# config file + remote overlay version {remote.version}"
+                   + (f" ({', '.join(sorted(remote.overlay))})" if remote.overlay else " (none)"))
+        if remote.error:
+            click.echo(f"# remote config error (version {remote.error['version']}): {remote.error['message']}")
 
     def show(prefix: str, obj) -> None:  # noqa: ANN001
         if isinstance(obj, dict):

@@ -34,7 +34,12 @@ class StoreConfig(_Model):
     phone: str = ""
 
 
+RESTART = {"requires_restart": True}  # schema mark: a remote change of this key restarts the agent (in-process)
+
+
 class MqttConfig(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=RESTART)
+
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     topic_prefix: str = Field("stores", pattern=r"^[^#+\s]+$")
@@ -51,6 +56,7 @@ class MqttConfig(_Model):
     receive_maximum: int = Field(16, ge=1, le=1024, description="bound on un-acked orders in flight")
     reconnect_min_s: float = Field(1.0, gt=0)
     reconnect_max_s: float = Field(60.0, gt=0)
+    probation_s: int = Field(120, ge=5, le=3600, description="a remote MQTT change that cannot connect and subscribe within this long reverts by itself")
 
     @model_validator(mode="after")
     def _check(self) -> "MqttConfig":
@@ -150,8 +156,9 @@ class PrintConfig(_Model):
 
 
 class SoundConfig(_Model):
-    enabled: bool = True
-    device: str = Field("default", description="ALSA device; simpleaudio plays only to 'default', others go through aplay -D")
+    enabled: bool = Field(True, json_schema_extra=RESTART)
+    device: str = Field("default", description="ALSA device; simpleaudio plays only to 'default', others go through aplay -D",
+                        json_schema_extra=RESTART)
     volume: float = Field(0.8, ge=0, le=1)
     quiet_hours: str = Field("", pattern=r"^$|^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
                              description='"22:00-07:30": chimes muted (LEDs still show), local time')
@@ -159,6 +166,8 @@ class SoundConfig(_Model):
 
 
 class GpioConfig(_Model):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=RESTART)
+
     enabled: bool = Field(False, description="LEDs and the acknowledge button are optional hardware")
     pin_factory: Literal["", "mock", "lgpio", "rpigpio"] = ""
     exception_led: Optional[int] = Field(17, ge=0, le=27)
@@ -174,8 +183,25 @@ class TimersConfig(_Model):
     check_s: int = Field(30, ge=1, le=3600, description="how often the timers look at the journal")
 
 
+TemplateName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+TemplateSource = Annotated[str, Field(max_length=65536)]
+
+
+def _check_templates(custom: dict[str, str]) -> dict[str, str]:
+    from .templating import check_source  # noqa: PLC0415
+
+    for name, source in custom.items():
+        check_source(name, source)
+    return custom
+
+
 class TemplatesConfig(_Model):
     dir: str = Field("", description="a directory of .j2 templates that replace built-ins of the same name")
+    custom: Annotated[dict[TemplateName, TemplateSource], AfterValidator(_check_templates)] = Field(
+        default_factory=dict,
+        description="template sources by name (receipt, warm_tip, slip_order_cancelled, ...): replace the directory's "
+        "and the built-ins; sent by HQ in config/set, rendered in Jinja2's sandbox",
+    )
 
 
 def _check_texts(texts: dict[str, Union[str, list[str]]]) -> dict[str, Union[str, list[str]]]:
@@ -191,8 +217,8 @@ def _check_texts(texts: dict[str, Union[str, list[str]]]) -> dict[str, Union[str
 
 
 class Config(_Model):
-    store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    state_dir: str = "/var/lib/store-agent"
+    store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="fixed by the config file; config/set cannot change it")
+    state_dir: str = Field("/var/lib/store-agent", description="fixed by the config file; config/set cannot change it")
     store: StoreConfig = StoreConfig()
     mqtt: MqttConfig = MqttConfig()
     printers: list[PrinterConfig] = Field(min_length=1, description="at least one printer (a virtual one prints to files)")
@@ -232,6 +258,48 @@ class Config(_Model):
             except OSError as e:
                 raise ConfigError(f"mqtt.password_file: cannot read {self.mqtt.password_file}: {e.strerror}") from e
         return self.mqtt.password
+
+
+def _restart_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    if model.model_config.get("json_schema_extra") == RESTART:
+        return [prefix.rstrip(".")]
+    out = []
+    for name, field in model.model_fields.items():
+        if field.json_schema_extra == RESTART:
+            out.append(prefix + name)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out += _restart_paths(field.annotation, f"{prefix}{name}.")
+    return out
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """The changed keys that are marked ``requires_restart`` in the schema (mqtt, gpio, sound.enabled/device)."""
+
+    def get(cfg: Config, path: str) -> Any:
+        obj: Any = cfg
+        for part in path.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    return [path for path in _restart_paths(Config) if get(old, path) != get(new, path)]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON Merge Patch: objects merge key by key, ``null`` removes a key, anything else replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def config_data(cfg: Config) -> dict[str, Any]:
+    """The keys that were set (as in the file), as plain data: the base a remote overlay merges onto."""
+    return cfg.model_dump(mode="json", exclude_unset=True)
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

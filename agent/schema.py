@@ -11,12 +11,15 @@ from pathlib import Path
 
 from .config import Config
 from .messages import Health, OrderEvent, OrderResult
+from .remote import ConfigSet, ConfigState
 
 MODELS = {
     "order-event.schema.json": (OrderEvent, "validation", "Order event (in, P/S/orders)"),
     "order-result.schema.json": (OrderResult, "serialization", "Order result (out, P/S/orders/result)"),
     "config.schema.json": (Config, "validation", "store-agent config file (TOML)"),
     "health.schema.json": (Health, "serialization", "Health snapshot (out, retained, P/S/health)"),
+    "config-set.schema.json": (ConfigSet, "validation", "Remote config overlay (in, P/S/config/set)"),
+    "config-state.schema.json": (ConfigState, "serialization", "Applied remote config (out, retained, P/S/config/state)"),
 }
 
 

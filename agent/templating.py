@@ -121,6 +121,15 @@ def builtin_environment() -> SandboxedEnvironment:
     return make_environment()
 
 
+def check_source(name: str, source: str) -> None:
+    """Syntax-check a template supplied in the config (remote or local): ValueError names it and the line."""
+    try:
+        make_environment().parse(source, name=f"{name}.j2")
+    except TemplateError as e:
+        line = getattr(e, "lineno", None)
+        raise ValueError(f"template {name}{f' line {line}' if line else ''}: {e.message or e}") from None
+
+
 # ------------------------------------------------------------------ markup -> document
 
 

@@ -1,0 +1,303 @@
+"""config/set -> config/state (CONTRACT §3): versioned overlays, live apply, persistence, restart and revert."""
+
+import json
+import threading
+
+import jsonschema
+import pytest
+
+from agent.app import Agent, run_supervised
+from agent.config import ConfigError, merge_patch, parse_config, restart_needed
+from agent.schema import schemas
+from agent.remote import STATE_FILE, RemoteConfig
+from conftest import agent_config, order, wait_until
+from drivers.vprinter import VirtualPrinter
+from tickets_util import check_exactly_once, tickets
+
+
+def set_config(hq, version, overlay, raw=None):
+    body = raw if raw is not None else json.dumps({"v": 1, "version": version, "config": overlay}, ensure_ascii=False).encode()
+    hq.publish(body, topic=hq.topic("config", "set"))
+
+
+def states(hq):
+    return [json.loads(p) for t, p, _ in list(hq.messages) if t == hq.topic("config", "state")]
+
+
+def wait_state(hq, pred, timeout=15):
+    assert wait_until(lambda: any(pred(s) for s in states(hq)), timeout), f"no such config/state; got {states(hq)[-3:]}"
+    return [s for s in states(hq) if pred(s)][-1]
+
+
+def base(tmp_path, broker_port=1883, printer_port=9100, store="s1", **over):
+    return parse_config(agent_config(tmp_path / "state", broker_port, printer_port, store, **over))
+
+
+# -- the overlay itself -------------------------------------------------------------------------
+
+def test_merge_patch_follows_rfc_7396():
+    target = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}
+    assert merge_patch(target, {"b": {"c": None, "e": 4}, "l": [9], "a": None}) == {"b": {"d": 3, "e": 4}, "l": [9]}
+    assert target == {"a": 1, "b": {"c": 2, "d": 3}, "l": [1, 2]}  # untouched
+
+
+def test_version_ordering_replays_and_persistence(tmp_path):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    rc = RemoteConfig(cfg)
+    assert rc.version == 0 and rc.effective() is cfg
+
+    def msg(version, overlay):
+        return json.dumps({"v": 1, "version": version, "config": overlay}).encode()
+
+    d = rc.propose(msg(3, {"store": {"name": "新名字"}}), cfg)
+    assert d.kind == "apply" and d.cfg.store.name == "新名字" and d.cfg.store.phone == cfg.store.phone and not d.restart
+    rc.commit(d)
+    assert (tmp_path / "state" / STATE_FILE).stat().st_mode & 0o777 == 0o600
+
+    assert rc.propose(msg(3, {"store": {"name": "新名字"}}), cfg).kind == "same"  # a retained replay
+    for version in (3, 2):  # same version, other content; an older one
+        d = rc.propose(msg(version, {"store": {"name": "旧"}}), cfg)
+        assert d.kind == "refused" and d.version == version and "not greater than the applied version 3" in d.message
+
+    again = RemoteConfig(cfg)  # a restart, broker unreachable: the overlay comes from state_dir
+    assert again.version == 3 and again.effective().store.name == "新名字"
+    # each set replaces the whole overlay: version 4 without the name goes back to the file's name
+    d = again.propose(msg(4, {"print": {"retry_s": 1.0}}), cfg)
+    assert d.cfg.store.name == cfg.store.name and d.cfg.print.retry_s == 1.0
+
+
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        (b"{not json", "bad config/set"),
+        (b'{"v":1,"version":"7","config":{}}', "version"),
+        (b'{"v":1,"version":true,"config":{}}', "version"),
+        (b'{"v":1,"version":0,"config":{}}', "version"),
+        (b'{"v":2,"version":5,"config":{}}', "v"),
+        (b'{"v":1,"version":5,"config":[]}', "config"),
+        (b'{"v":1,"version":5,"config":{"printers":[{"name":"counter","connection":"network","hsot":"x"}]}}', "printers[0].hsot: unknown key"),
+        (b'{"v":1,"version":5,"config":{"store_id":"other"}}', "store_id: set in the config file only"),
+        (b'{"v":1,"version":5,"config":{"state_dir":"/tmp"}}', "state_dir: set in the config file only"),
+        (b'{"v":1,"version":5,"config":{"health":{"printer_poll_s":0}}}', "health.printer_poll_s"),
+        (b'{"v":1,"version":5,"config":{"templates":{"custom":{"receipt":"{% if %}"}}}}', "template receipt line 1"),
+        (b'{"v":1,"version":5,"config":{"rules":{"order.cancelled":{"printer":"nope"}}}}', "no printer named 'nope'"),
+    ],
+)
+def test_bad_sets_are_refused_with_a_reason(tmp_path, payload, reason):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    d = RemoteConfig(cfg).propose(payload, cfg)
+    assert d.kind == "refused" and reason in d.message, d.message
+
+
+def test_restart_keys_are_those_marked_in_the_schema(tmp_path):
+    cfg = base(tmp_path)
+    changed = parse_config(merge_patch(cfg.model_dump(mode="json", exclude_unset=True),
+                                       {"mqtt": {"keepalive_s": 60}, "gpio": {"enabled": True}, "store": {"name": "x"}}))
+    assert restart_needed(cfg, changed) == ["mqtt", "gpio"]
+    sound = parse_config(merge_patch(cfg.model_dump(mode="json", exclude_unset=True), {"sound": {"enabled": True, "volume": 0.2}}))
+    assert restart_needed(cfg, sound) == ["sound.enabled"]
+
+
+def test_an_unreadable_state_file_runs_the_file_alone(tmp_path):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / STATE_FILE).write_text("{garbage")
+    rc = RemoteConfig(cfg)
+    assert rc.effective() is cfg and rc.version == 0 and "unreadable" in rc.error["message"]
+
+
+def test_an_overlay_that_cannot_be_stored_is_not_applied(tmp_path):
+    cfg = base(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    rc = RemoteConfig(cfg)
+    d = rc.propose(b'{"v":1,"version":1,"config":{"store":{"name":"x"}}}', cfg)
+    (state / "remote-config.tmp").mkdir()  # the atomic write's temp file cannot be created (as a full disk would)
+    with pytest.raises(OSError):
+        rc.commit(d)
+    assert rc.version == 0 and rc.overlay == {} and RemoteConfig(cfg).version == 0
+
+
+# -- through the broker, against a running agent --------------------------------------------------
+
+@pytest.fixture
+def setup(broker, vprinter, make_agent, hq_factory, store_id):
+    hq = hq_factory(broker.port, store_id)
+    agent = make_agent(broker.port, vprinter.port, store_id, mqtt={"password": "s3cret-pw", "host": "127.0.0.1"})
+    return agent, hq
+
+
+def test_boot_publishes_state_version_0_with_secrets_redacted(setup):
+    agent, hq = setup
+    s = wait_state(hq, lambda s: s["version"] == 0)
+    assert s["v"] == 1 and s["error"] is None and s["applied_at"] is None and len(s["sha256"]) == 64
+    assert s["config"]["mqtt"]["password"] == "***" and "s3cret-pw" not in json.dumps(s)
+    assert s["config"]["store_id"] == agent.cfg.store_id
+    jsonschema.validate(s, json.loads(schemas()["config-state.schema.json"]))
+
+
+def test_a_valid_set_applies_live_and_shows_in_the_tickets(setup, vprinter):
+    agent, hq = setup
+    wait_state(hq, lambda s: s["version"] == 0)
+    set_config(hq, 1, {"store": {"name": "远程改名大药房"}, "texts": {"paid": "远程实付"},
+                       "rules": {"order.created": {"documents": ["receipt"]}}})
+    s = wait_state(hq, lambda s: s["version"] == 1)
+    assert s["error"] is None and s["config"]["store"]["name"] == "远程改名大药房" and s["applied_at"]
+    hq.publish(order(1, "live"))
+    assert wait_until(lambda: "MT-live00001" in [o for o, _ in tickets(vprinter)])
+    text = [j.text for j in vprinter.jobs if "MT-live00001" in j.text]
+    assert "远程改名大药房" in text[0] and "远程实付" in text[0]
+    assert wait_until(lambda: hq.final().get("evt-live00001"))
+    assert hq.final()["evt-live00001"]["documents"] == ["receipt"]  # the rule was swapped: no warm-tip card
+
+
+def test_refused_sets_leave_the_running_config(setup, vprinter):
+    agent, hq = setup
+    set_config(hq, 5, {"store": {"name": "五"}})
+    wait_state(hq, lambda s: s["version"] == 5)
+    set_config(hq, 4, {"store": {"name": "四"}})
+    s = wait_state(hq, lambda s: s["error"] and s["error"]["version"] == 4)
+    assert s["version"] == 5 and s["config"]["store"]["name"] == "五" and "not greater" in s["error"]["message"]
+    set_config(hq, 6, {"printers": [{"name": "counter", "connection": "network", "hsot": "x"}]})
+    s = wait_state(hq, lambda s: s["error"] and s["error"]["version"] == 6)
+    assert s["version"] == 5 and "printers[0].hsot: unknown key" in s["error"]["message"]
+    set_config(hq, None, None, raw=b"\xff\xfe not json")
+    wait_state(hq, lambda s: s["error"] and "bad config/set" in s["error"]["message"])
+    n = len(states(hq))
+    set_config(hq, 5, {"store": {"name": "五"}})  # a replay of the applied version: answered, no error
+    s = wait_state(hq, lambda s: len(states(hq)) > n)
+    assert states(hq)[-1]["error"]["version"] != 5 and agent.cfg.store.name == "五"
+    hq.publish(order(1, "ref"))  # and orders still print
+    assert wait_until(lambda: hq.final().get("evt-ref00001"))
+
+
+def test_printers_reopen_without_losing_queued_jobs(broker, make_agent, hq_factory, store_id):
+    old_p, new_p = VirtualPrinter().start(), VirtualPrinter().start()
+    try:
+        old_p.set_mode("paper_out")
+        hq = hq_factory(broker.port, store_id)
+        agent = make_agent(broker.port, old_p.port, store_id)
+        ids = [order(i, "mv") for i in range(1, 9)]
+        for ev in ids:
+            hq.publish(ev)
+        assert wait_until(lambda: len([r for r in hq.results() if r["status"] == "queued"]) == 8)
+        set_config(hq, 1, {"printers": [{"name": "counter", "connection": "network", "host": "127.0.0.1",
+                                         "port": new_p.port, "timeout_s": 1.0}]})
+        wait_state(hq, lambda s: s["version"] == 1)
+        assert wait_until(lambda: len(hq.final()) == 8, 30), hq.results()[-3:]
+        stats = check_exactly_once(new_p, [ev["order"]["id"] for ev in ids])
+        assert stats["printed"] == 8 and not tickets(old_p)
+        # a renamed printer: its jobs move to the new name, nothing is stranded
+        new_p.set_mode("cover_open")
+        hq.publish(order(9, "mv"))
+        assert wait_until(lambda: any(r["event_id"] == "evt-mv00009" and r["status"] == "queued" for r in hq.results()))
+        set_config(hq, 2, {"printers": [{"name": "front", "connection": "network", "host": "127.0.0.1",
+                                         "port": new_p.port, "timeout_s": 1.0}]})
+        wait_state(hq, lambda s: s["version"] == 2)
+        new_p.set_mode("ready")
+        assert wait_until(lambda: hq.final().get("evt-mv00009"), 20)
+        assert hq.final()["evt-mv00009"]["printer"] == "front"
+        assert not [a for a in agent.alerts.open_alerts() if a.printer == "counter"]
+    finally:
+        old_p.stop()
+        new_p.stop()
+
+
+def test_remote_templates_render_in_the_sandbox(setup, vprinter):
+    agent, hq = setup
+    receipt = "@bold| 远程模板 {{ order.id }}\n@cut\n"
+    evil = "{{ ''.__class__.__mro__[1].__subclasses__() }}\n@cut\n"
+    set_config(hq, 1, {"templates": {"custom": {"receipt": receipt, "warm_tip": evil}}})
+    wait_state(hq, lambda s: s["version"] == 1)
+    hq.publish(order(1, "tpl"))
+    assert wait_until(lambda: hq.final().get("evt-tpl00001"))
+    texts = [j.text for j in vprinter.jobs]
+    assert any("远程模板 MT-tpl00001" in t for t in texts)
+    assert any("温馨提示" in t and "MT-tpl00001" in t for t in texts)  # the unsafe one fell back to the built-in
+    assert not any("subclasses" in t or "<class" in t for t in texts)
+    assert wait_until(lambda: any(a.code == "agent.template_failed" for a in agent.alerts.open_alerts()))
+
+
+def test_the_overlay_survives_a_restart_without_the_broker(broker, vprinter, hq_factory, store_id, tmp_path):
+    cfg = parse_config(agent_config(tmp_path / "state", broker.port, vprinter.port, store_id))
+    hq = hq_factory(broker.port, store_id)
+    a = Agent(cfg)
+    a.start()
+    try:
+        assert wait_until(lambda: a.link.subscribed)
+        set_config(hq, 7, {"store": {"name": "持久化"}})
+        wait_state(hq, lambda s: s["version"] == 7)
+    finally:
+        a.stop()
+    offline = parse_config(agent_config(tmp_path / "state", 1, vprinter.port, store_id))  # no broker there
+    b = Agent(offline)
+    try:
+        assert b.cfg.store.name == "持久化" and b.remote.version == 7
+    finally:
+        b.journal.close()
+
+
+# -- restart-tier keys: in-process restart, probation, revert ----------------------------------------
+
+@pytest.fixture
+def supervised(broker, vprinter, hq_factory, store_id, tmp_path):
+    cfg = parse_config(agent_config(tmp_path / "state", broker.port, vprinter.port, store_id, mqtt={"probation_s": 5}))
+    hq = hq_factory(broker.port, store_id)
+    stop = threading.Event()
+    t = threading.Thread(target=run_supervised, args=(cfg, stop, 0.1), daemon=True)
+    t.start()
+    wait_state(hq, lambda s: s["version"] == 0)
+    yield hq
+    stop.set()
+    t.join(20)
+    assert not t.is_alive()
+
+
+def test_a_restart_key_restarts_the_agent_and_is_kept_once_connected(supervised, tmp_path):
+    hq = supervised
+    set_config(hq, 1, {"mqtt": {"keepalive_s": 45}, "gpio": {"enabled": True, "pin_factory": "mock"}})
+    s = wait_state(hq, lambda s: s["version"] == 1)
+    assert s["config"]["mqtt"]["keepalive_s"] == 45 and s["config"]["gpio"]["enabled"] and s["error"] is None
+    assert wait_until(lambda: not json.loads((tmp_path / "state" / STATE_FILE).read_text())["probation"])
+    hq.publish(order(1, "rs"))
+    assert wait_until(lambda: hq.final().get("evt-rs00001"))
+
+
+def test_an_mqtt_change_that_cannot_connect_reverts_by_itself(supervised, tmp_path):
+    hq = supervised
+    set_config(hq, 1, {"store": {"name": "一"}})
+    wait_state(hq, lambda s: s["version"] == 1)
+    set_config(hq, 2, {"store": {"name": "一"}, "mqtt": {"port": 1, "probation_s": 5}})  # nothing listens on port 1
+    s = wait_state(hq, lambda s: s["error"] and s["error"]["version"] == 2, timeout=40)
+    assert s["version"] == 1 and s["config"]["mqtt"]["port"] != 1 and "reverted" in s["error"]["message"]
+    stored = json.loads((tmp_path / "state" / STATE_FILE).read_text())
+    assert stored["version"] == 1 and not stored["probation"]
+    hq.publish(order(1, "rv"))  # the store works again on the old settings
+    assert wait_until(lambda: hq.final().get("evt-rv00001"))
+
+
+def test_config_show_includes_the_overlay(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, write_toml
+
+    raw = agent_config(tmp_path / "state", 1, 1, "show-2")
+    f = write_toml(tmp_path / "c.toml", raw)
+    cfg = parse_config(raw)
+    (tmp_path / "state").mkdir()
+    rc = RemoteConfig(cfg)
+    rc.commit(rc.propose(b'{"v":1,"version":9,"config":{"store":{"name":"\xe8\xbf\x9c\xe7\xa8\x8b"}}}', cfg))
+
+    def show(*args):
+        r = subprocess.run([sys.executable, "-m", "agent.cli", "config", "show", "--config", str(f), *args],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    out = show()
+    assert "remote overlay version 9 (store)" in out and 'store.name = "远程"' in out
+    assert json.loads(show("--json"))["store"]["name"] == "远程"
+    assert json.loads(show("--json", "--file-only"))["store"]["name"] == cfg.store.name
