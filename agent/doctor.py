@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import ssl
@@ -35,7 +34,16 @@ def _cert_days_left(path: str) -> Optional[float]:
 
 
 def run_checks(cfg: Config) -> list[Check]:
+    from .remote import RemoteConfig  # noqa: PLC0415
+
     out: list[Check] = [Check("config", True, f"store {cfg.store_id}, {len(cfg.printers)} printer(s)")]
+    remote = RemoteConfig(cfg)
+    cfg = remote.effective()  # what the agent runs: the file plus HQ's overlay
+    err = remote.error
+    out.append(Check("remote config", err is None,
+                     f"overlay version {remote.version}" + (" (on probation after a restart)" if remote.probation else "")
+                     + (f"; version {err['version']} refused: {err['message']}" if err else ""),
+                     "the info department sends a corrected config/set with a higher version"))
     daemon = None
     try:
         daemon = call(cfg.state_dir, "diagnose", timeout=30)
@@ -50,11 +58,16 @@ def run_checks(cfg: Config) -> list[Check]:
 
     m = cfg.mqtt
     try:
-        settings = MqttSettings(m.host, m.port, f"store-agent-doctor-{os.getpid()}", username=m.username,
-                                password=cfg.mqtt_password(), tls=m.tls, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
-        with ToolClient(settings):
-            pass
-        out.append(Check("broker", True, f"{m.host}:{m.port} accepts this store's credentials"))
+        if daemon:  # never connect beside a running agent: with the broker kit the store's login *is* its client id
+            up = bool(data.get("mqtt", {}).get("connected"))
+            out.append(Check("broker", up, f"{m.host}:{m.port} " + ("connected (agent)" if up else "not connected (agent)"),
+                             "check mqtt.host/port, the network, TLS files and credentials (mqtt.username / password_file)"))
+        else:
+            settings = MqttSettings(m.host, m.port, cfg.client_id, username=m.username, password=cfg.mqtt_password(), tls=m.tls,
+                                    ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file, session_expiry_s=m.session_expiry_s)
+            with ToolClient(settings, keep_session=True):
+                pass
+            out.append(Check("broker", True, f"{m.host}:{m.port} accepts this store's credentials"))
     except Exception as e:  # noqa: BLE001 - every failure is a line in the report
         out.append(Check("broker", False, f"{m.host}:{m.port}: {e}",
                          "check mqtt.host/port, the network, TLS files and credentials (mqtt.username / password_file)"))

@@ -281,11 +281,16 @@ class MqttLink:
 class ToolClient:
     """A short-lived client for tools (demo, ``send``): publish and collect messages, blocking."""
 
-    def __init__(self, settings: MqttSettings, subscriptions: list[str] = ()) -> None:
+    def __init__(self, settings: MqttSettings, subscriptions: list[str] = (), *, keep_session: bool = False) -> None:
+        """``keep_session``: connect as the store itself without harming its session (doctor's broker probe):
+        ``clean_start=False`` with the store's expiry, and nothing delivered is acknowledged, so the
+        broker hands it to the agent later. A clean start would discard the store's queued orders."""
         self.received: list[tuple[str, bytes]] = []
         self._cv = threading.Condition()
         self._ready = threading.Event()
-        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv5)
+        self.keep_session = keep_session
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=paho.MQTTv5,
+                        manual_ack=keep_session)
         c.suppress_exceptions = True
         if settings.username:
             c.username_pw_set(settings.username, settings.password or None)
@@ -308,8 +313,17 @@ class ToolClient:
         self._client = c
         self.settings = settings
 
+    def _session_props(self, packet: int) -> Optional[Properties]:
+        if not self.keep_session:
+            return None
+        props = Properties(packet)
+        props.SessionExpiryInterval = self.settings.session_expiry_s
+        return props
+
     def __enter__(self) -> "ToolClient":
-        self._client.connect(self.settings.host, self.settings.port, keepalive=30)
+        self._client.connect(self.settings.host, self.settings.port, keepalive=30,
+                             clean_start=False if self.keep_session else paho.MQTT_CLEAN_START_FIRST_ONLY,
+                             properties=self._session_props(PacketTypes.CONNECT))
         self._client.loop_start()
         if not self._ready.wait(10):
             self._client.loop_stop()
@@ -318,7 +332,7 @@ class ToolClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._client.disconnect()
+        self._client.disconnect(properties=self._session_props(PacketTypes.DISCONNECT))
         self._client.loop_stop()
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:

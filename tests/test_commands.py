@@ -186,8 +186,26 @@ def test_doctor_on_a_healthy_setup(running):
     r = cli(cfg_file, "doctor", "--json")
     checks = {c["name"]: c for c in json.loads(r.stdout)}
     assert r.returncode == 0, r.stdout
-    for name in ("config", "agent", "broker", "subscriptions", "printer counter", "disk", "clock", "journal"):
+    for name in ("config", "remote config", "agent", "broker", "subscriptions", "printer counter", "disk", "clock", "journal"):
         assert checks[name]["ok"] is True, checks[name]
+    assert "connected (agent)" in checks["broker"]["detail"]  # it did not log in beside the agent
+
+
+def test_doctor_probe_leaves_the_stores_queued_orders_alone(broker, vprinter, make_agent, hq_factory, store_id, tmp_path):
+    """With the agent stopped, doctor logs in as the store: orders queued in its session must survive."""
+    from conftest import order
+
+    hq = hq_factory(broker.port, store_id)
+    agent = make_agent(broker.port, vprinter.port, store_id)
+    agent.stop()
+    for i in range(1, 4):
+        hq.publish(order(i, "doc"))
+    cfg_file = write_toml(tmp_path / "agent.toml", agent_config(tmp_path / "state", broker.port, vprinter.port, store_id))
+    r = cli(cfg_file, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert checks["broker"]["ok"] is True and checks["agent"]["ok"] is False
+    make_agent(broker.port, vprinter.port, store_id)
+    assert wait_until(lambda: len(hq.final()) == 3, 20), hq.results()
 
 
 def test_doctor_on_a_broken_setup(tmp_path, vprinter):
