@@ -337,7 +337,9 @@ def led(step_s: float, config_path: str | None, as_json: bool) -> None:
 @config_option
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--wait", "wait_s", default=10.0, show_default=True, help="seconds to wait for the agent's result")
-def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float) -> None:
+@click.option("--username", default="", help="an HQ or test login allowed to publish orders (needed when the store has a login)")
+@click.option("--password-file", default="", type=click.Path(exists=True, dir_okay=False), help="that login's password")
+def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float, username: str, password_file: str) -> None:
     """Publish an order event file to this store's order topic and show the agent's result."""
     from .messages import Rejection, parse_event  # noqa: PLC0415
     from .mqtt import MqttSettings, ToolClient  # noqa: PLC0415
@@ -351,8 +353,14 @@ def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float)
         sys.exit(2)
     topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
     m = cfg.mqtt
-    settings = MqttSettings(m.host, m.port, f"store-agent-send-{__import__('os').getpid()}", username=m.username,
-                            password=cfg.mqtt_password(), tls=m.tls, ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
+    if m.username and not username:
+        click.echo("send: pass --username/--password-file of an HQ or test login. Logging in as the store would take "
+                   "over the agent's session (with the broker kit a store's login is its client id), and the store's "
+                   "ACL does not allow publishing orders anyway.", err=True)
+        sys.exit(2)
+    password = Path(password_file).read_text(encoding="utf-8").strip() if password_file else ""
+    settings = MqttSettings(m.host, m.port, f"store-agent-send-{__import__('os').getpid()}", username=username,
+                            password=password, tls=m.tls, ca_file=m.ca_file)
     with ToolClient(settings, [topics.result]) as c:
         c.publish(topics.orders, payload)
         final = ("printed", "failed", "rejected", "duplicate", "expired")
