@@ -338,8 +338,8 @@ def led(step_s: float, config_path: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--wait", "wait_s", default=10.0, show_default=True, help="seconds to wait for the agent's result")
 @click.option("--username", default="", help="an HQ or test login allowed to publish orders (needed when the store has a login)")
-@click.option("--password-file", default="", type=click.Path(exists=True, dir_okay=False), help="that login's password")
-def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float, username: str, password_file: str) -> None:
+@click.option("--password-file", default=None, type=click.Path(exists=True, dir_okay=False), help="that login's password")
+def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float, username: str, password_file: str | None) -> None:
     """Publish an order event file to this store's order topic and show the agent's result."""
     from .messages import Rejection, parse_event  # noqa: PLC0415
     from .mqtt import MqttSettings, ToolClient  # noqa: PLC0415
