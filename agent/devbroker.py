@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Optional
 
-RECOMMENDED = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto" / "store-agent.conf"
+KIT = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
+RECOMMENDED = KIT / "store-agent.conf"
+SECURITY = KIT / "security.conf"
+KIT_PATH = "/etc/mosquitto/store-agent/"
 
 
 class BrokerError(Exception):
@@ -42,27 +45,37 @@ class DevBroker:
         *,
         tls: Optional[tuple[Path, Path, Path]] = None,
         password_file: Optional[Path] = None,
+        kit_dir: Optional[Path] = None,
     ) -> None:
-        """``tls`` = (ca, cert, key) makes the listener TLS-only; ``password_file`` turns off anonymous access."""
+        """``tls`` = (ca, cert, key) makes the listener TLS-only; ``password_file`` turns off anonymous access.
+        ``kit_dir``: the broker kit's security.conf as shipped, its /etc/mosquitto/store-agent/ files
+        (passwd, acl, ca.crt, server.crt, server.key) taken from ``kit_dir``."""
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.extra = extra
         self.tls = tls
         self.password_file = password_file
+        self.kit_dir = kit_dir
         self.proc: Optional[subprocess.Popen] = None
 
     def config_text(self) -> str:
         if not RECOMMENDED.exists():
             raise BrokerError(f"recommended broker settings not found at {RECOMMENDED} (run from a checkout)")
         user = pwd.getpwuid(os.getuid()).pw_name
-        listener = f"\nlistener {self.port} 127.0.0.1\n"
-        if self.tls:
-            ca, cert, key = self.tls
-            listener += f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
-        if self.password_file:
-            listener += f"allow_anonymous false\npassword_file {self.password_file}\n"
+        if self.kit_dir:
+            listener = "\n" + SECURITY.read_text().replace(KIT_PATH, f"{self.kit_dir}/").replace(
+                "\nlistener 8883\n", f"\nlistener {self.port} 127.0.0.1\n")
+            if f"listener {self.port} 127.0.0.1" not in listener:
+                raise BrokerError(f"{SECURITY}: no 'listener 8883' line to move to the test port")
         else:
-            listener += "allow_anonymous true\n"
+            listener = f"\nlistener {self.port} 127.0.0.1\n"
+            if self.tls:
+                ca, cert, key = self.tls
+                listener += f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+            if self.password_file:
+                listener += f"allow_anonymous false\npassword_file {self.password_file}\n"
+            else:
+                listener += "allow_anonymous true\n"
         return (
             RECOMMENDED.read_text()
             + listener
