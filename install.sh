@@ -7,7 +7,7 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-DEV_PACKAGES=(mosquitto mosquitto-clients openssl libusb-1.0-0 alsa-utils libasound2-dev fonts-wqy-microhei python3-venv python3-dev gcc)
+DEV_PACKAGES=(mosquitto mosquitto-clients openssl libusb-1.0-0 alsa-utils libasound2-dev fonts-wqy-microhei python3-venv python3-dev gcc systemd)
 DEVICE_PACKAGES=(alsa-utils libasound2 fonts-wqy-microhei python3-venv python3-dev gcc libusb-1.0-0)
 
 log() { printf '==> %s\n' "$*"; }
@@ -66,18 +66,30 @@ device_install() {
     /opt/store-agent/bin/python -m pip install -q "$HERE"
     ln -sf /opt/store-agent/bin/store-agent /usr/local/bin/store-agent
     install -d -m 0750 -o root -g store-agent /etc/store-agent
+    local fresh=0
     if [ ! -e /etc/store-agent/config.toml ]; then
         install -m 0640 -o root -g store-agent "$HERE/deploy/config.example.toml" /etc/store-agent/config.toml
-        log "wrote /etc/store-agent/config.toml: set store_id, [mqtt] and [[printers]], then: systemctl restart store-agent"
+        fresh=1
     else
+        chgrp store-agent /etc/store-agent/config.toml && chmod 0640 /etc/store-agent/config.toml
         log "kept existing /etc/store-agent/config.toml"
     fi
     install -m 0644 "$HERE/systemd/60-store-agent-printers.rules" /etc/udev/rules.d/60-store-agent-printers.rules
     udevadm control --reload-rules && udevadm trigger --subsystem-match=usb || true
     install -m 0644 "$HERE/systemd/store-agent.service" /etc/systemd/system/store-agent.service
+    if [ ! -d /run/systemd/system ]; then
+        log "systemd is not running here: unit installed; run the agent with: store-agent run"
+        return
+    fi
     systemctl daemon-reload
-    systemctl enable --now store-agent.service
-    log "store-agent installed and started: systemctl status store-agent"
+    systemctl enable store-agent.service
+    if [ "$fresh" = 1 ]; then
+        log "wrote /etc/store-agent/config.toml: set store_id, [mqtt] and [[printers]], then:"
+        log "  store-agent config check && sudo systemctl start store-agent && store-agent doctor"
+    else
+        systemctl restart store-agent.service
+        log "store-agent installed and (re)started: systemctl status store-agent; store-agent doctor"
+    fi
 }
 
 uninstall() {
