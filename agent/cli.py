@@ -76,7 +76,7 @@ def run(config_path: str | None, log_level: str) -> None:
 
 @main.command()
 @click.option("--out", "out_dir", default="demo-out", type=click.Path(file_okay=False), help="where tickets are left")
-@click.option("--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default="error", type=click.Choice(["debug", "info", "warning", "error"]))
 def demo(out_dir: str, log_level: str) -> None:
     """Private broker + virtual printer + sample orders; tickets under ./demo-out/."""
     from .demo import run_demo  # noqa: PLC0415

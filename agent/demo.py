@@ -1,8 +1,10 @@
-"""``store-agent demo``: the whole path on one machine, no config and no hardware.
+"""``store-agent demo``: the whole product on one machine, no config and no hardware.
 
-A private mosquitto (the project's recommended settings) on a free loopback
-port, a virtual network printer, an agent, the sample orders and exceptions,
-and the printed tickets left as ``.txt`` + ``.png`` under ``./demo-out/``.
+A private mosquitto (the project's recommended settings) on a free loopback port, a virtual
+network printer, an agent with mock GPIO pins, then: sample orders and exceptions (their chimes
+and LED patterns are logged; chimes also play when the machine has a sound card), the clerk's
+acknowledgement, a paper-out spell with its alert, escalation and recovery, and the printed
+tickets left as ``.txt`` + ``.png`` + ``.bin`` under ``./demo-out/``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Optional
 
 from drivers.vprinter import VirtualPrinter
 
@@ -25,8 +28,59 @@ from .topics import Topics
 
 log = logging.getLogger(__name__)
 
+FINAL = {"printed", "failed", "rejected", "duplicate", "expired"}
 
-def run_demo(out_dir: Path, echo=print) -> int:
+
+class LoggedChime:
+    """Says which chime would sound; plays it too when the machine has a sound card."""
+
+    def __init__(self, echo: Callable[[str], None], inner: Optional[object] = None) -> None:
+        self.echo, self.inner = echo, inner
+
+    def play(self, wav: Path, volume: float = 1.0) -> str:
+        self.echo(f"  ♪ chime {wav.stem} (volume {volume:.1f})")
+        if self.inner is not None:
+            try:
+                return self.inner.play(wav, volume)  # type: ignore[attr-defined]
+            except Exception as e:  # noqa: BLE001 - the demo goes on without sound
+                self.echo(f"    (no sound from this machine: {e})")
+                self.inner = None
+        return "logged"
+
+
+class LoggedLed:
+    """A real gpiozero LED on a mock pin, with every pattern change shown."""
+
+    def __init__(self, led, label: str, echo: Callable[[str], None]) -> None:  # noqa: ANN001 - drivers.gpio.Led
+        self.led, self.label, self.echo = led, label, echo
+
+    @property
+    def pattern(self) -> str:
+        return self.led.pattern
+
+    def show(self, pattern: str) -> None:
+        if pattern != self.led.pattern:
+            self.echo(f"  ● {self.label}: {pattern}")
+        self.led.show(pattern)
+
+    def close(self) -> None:
+        self.led.close()
+
+
+def _has_sound_card() -> bool:
+    try:
+        return "no soundcards" not in Path("/proc/asound/cards").read_text()
+    except OSError:
+        return False
+
+
+def _order(n: int) -> dict:
+    ev = sample_events(now_utc(), tag=f"paper{n}")[0]
+    ev["order"]["seq"] = 30 + n
+    return ev
+
+
+def run_demo(out_dir: Path, echo: Callable[[str], None] = print) -> int:
     out_dir = Path(out_dir)
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -41,33 +95,32 @@ def run_demo(out_dir: Path, echo=print) -> int:
                 "state_dir": str(work / "state"),
                 "store": {"name": "示例大药房(解放碑店)", "phone": "023-6000-0231"},
                 "mqtt": {"host": "127.0.0.1", "port": broker.port, "reconnect_max_s": 2},
-                "printers": [{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": printer.port, "paper_width_mm": 80}],
-                "health": {"printer_poll_s": 1},
-                "sound": {"enabled": False},  # no audio hardware assumed in the demo
+                "printers": [{"name": "counter", "connection": "network", "host": "127.0.0.1", "port": printer.port,
+                              "paper_width_mm": 80, "timeout_s": 1.0}],
+                "health": {"printer_poll_s": 1, "clear_after_s": 1},
+                "print": {"retry_s": 0.5},
+                "escalation": {"printer_fault_after_s": 3},
+                "gpio": {"enabled": True, "pin_factory": "mock"},
+                "timers": {"prep_before_s": 0, "summary_every_s": 0},
             })
             topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
             agent = Agent(cfg)
+            ann = agent.annunciator
+            ann.chime = LoggedChime(echo, ann.chime if _has_sound_card() else None)
+            ann.audio_state = "ok"
+            if ann.exception_led is not None:
+                ann.exception_led = LoggedLed(ann.exception_led, "exception LED", echo)
+            if ann.status_led is not None:
+                ann.status_led = LoggedLed(ann.status_led, "status LED", echo)
             agent.start()
+            ok = True
             try:
                 deadline = time.monotonic() + 10
                 while not agent.link.subscribed and time.monotonic() < deadline:  # a new store: session + subscription first
                     time.sleep(0.05)
-                events = sample_events(now_utc())
-                with ToolClient(MqttSettings("127.0.0.1", broker.port, "demo-hq"), [topics.result]) as hq:
-                    for ev in events:
-                        hq.publish(topics.orders, json.dumps(ev, ensure_ascii=False).encode())
-                        echo(f"published {ev['type']:<18} {ev['id']}  order {ev['order']['id']}")
-                    hq.publish(topics.orders, b"{not json")
-                    echo("published a malformed payload (expect: rejected)")
-                    final = {"printed", "failed", "rejected", "duplicate", "expired"}
-
-                    def finished(msgs):
-                        return sum(1 for _, p in msgs if json.loads(p)["status"] in final) >= len(events) + 1
-
-                    ok = hq.wait_for(finished, 20)
-                    for _, p in hq.received:
-                        r = json.loads(p)
-                        echo(f"result  {r['status']:<9} {r['event_id'] or '-':<16} {', '.join(r['documents']) or r['error'] or ''}")
+                with ToolClient(MqttSettings("127.0.0.1", broker.port, "demo-hq"), [topics.result, topics.alerts]) as hq:
+                    ok &= _orders_and_exceptions(agent, hq, topics, echo)
+                    ok &= _paper_out_spell(agent, hq, topics, printer, echo)
             finally:
                 agent.stop()
             echo(f"\n{len(printer.jobs)} ticket(s) printed in {time.monotonic() - t0:.1f}s; each as .txt, .png and .bin:")
@@ -76,3 +129,66 @@ def run_demo(out_dir: Path, echo=print) -> int:
             return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _results(hq: ToolClient, topics: Topics) -> list[dict]:
+    return [json.loads(p) for t, p in list(hq.received) if t == topics.result]
+
+
+def _alert_lines(hq: ToolClient, topics: Topics, seen: int, echo: Callable[[str], None]) -> int:
+    alerts = [json.loads(p) for t, p in list(hq.received) if t == topics.alerts]
+    for a in alerts[seen:]:
+        echo(f"  alert {a['state']:<12} {a['code']:<24} to {a['audience']:<8} {a['message']}")
+    return len(alerts)
+
+
+def _orders_and_exceptions(agent: Agent, hq: ToolClient, topics: Topics, echo: Callable[[str], None]) -> bool:
+    echo("\n== orders and exceptions from HQ")
+    events = sample_events(now_utc())
+    for ev in events:
+        hq.publish(topics.orders, json.dumps(ev, ensure_ascii=False).encode())
+        echo(f"published {ev['type']:<18} {ev['id']}  order {ev['order']['id']}")
+        time.sleep(0.4)  # one after another, as they would arrive: each chime is heard
+    hq.publish(topics.orders, b"{not json")
+    echo("published a malformed payload (expect: rejected)")
+    ok = hq.wait_for(lambda msgs: sum(1 for r in _results(hq, topics) if r["status"] in FINAL) >= len(events) + 1, 20)
+    for r in _results(hq, topics):
+        echo(f"  result {r['status']:<9} {r['event_id'] or '-':<16} {', '.join(r['documents']) or r['error'] or ''}")
+    time.sleep(1.5)  # let the LED catch up
+    seen = _alert_lines(hq, topics, 0, echo)
+    echo("the clerk presses the acknowledge button")
+    acked = agent.acknowledge()
+    echo(f"  {len(acked)} alert(s) acknowledged: {', '.join(a.code for a in acked)}")
+    time.sleep(1.5)
+    _alert_lines(hq, topics, seen, echo)
+    return ok
+
+
+def _paper_out_spell(agent: Agent, hq: ToolClient, topics: Topics, printer: VirtualPrinter, echo: Callable[[str], None]) -> bool:
+    echo("\n== the paper runs out")
+    seen = len([1 for t, _ in list(hq.received) if t == topics.alerts])  # show only what comes next
+    printer.set_mode("paper_out")
+    orders = [_order(n) for n in (1, 2)]
+    for ev in orders:
+        hq.publish(topics.orders, json.dumps(ev, ensure_ascii=False).encode())
+        echo(f"published order.created     {ev['id']}  order {ev['order']['id']}")
+    ids = {ev["id"] for ev in orders}
+
+    def alert_state(state: str) -> bool:
+        return any(json.loads(p)["code"] == "printer.paper_out" and json.loads(p)["state"] == state
+                   for t, p in list(hq.received) if t == topics.alerts)
+
+    escalated = hq.wait_for(lambda msgs: alert_state("escalated"), 15)
+    queued = [r for r in _results(hq, topics) if r["event_id"] in ids]
+    echo(f"  waiting for paper: {len(queued)} result(s) so far, all {', '.join(sorted({r['status'] for r in queued})) or '-'}")
+    seen = _alert_lines(hq, topics, seen, echo)
+    echo("the clerk loads a new roll")
+    printer.set_mode("ready")
+    printed = hq.wait_for(lambda msgs: {r["event_id"] for r in _results(hq, topics) if r["status"] == "printed"} >= ids, 20)
+    cleared = hq.wait_for(lambda msgs: alert_state("cleared"), 10)
+    time.sleep(0.5)
+    for r in _results(hq, topics):
+        if r["event_id"] in ids and r["status"] in FINAL:
+            echo(f"  result {r['status']:<9} {r['event_id']:<16} {', '.join(r['documents'])}")
+    _alert_lines(hq, topics, seen, echo)
+    return escalated and printed and cleared

@@ -54,6 +54,10 @@ def sample_events(now: datetime, tag: str = "demo") -> list[dict[str, Any]]:
         {"v": 1, "id": f"evt-{tag}-0004", "type": "stock.short", "at": at,
          "order": {"id": el["id"], "platform": "eleme", "seq": 7},
          "detail": {"sku": "6930000000105", "name": "阿莫西林胶囊", "wanted": 2, "available": 1}},
+        {"v": 1, "id": f"evt-{tag}-0005", "type": "order.urged", "at": at,
+         "order": {"id": el["id"], "platform": "eleme", "seq": 7}, "detail": {}},
+        {"v": 1, "id": f"evt-{tag}-0006", "type": "order.cancelled", "at": at,
+         "order": {"id": mt["id"], "platform": "meituan", "seq": 23}, "detail": {"reason": "顾客取消"}},
     ]
 
 
