@@ -33,7 +33,7 @@ apt_install() {
 
 pick_python() {
     for py in python3.12 python3.11 python3; do
-        if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+        if command -v "$py" >/dev/null && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
             command -v "$py"; return
         fi
     done
@@ -74,9 +74,9 @@ device_install() {
         chgrp store-agent /etc/store-agent/config.toml && chmod 0640 /etc/store-agent/config.toml
         log "kept existing /etc/store-agent/config.toml"
     fi
-    install -m 0644 "$HERE/systemd/60-store-agent-printers.rules" /etc/udev/rules.d/60-store-agent-printers.rules
-    udevadm control --reload-rules && udevadm trigger --subsystem-match=usb || true
-    install -m 0644 "$HERE/systemd/store-agent.service" /etc/systemd/system/store-agent.service
+    install -D -m 0644 "$HERE/systemd/60-store-agent-printers.rules" /etc/udev/rules.d/60-store-agent-printers.rules
+    { udevadm control --reload-rules && udevadm trigger --subsystem-match=usb; } 2>/dev/null || log "udev not running: rules apply at the next boot"
+    install -D -m 0644 "$HERE/systemd/store-agent.service" /etc/systemd/system/store-agent.service
     if [ ! -d /run/systemd/system ]; then
         log "systemd is not running here: unit installed; run the agent with: store-agent run"
         return
@@ -96,7 +96,7 @@ uninstall() {
     [ "$(id -u)" -eq 0 ] || die "run as root: sudo ./install.sh --uninstall"
     systemctl disable --now store-agent.service 2>/dev/null || true
     rm -f /etc/systemd/system/store-agent.service /etc/udev/rules.d/60-store-agent-printers.rules /usr/local/bin/store-agent
-    systemctl daemon-reload || true
+    systemctl daemon-reload 2>/dev/null || true
     rm -rf /opt/store-agent
     log "removed the program; kept /etc/store-agent (config) and /var/lib/store-agent (journal)"
 }
