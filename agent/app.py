@@ -41,6 +41,7 @@ from .topics import Topics
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600
+JOURNAL_ALERT = "agent:journal"
 INTERNAL_PREFIX = "agent-"  # test pages and timer slips travel through the journal like orders, without results
 
 
@@ -102,6 +103,7 @@ class Agent:
             on_connection=self._on_connection,
         )
         self._outbox_flushed = False
+        self._journal_failing = False
         self._reported: list[str] = []
         self._reported_lock = threading.Lock()
         self.renderer = self._make_renderer(cfg)
@@ -341,10 +343,21 @@ class Agent:
                            needs_ack=False, sound="none", escalate_after_s=1)
 
     def _on_store_failure(self, error: str) -> None:
-        # not acked: have the broker redeliver after a pause (disk full, I/O error)
+        # not acked: have the broker redeliver after a pause (disk full, I/O error); the store and IT hear of it
         self.link.redeliver_later(self.cfg.intake.redeliver_s)
+        self._journal_failing = True
+        self.alerts.raise_(JOURNAL_ALERT, "agent.journal_failed",
+                           f"本地存储写入失败,新订单暂存在服务器,未丢失: {error}"[:300], severity="critical",
+                           needs_ack=False, sound="device_fault", escalate_after_s=1)
+
+    def _journal_ok(self) -> None:
+        if self._journal_failing:
+            self._journal_failing = False
+            self.alerts.clear(JOURNAL_ALERT, "本地存储已恢复")
 
     def _publish_result(self, result: OrderResult) -> None:
+        if result.status in ("queued", "rejected", "duplicate", "expired"):  # intake just committed
+            self._journal_ok()
         confirm = None
         if result.event_id and result.status in ("printed", "failed", "duplicate", "expired"):
             confirm = lambda: self._mark_reported(result.event_id)  # noqa: E731

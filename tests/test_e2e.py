@@ -199,10 +199,13 @@ def test_full_journal_is_never_acked(broker, vprinter, make_agent, hq_factory, s
     hq.publish(big)
     time.sleep(3.0)
     assert hq.results() == [] and vprinter.jobs == []  # not stored, not acked, not answered
+    alerts = lambda: [json.loads(p) for t, p, _ in list(hq.messages) if t == hq.topic("alerts")]  # noqa: E731
+    assert wait_until(lambda: any(a["code"] == "agent.journal_failed" and a["state"] == "escalated" for a in alerts()), 10)
     with agent.journal._lock:
         db.execute("PRAGMA max_page_count=1073741823")  # space again
     assert wait_until(lambda: "evt-0001" in hq.final(), 30)  # the broker redelivered it
     assert agent.link.connects >= 2
+    assert wait_until(lambda: any(a["code"] == "agent.journal_failed" and a["state"] == "cleared" for a in alerts()), 10)
 
 
 def test_hung_printer_never_blocks_intake(broker, vprinter, make_agent, hq_factory, store_id):
