@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600
 JOURNAL_ALERT = "agent:journal"
+MAX_REQUEST_BYTES = 65536
 INTERNAL_PREFIX = "agent-"  # test pages and timer slips travel through the journal like orders, without results
 
 
@@ -453,15 +454,7 @@ class Agent:
                     log.exception("config/set failed")
                 continue
             command = msg.topic[len(self.topics.request("")):]
-            transaction = None
-            try:
-                body = json.loads(msg.payload.decode("utf-8"))
-                if not isinstance(body, dict):
-                    raise ValueError("the request must be a JSON object")
-                transaction = body.get("transaction")
-                out = self.commands.run(command, body.get("args"), transaction)
-            except (ValueError, UnicodeDecodeError) as e:
-                out = reply(transaction, error=f"bad request: {e}")
+            out = self.answer_request(command, msg.payload)
             try:
                 self.link.publish(self.topics.response(command or "unknown"), json.dumps(out, ensure_ascii=False, default=str).encode())
             except Exception:  # noqa: BLE001
@@ -550,6 +543,26 @@ class Agent:
             log.error("config version %d did not reconnect within %d s: reverting to version %d",
                       failed, self.cfg.mqtt.probation_s, self.remote.version)
             self.restart_requested = f"revert config version {failed}"
+
+    def answer_request(self, command: str, payload: bytes) -> dict:
+        """A ``P/S/request/<command>`` payload -> the response body; never raises."""
+        transaction = None
+        try:
+            if len(payload) > MAX_REQUEST_BYTES:
+                raise ValueError(f"payload too large ({len(payload)} bytes, limit {MAX_REQUEST_BYTES})")
+            body = json.loads(payload.decode("utf-8"))
+            if not isinstance(body, dict):
+                raise ValueError("the request must be a JSON object")
+            transaction = body.get("transaction")
+            if transaction is not None and not isinstance(transaction, (str, int)):
+                transaction = None
+                raise ValueError("transaction must be a string")
+            return self.commands.run(command, body.get("args"), transaction)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            return reply(transaction, error=f"bad request: {str(e)[:300]}")
+        except Exception as e:  # noqa: BLE001 - a request must never take the agent down
+            log.exception("request %s failed", command)
+            return reply(transaction, error=f"agent error: {type(e).__name__}")
 
     def stop(self) -> None:
         log.info("stopping")

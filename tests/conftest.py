@@ -67,7 +67,8 @@ def wait_until(cond: Callable[[], bool], timeout: float = 15.0, interval: float 
 class HQ:
     """HQ's side: publishes order events and records what the agent publishes."""
 
-    def __init__(self, port: int, prefix: str, store: str) -> None:
+    def __init__(self, port: int, prefix: str, store: str, persistent: bool = False, host: str = "127.0.0.1") -> None:
+        """``persistent``: a session that outlives broker restarts, so no result is missed (the drills)."""
         self.prefix, self.store = prefix, store
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
@@ -85,7 +86,15 @@ class HQ:
                 self.messages.append((m.topic, m.payload, m.retain))
 
         self.c.on_connect, self.c.on_subscribe, self.c.on_message = on_connect, on_subscribe, on_message
-        self.c.connect("127.0.0.1", port)
+        props = None
+        if persistent:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+        self.c.reconnect_delay_set(0.2, 1.0)
+        self.c.connect(host, port, clean_start=False if persistent else paho.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
         self.c.loop_start()
         assert self._ready.wait(10), "HQ client could not subscribe"
 
@@ -185,8 +194,8 @@ def make_agent(tmp_path):
 def hq_factory():
     clients: list[HQ] = []
 
-    def make(port: int, store: str, prefix: str = "stores") -> HQ:
-        h = HQ(port, prefix, store)
+    def make(port: int, store: str, prefix: str = "stores", persistent: bool = False) -> HQ:
+        h = HQ(port, prefix, store, persistent)
         clients.append(h)
         return h
 
