@@ -9,10 +9,22 @@ from conftest import agent_config, order, spawn_agent, wait_until, write_toml
 from tickets_util import check_exactly_once
 
 ROUNDS = int(os.environ.get("SIGKILL_ROUNDS", "20"))
+
+
+def peak_rss_mb(pid):
+    try:
+        return next(int(line.split()[1]) // 1024 for line in open(f"/proc/{pid}/status") if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        return None
 PER_ROUND = 15
 
 
 def test_sigkill_at_random_points(broker, vprinter, hq_factory, store_id, tmp_path):
+    run_sigkill(broker, vprinter, hq_factory, store_id, tmp_path, ROUNDS)
+
+
+def run_sigkill(broker, vprinter, hq_factory, store_id, tmp_path, rounds):
+    ROUNDS = rounds  # noqa: N806
     rng = random.Random(int(os.environ.get("SIGKILL_SEED", "20261122")))
     hq = hq_factory(broker.port, store_id)
     cfg = write_toml(tmp_path / "agent.toml", agent_config(tmp_path / "state", broker.port, vprinter.port, store_id))
@@ -35,12 +47,13 @@ def test_sigkill_at_random_points(broker, vprinter, hq_factory, store_id, tmp_pa
     try:
         ids = [e["order"]["id"] for e in events]
         final = lambda: {r["event_id"] for r in hq.results() if r["status"] == "printed"}
-        assert wait_until(lambda: final() >= {e["id"] for e in events}, 120), len(final())
+        assert wait_until(lambda: final() >= {e["id"] for e in events}, 60 + 0.2 * len(events)), len(final())
         receipts = check_exactly_once(vprinter, ids)
         tips = check_exactly_once(vprinter, ids, "warm_tip")
         partial = len(vprinter.incomplete)
+        hwm = peak_rss_mb(proc.pid)
         print(
-            f"\nSIGKILL rounds={ROUNDS} orders sent={len(ids)} receipts printed={receipts['printed']} "
+            f"\nDRILL sigkill: rounds={ROUNDS} agent_peak_rss_mb={hwm} orders sent={len(ids)} receipts printed={receipts['printed']} "
             f"warm-tips printed={tips['printed']} unmarked duplicates=0 "
             f"extra copies marked 补打: receipts={receipts['extra_marked_copies']} warm_tips={tips['extra_marked_copies']} "
             f"cut-off partial tickets={partial}"
