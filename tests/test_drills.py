@@ -159,19 +159,14 @@ def test_state_dir_full(broker, vprinter, hq_factory, store_id, tmp_path):
             hq.publish(ev)
         assert wait_until(lambda: final_ok(hq, first), 30)
         filler = state / "filler"
-        with open(filler, "wb") as f:  # fill the disk to the last byte
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)  # fill the disk to the last byte
+        for size in (65536, 512, 1):
             try:
                 while True:
-                    f.write(b"\0" * 65536)
-                    f.flush()
+                    os.write(fd, b"\0" * size)
             except OSError:
                 pass
-            try:
-                while True:
-                    f.write(b"\0" * 512)
-                    f.flush()
-            except OSError:
-                pass
+        os.close(fd)
         blocked = [order(i, "df") for i in range(6, 26)]
         for ev in blocked:
             hq.publish(ev)
