@@ -345,7 +345,9 @@ def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float,
     from .mqtt import MqttSettings, ToolClient  # noqa: PLC0415
     from .topics import Topics  # noqa: PLC0415
 
-    cfg = load_config(config_path)
+    from .remote import RemoteConfig  # noqa: PLC0415
+
+    cfg = RemoteConfig(load_config(config_path)).effective()  # where the agent listens now
     payload = Path(event_file).read_bytes()
     parsed = parse_event(payload, cfg.intake.max_payload_bytes)
     if isinstance(parsed, Rejection):

@@ -324,8 +324,11 @@ def format_validation_error(err: ValidationError) -> str:
             msg = "required key is missing"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            if "input" in e and not isinstance(e["input"], (dict, list)):
-                msg += f" (got {e['input']!r})"
+            secret = any(str(part) in SECRET_KEYS for part in e["loc"])
+            shown = repr(e.get("input"))
+            if "input" in e and not isinstance(e["input"], (dict, list)) and not secret and len(shown) <= 80 \
+                    and e["type"] != "json_invalid":
+                msg += f" (got {shown})"
         lines.append(f"{where}: {msg}")
     return "; ".join(lines)
 
@@ -362,12 +365,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 SECRET_KEYS = {"password", "secret", "key_file"}
 
 
+def _redact_url(url: Any) -> Any:
+    """Webhook URLs carry their token in the query (DingTalk access_token=, WeCom key=)."""
+    if isinstance(url, str) and "?" in url:
+        return url.split("?", 1)[0] + "?***"
+    return url
+
+
 def redacted(cfg: Config) -> dict[str, Any]:
     """The config as plain data with secrets replaced by "***" (for config show and config/state)."""
 
     def walk(obj: Any) -> Any:
         if isinstance(obj, dict):
-            return {k: ("***" if k in SECRET_KEYS and v else walk(v)) for k, v in obj.items()}
+            return {k: ("***" if k in SECRET_KEYS and v else _redact_url(v) if k == "url" else walk(v)) for k, v in obj.items()}
         if isinstance(obj, list):
             return [walk(v) for v in obj]
         return obj

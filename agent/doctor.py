@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Config
-from .control import ControlError, call
+from .control import SOCKET_NAME, ControlError, call
 
 
 @dataclass
@@ -58,7 +58,11 @@ def run_checks(cfg: Config) -> list[Check]:
 
     m = cfg.mqtt
     try:
-        if daemon:  # never connect beside a running agent: with the broker kit the store's login *is* its client id
+        sock = Path(cfg.state_dir) / SOCKET_NAME
+        if not daemon and sock.exists():  # an agent may be running but not answering us: never log in beside it
+            out.append(Check("broker", None, f"not probed: {sock} exists, so an agent may be running (logging in as "
+                             "the store would take over its session)", "run doctor as root or in group store-agent"))
+        elif daemon:  # never connect beside a running agent: with the broker kit the store's login *is* its client id
             up = bool(data.get("mqtt", {}).get("connected"))
             out.append(Check("broker", up, f"{m.host}:{m.port} " + ("connected (agent)" if up else "not connected (agent)"),
                              "check mqtt.host/port, the network, TLS files and credentials (mqtt.username / password_file)"))

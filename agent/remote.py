@@ -16,10 +16,13 @@ No MQTT here: the agent hands payloads in and publishes what ``state()`` returns
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +38,30 @@ log = logging.getLogger(__name__)
 STATE_FILE = "remote-config.json"
 MAX_SET_BYTES = 1024 * 1024
 FILE_ONLY_KEYS = ("store_id", "state_dir")
+# Keys HQ may not set anywhere in an overlay: local paths (a remote login must not point the agent at
+# arbitrary files), and the session identity (a new prefix, client id or login would strand the orders
+# queued in the old session at the broker).
+FILE_ONLY_ANYWHERE = {"path", "spool_dir", "dir", "password_file", "ca_file", "cert_file", "key_file",
+                      "topic_prefix", "client_id", "username"}
+BOOTS_BEFORE_REVERT = 3  # a change whose agent restarts this often without connecting is reverted at boot
+
+
+def _file_only(overlay: dict[str, Any]) -> list[str]:
+    found = [k for k in FILE_ONLY_KEYS if k in overlay]
+
+    def walk(obj: Any, where: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                path = f"{where}.{k}" if where else str(k)
+                if k in FILE_ONLY_ANYWHERE and v is not None and where != "texts" and not where.startswith("rules"):
+                    found.append(path)
+                walk(v, path)
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                walk(v, f"{where}[{i}]")
+
+    walk(overlay, "")
+    return found
 
 
 class ConfigSet(BaseModel):
@@ -87,6 +114,9 @@ class RemoteConfig:
         self.error: Optional[dict[str, Any]] = None
         self.previous: Optional[dict[str, Any]] = None  # what to go back to while on probation
         self.probation = False
+        self.probation_boots = 0
+        self.reverted = 0  # the highest version ever reverted: a retained replay of it is not applied again
+        self._lock = threading.RLock()  # the requests and housekeeping threads both change and save state
         self._load()
 
     # -- persistence
@@ -99,6 +129,8 @@ class RemoteConfig:
             self.error = data.get("error")
             self.previous = data.get("previous")
             self.probation = bool(data.get("probation"))
+            self.probation_boots = int(data.get("probation_boots") or 0)
+            self.reverted = int(data.get("reverted") or 0)
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -106,40 +138,82 @@ class RemoteConfig:
             self.version, self.overlay = 0, {}
             self.error = {"version": None, "message": f"stored remote config unreadable, running the config file alone: {e}"}
 
+    def _fields(self) -> tuple:
+        return (self.version, self.overlay, self.applied_at, self.error, self.previous, self.probation,
+                self.probation_boots, self.reverted)
+
+    def _restore(self, fields: tuple) -> None:
+        (self.version, self.overlay, self.applied_at, self.error, self.previous, self.probation,
+         self.probation_boots, self.reverted) = fields
+
     def _save(self) -> None:
-        data = {"version": self.version, "overlay": self.overlay, "applied_at": self.applied_at,
-                "error": self.error, "previous": self.previous, "probation": self.probation}
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it may hold the MQTT password
+        data = {"version": self.version, "overlay": self.overlay, "applied_at": self.applied_at, "error": self.error,
+                "previous": self.previous, "probation": self.probation, "probation_boots": self.probation_boots,
+                "reverted": self.reverted}
+        # a unique temp file in the same directory, written whole, fsynced, renamed over the old one
+        fd, tmp = tempfile.mkstemp(prefix=".remote-config.", dir=self.path.parent)  # mode 0600: it may hold secrets
         try:
-            os.write(fd, json.dumps(data, ensure_ascii=False, indent=1).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
+            with os.fdopen(fd, "wb") as f:
+                f.write(json.dumps(data, ensure_ascii=False, indent=1).encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
 
+    def _change(self, fn: Callable[[], None]) -> None:
+        """Apply ``fn`` to the state and persist it; on a failed save the state is as before (OSError raised)."""
+        with self._lock:
+            before = self._fields()
+            fn()
+            try:
+                self._save()
+            except OSError:
+                self._restore(before)
+                raise
+
     # -- the effective config
     def merged(self, overlay: dict[str, Any]) -> Config:
-        fixed = [k for k in FILE_ONLY_KEYS if k in overlay]
+        fixed = _file_only(overlay)
         if fixed:
             raise ConfigError("; ".join(f"{k}: set in the config file only, not remotely" for k in fixed))
         return parse_config(merge_patch(config_data(self.base), overlay))
 
-    def effective(self) -> Config:
-        """At boot: the file plus the stored overlay; the file alone if the overlay no longer fits it."""
+    def effective(self, boot: bool = False) -> Config:
+        """At boot: the file plus the stored overlay; the file alone if the overlay no longer fits it.
+
+        ``boot``: an agent is starting (the CLI only looks). A change on probation whose agent has
+        started BOOTS_BEFORE_REVERT times without ever
+        connecting (it crashed, or the watchdog killed it) is reverted here, before it runs again."""
+        if self.probation and boot:
+            try:
+                if self.probation_boots >= BOOTS_BEFORE_REVERT:
+                    self.revert(f"config version {self.version}: the agent started {self.probation_boots} times "
+                                "without connecting: reverted")
+                else:
+                    self._change(lambda: setattr(self, "probation_boots", self.probation_boots + 1))
+            except OSError as e:
+                log.error("cannot update the remote config state: %s", e)
         if not self.overlay:
             return self.base
         try:
             return self.merged(self.overlay)
-        except ConfigError as e:
+        except (ConfigError, RecursionError) as e:
             log.error("stored remote config version %d does not fit the config file, running the file alone: %s", self.version, e)
-            self.error = {"version": self.version, "message": f"does not fit the config file, running the file alone: {e}"}
+            self.error = {"version": self.version, "message": f"does not fit the config file, running the file alone: {e}"[:500]}
             return self.base
+
+    @property
+    def probation_s(self) -> int:
+        """From the config file, never from the change on probation (it could not lengthen its own trial)."""
+        return self.base.mqtt.probation_s
 
     # -- config/set
     def propose(self, payload: bytes, current: Config) -> Decision:
@@ -154,60 +228,75 @@ class RemoteConfig:
                 raw = json.loads(payload)
                 if isinstance(raw, dict) and type(raw.get("version")) is int:
                     version = raw["version"]
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
-            return Decision("refused", version, f"bad config/set: {format_validation_error(e)}")
-        if req.version <= self.version:
-            if req.version == self.version and req.config == self.overlay:
+            return Decision("refused", version, f"bad config/set: {format_validation_error(e)}"[:500])
+        with self._lock:
+            applied, overlay, reverted = self.version, self.overlay, self.reverted
+        if req.version <= applied:
+            if req.version == applied and req.config == overlay:
                 return Decision("same", req.version)  # a replay (HQ retains its config/set): nothing to do
             return Decision("refused", req.version,
-                            f"version {req.version} is not greater than the applied version {self.version}: ignored")
+                            f"version {req.version} is not greater than the applied version {applied}: ignored")
+        if req.version <= reverted:
+            return Decision("refused", req.version, f"version {req.version} was tried and reverted "
+                            f"(version {reverted} is the latest reverted one): send a higher version")
         try:
             cfg = self.merged(req.config)
         except ConfigError as e:
-            return Decision("refused", req.version, str(e))
+            return Decision("refused", req.version, str(e)[:500])
+        except RecursionError:
+            return Decision("refused", req.version, "config nested too deeply")
         return Decision("apply", req.version, cfg=cfg, overlay=req.config, restart=restart_needed(current, cfg))
 
     def commit(self, d: Decision) -> None:
         """Persist an accepted overlay before it is applied (OSError: not persisted, do not apply)."""
-        before = (self.version, self.overlay, self.applied_at, self.error, self.previous, self.probation)
-        if d.restart:
-            self.previous = {"version": self.version, "overlay": self.overlay, "applied_at": self.applied_at}
-            self.probation = True
-        else:
-            self.previous, self.probation = None, False
-        self.version, self.overlay, self.applied_at, self.error = d.version or 0, d.overlay, self.clock(), None
-        try:
-            self._save()
-        except OSError:
-            self.version, self.overlay, self.applied_at, self.error, self.previous, self.probation = before
-            raise
+
+        def change() -> None:
+            if d.restart:
+                if not self.probation:  # keep the known-good version if one is already on trial
+                    self.previous = {"version": self.version, "overlay": self.overlay, "applied_at": self.applied_at}
+                self.probation, self.probation_boots = True, 0
+            else:
+                self.previous, self.probation, self.probation_boots = None, False, 0
+            self.version, self.overlay, self.applied_at, self.error = d.version or 0, d.overlay, self.clock(), None
+
+        self._change(change)
 
     def refuse(self, version: Optional[int], message: str) -> None:
-        self.error = {"version": version, "message": message}
         try:
-            self._save()
+            self._change(lambda: setattr(self, "error", {"version": version, "message": message[:500]}))
         except OSError as e:  # the answer still goes out; it just does not survive a restart
             log.warning("cannot store the config error: %s", e)
+            with self._lock:
+                self.error = {"version": version, "message": message[:500]}
 
     def confirm(self) -> None:
         """The restarted agent is connected and subscribed: the change stays."""
-        self.probation, self.previous = False, None
-        self._save()
+
+        def change() -> None:
+            self.probation, self.previous, self.probation_boots = False, None, 0
+
+        self._change(change)
 
     def revert(self, message: str) -> None:
         """The change did not come up: back to the overlay before it, with the reason in ``error``."""
-        failed = self.version
-        prev = self.previous or {"version": 0, "overlay": {}, "applied_at": None}
-        self.version, self.overlay, self.applied_at = prev["version"], prev["overlay"], prev["applied_at"]
-        self.error = {"version": failed, "message": message}
-        self.previous, self.probation = None, False
-        self._save()
+
+        def change() -> None:
+            failed = self.version
+            prev = self.previous or {"version": 0, "overlay": {}, "applied_at": None}
+            self.version, self.overlay, self.applied_at = prev["version"], prev["overlay"], prev["applied_at"]
+            self.error = {"version": failed, "message": message[:500]}
+            self.reverted = max(self.reverted, failed)
+            self.previous, self.probation, self.probation_boots = None, False, 0
+
+        self._change(change)
 
     def state(self, running: Config) -> bytes:
         """The retained ``config/state`` payload: the running config with secrets redacted."""
         shown = redacted(running)
+        with self._lock:
+            version, applied_at, error = self.version, self.applied_at, self.error
         digest = hashlib.sha256(json.dumps(shown, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()).hexdigest()
-        body = ConfigState(version=self.version, applied_at=_iso(self.applied_at), sha256=digest, config=shown,
-                           error=self.error)
+        body = ConfigState(version=version, applied_at=_iso(applied_at), sha256=digest, config=shown, error=error)
         return body.model_dump_json().encode()

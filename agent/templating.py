@@ -125,6 +125,8 @@ def check_source(name: str, source: str) -> None:
     """Syntax-check a template supplied in the config (remote or local): ValueError names it and the line."""
     try:
         make_environment().parse(source, name=f"{name}.j2")
+    except RecursionError:
+        raise ValueError(f"template {name}: nested too deeply") from None
     except TemplateError as e:
         line = getattr(e, "lineno", None)
         raise ValueError(f"template {name}{f' line {line}' if line else ''}: {e.message or e}") from None

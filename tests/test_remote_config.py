@@ -2,6 +2,7 @@
 
 import json
 import threading
+import time
 
 import jsonschema
 import pytest
@@ -108,15 +109,19 @@ def test_an_unreadable_state_file_runs_the_file_alone(tmp_path):
     assert rc.effective() is cfg and rc.version == 0 and "unreadable" in rc.error["message"]
 
 
-def test_an_overlay_that_cannot_be_stored_is_not_applied(tmp_path):
+def test_an_overlay_that_cannot_be_stored_is_not_applied(tmp_path, monkeypatch):
     cfg = base(tmp_path)
     state = tmp_path / "state"
     state.mkdir()
     rc = RemoteConfig(cfg)
     d = rc.propose(b'{"v":1,"version":1,"config":{"store":{"name":"x"}}}', cfg)
-    (state / "remote-config.tmp").mkdir()  # the atomic write's temp file cannot be created (as a full disk would)
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("agent.remote.tempfile.mkstemp", full)  # the disk is full: nothing can be written
     with pytest.raises(OSError):
         rc.commit(d)
+    monkeypatch.undo()
     assert rc.version == 0 and rc.overlay == {} and RemoteConfig(cfg).version == 0
 
 
@@ -301,3 +306,133 @@ def test_config_show_includes_the_overlay(tmp_path):
     assert "remote overlay version 9 (store)" in out and 'store.name = "远程"' in out
     assert json.loads(show("--json"))["store"]["name"] == "远程"
     assert json.loads(show("--json", "--file-only"))["store"]["name"] == cfg.store.name
+
+
+# -- hardening (from review) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("overlay, key", [
+    ({"mqtt": {"topic_prefix": "chain"}}, "mqtt.topic_prefix"),
+    ({"mqtt": {"client_id": "other"}}, "mqtt.client_id"),
+    ({"mqtt": {"username": "other"}}, "mqtt.username"),
+    ({"mqtt": {"password_file": "/etc/shadow"}}, "mqtt.password_file"),
+    ({"mqtt": {"tls": True, "ca_file": "/tmp/evil.pem"}}, "mqtt.ca_file"),
+    ({"printers": [{"name": "p", "connection": "file", "path": "/var/lib/store-agent/journal.sqlite3"}]}, "printers[0].path"),
+    ({"printers": [{"name": "p", "connection": "virtual", "spool_dir": "/etc"}]}, "printers[0].spool_dir"),
+    ({"templates": {"dir": "/"}}, "templates.dir"),
+])
+def test_identity_and_path_keys_are_file_only(tmp_path, overlay, key):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    d = RemoteConfig(cfg).propose(json.dumps({"v": 1, "version": 1, "config": overlay}).encode(), cfg)
+    assert d.kind == "refused" and f"{key}: set in the config file only" in d.message, d.message
+
+
+def test_errors_never_echo_secrets_or_whole_payloads(tmp_path):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    rc = RemoteConfig(cfg)
+    truncated = b'{"v":1,"version":3,"config":{"mqtt":{"password":"hunter2-SECRET"},"texts":{"paid":"' + b"x" * 900_000
+    d = rc.propose(truncated, cfg)
+    assert d.kind == "refused" and "hunter2" not in d.message and len(d.message) <= 500
+    d = rc.propose(b'{"v":1,"version":3,"config":{"mqtt":{"password":12345678}}}', cfg)
+    assert d.kind == "refused" and "12345678" not in d.message and "mqtt.password" in d.message
+    hook = {"escalation": {"notifiers": [{"kind": "dingtalk", "url": "https://oapi.dingtalk.com/robot/send?access_token=TOKEN123"}]}}
+    d = rc.propose(json.dumps({"v": 1, "version": 3, "config": hook}).encode(), cfg)
+    assert d.kind == "apply"
+    assert "TOKEN123" not in rc.state(d.cfg).decode() and "robot/send?***" in rc.state(d.cfg).decode()
+
+
+def test_deep_nesting_is_refused_not_raised(tmp_path):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    rc = RemoteConfig(cfg)
+    deep = b'{"v":1,"version":3,"config":' + b'{"a":' * 100_000 + b"1" + b"}" * 100_001
+    assert rc.propose(deep, cfg).kind == "refused"
+    template = "{{" + "(" * 50_000 + "1" + ")" * 50_000 + "}}"
+    d = rc.propose(json.dumps({"v": 1, "version": 3, "config": {"templates": {"custom": {"receipt": template}}}}).encode(), cfg)
+    assert d.kind == "refused" and "receipt" in d.message
+
+
+def test_probation_keeps_the_known_good_version_and_survives_crashes(tmp_path, monkeypatch):
+    cfg = base(tmp_path)
+    (tmp_path / "state").mkdir()
+    rc = RemoteConfig(cfg)
+
+    def send(version, overlay):
+        d = rc.propose(json.dumps({"v": 1, "version": version, "config": overlay}).encode(), cfg)
+        assert d.kind == "apply", d.message
+        rc.commit(d)
+        return d
+
+    send(4, {"store": {"name": "good"}})
+    assert not send(5, {"mqtt": {"port": 1}}).restart == []
+    send(6, {"mqtt": {"port": 2}, "store": {"name": "x"}})  # a second change before the first was confirmed
+    assert rc.previous["version"] == 4  # still the known-good one
+
+    # a save that fails leaves the state as it was (and the revert is tried again later)
+    monkeypatch.setattr("agent.remote.tempfile.mkstemp", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "full")))
+    with pytest.raises(OSError):
+        rc.revert("test")
+    assert rc.probation and rc.version == 6
+    monkeypatch.undo()
+
+    # the agent keeps dying before it connects: the third boot on probation reverts
+    for boot in range(1, 4):
+        again = RemoteConfig(cfg)
+        again.effective(boot=True)
+        assert again.probation_boots == boot and again.version == 6
+    last = RemoteConfig(cfg)
+    assert last.effective(boot=True).store.name == "good"
+    assert last.version == 4 and not last.probation and last.error["version"] == 6 and last.reverted == 6
+    assert RemoteConfig(cfg).effective().store.name == "good"  # the CLI only looks
+    d = last.propose(json.dumps({"v": 1, "version": 6, "config": {"mqtt": {"port": 2}, "store": {"name": "x"}}}).encode(), cfg)
+    assert d.kind == "refused" and "reverted" in d.message  # a retained replay is not applied again
+
+
+def test_a_retained_broken_set_reverts_once_and_stays_reverted(supervised):
+    hq = supervised
+    body = json.dumps({"v": 1, "version": 3, "config": {"mqtt": {"port": 1}}}).encode()
+    hq.c.publish(hq.topic("config", "set"), body, qos=1, retain=True).wait_for_publish(10)
+    s = wait_state(hq, lambda s: s["error"] and s["error"]["version"] == 3, timeout=40)
+    assert s["version"] == 0
+    onlines = hq.statuses().count("online")
+    time.sleep(12)  # more than two probation periods (5 s): the replayed set must not restart the agent again
+    assert hq.statuses().count("online") == onlines
+    assert "reverted" in states(hq)[-1]["error"]["message"]
+    hq.c.publish(hq.topic("config", "set"), b"", qos=1, retain=True).wait_for_publish(10)
+
+
+def test_an_in_process_restart_does_not_tell_systemd_it_is_stopping(broker, vprinter, hq_factory, store_id, tmp_path, monkeypatch):
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(str(sock_path))
+    rx.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
+    got = []
+
+    def drain():
+        while True:
+            try:
+                got.append(rx.recv(4096).decode())
+            except socket.timeout:
+                return
+
+    cfg = parse_config(agent_config(tmp_path / "state", broker.port, vprinter.port, store_id, mqtt={"probation_s": 5}))
+    hq = hq_factory(broker.port, store_id)
+    stop = threading.Event()
+    t = threading.Thread(target=run_supervised, args=(cfg, stop, 0.1), daemon=True)
+    t.start()
+    try:
+        wait_state(hq, lambda s: s["version"] == 0)
+        set_config(hq, 1, {"gpio": {"enabled": True, "pin_factory": "mock"}})
+        wait_state(hq, lambda s: s["version"] == 1)
+        drain()
+        assert got.count("READY=1") == 2 and "STOPPING=1" not in got, got
+    finally:
+        stop.set()
+        t.join(20)
+    drain()
+    assert got[-1] == "STOPPING=1"
+    rx.close()
