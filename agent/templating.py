@@ -114,6 +114,9 @@ def make_environment(
     env.filters["hm"] = _hm
     env.filters["mask_phone"] = mask_phone
     env.filters["platform_name"] = lambda p: PLATFORM_NAMES.get(p or "", p or "")
+    # only the project's own templates: rendered inline (no time-limit thread and trace hook, which
+    # cost ~4 ms per receipt); anything supplied by a store or HQ runs under the limits
+    env.globals_trusted = not overrides and not directory  # type: ignore[attr-defined]
     return env
 
 
@@ -214,6 +217,7 @@ def render_markup(
     max_seconds = max_seconds or MAX_RENDER_S
     result: dict[str, Any] = {}
     deadline = time.monotonic() + max_seconds
+    trusted = getattr(env, "globals_trusted", False)
 
     def tracer(frame, event, arg):  # noqa: ANN001 - sys.settrace signature
         if time.monotonic() > deadline:
@@ -221,7 +225,8 @@ def render_markup(
         return tracer
 
     def work() -> None:
-        sys.settrace(tracer)
+        if not trusted:
+            sys.settrace(tracer)
         try:
             tpl = env.get_template(f"{name}.j2")
             out: list[str] = []
@@ -241,13 +246,17 @@ def render_markup(
         except Exception as e:  # noqa: BLE001 - anything a template can raise
             result["error"] = f"template {name}: {type(e).__name__}: {e}"
         finally:
-            sys.settrace(None)
+            if not trusted:
+                sys.settrace(None)
 
-    t = threading.Thread(target=work, name=f"render-{name}", daemon=True)
-    t.start()
-    t.join(max_seconds + 1.0)
-    if t.is_alive():
-        raise TemplateFailure(f"template {name} took longer than {max_seconds}s")
+    if trusted:
+        work()
+    else:
+        t = threading.Thread(target=work, name=f"render-{name}", daemon=True)
+        t.start()
+        t.join(max_seconds + 1.0)
+        if t.is_alive():
+            raise TemplateFailure(f"template {name} took longer than {max_seconds}s")
     if "error" in result:
         raise TemplateFailure(result["error"])
     return result["text"]

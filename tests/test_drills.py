@@ -103,6 +103,8 @@ def test_network_partition():
     """In a private network namespace (loopback only): nftables DROPs the agent's broker traffic."""
     if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nft"):
         pytest.skip("needs root, unshare and nft (./install.sh --dev installs nftables)")
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow network namespaces (container without CAP_SYS_ADMIN)")
     r = subprocess.run(["unshare", "--net", sys.executable, str(ROOT / "tests" / "drills" / "partition.py")],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     print(r.stdout[-3000:])
@@ -121,11 +123,12 @@ def test_long_paper_out_with_500_orders(broker, vprinter, hq_factory, store_id, 
     proc = agent_proc(broker.port, vprinter.port, store_id)
     assert wait_until(lambda: "online" in hq.statuses(), 20)
     vprinter.set_mode("paper_out")
-    events = [order(i, "po") for i in range(1, 501)]
+    n = int(os.environ.get("DRILL_PAPER_ORDERS", "500"))
+    events = [order(i, "po") for i in range(1, n + 1)]
     t0 = time.monotonic()
     for ev in events:
         hq.publish(ev)
-    assert wait_until(lambda: sum(r["status"] == "queued" for r in hq.results()) == 500, 60)
+    assert wait_until(lambda: sum(r["status"] == "queued" for r in hq.results()) == n, 60)
     queued_s = time.monotonic() - t0
     time.sleep(max(0.0, spell - (time.monotonic() - t0)))
     assert tickets(vprinter) == []
@@ -136,7 +139,7 @@ def test_long_paper_out_with_500_orders(broker, vprinter, hq_factory, store_id, 
     drain = time.monotonic() - t1
     order_seen = [o for o, _ in tickets(vprinter)]
     assert order_seen == [e["order"]["id"] for e in events], "printed out of order"
-    f = report("paper_out_500", events, vprinter, proc, spell_s=spell, all_queued_s=round(queued_s, 1),
+    f = report(f"paper_out_{n}", events, vprinter, proc, spell_s=spell, all_queued_s=round(queued_s, 1),
                drain_s=round(drain, 1), rss_mb_during_spell=during.get("VmRSS"))
     assert f["lost"] == 0 and f["duplicates"] == 0
 
@@ -146,7 +149,8 @@ def test_state_dir_full(broker, vprinter, hq_factory, store_id, tmp_path):
         pytest.skip("needs root to mount a small tmpfs")
     state = tmp_path / "state"
     state.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(state)], check=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(state)], capture_output=True).returncode != 0:
+        pytest.skip("this machine does not allow mounting a tmpfs")
     proc = None
     try:
         hq = hq_factory(broker.port, store_id)
