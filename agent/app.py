@@ -126,6 +126,8 @@ class Agent:
             publish_result=self._publish_result,
             wake=self._wake_all,
             on_store_failure=self._on_store_failure,
+            ready=self._printer_ready,
+            arm=self.inflight.arm,
             clock=clock,
         )
         t = cfg.timers
@@ -217,6 +219,10 @@ class Agent:
         if primaries and all(not w.status.printable and w.printer.queryable and w.status.state != "unknown" for w in primaries):
             return tuple(w.name for w in primaries)
         return ()
+
+    def _printer_ready(self, name: str) -> bool:
+        w = self.workers.get(name)
+        return w is not None and w.ready()
 
     def _plan(self, event_type: str) -> list[tuple[str, str]]:
         rule = self.rules[event_type]
@@ -534,7 +540,9 @@ class Agent:
             for a in self.alerts.open_alerts():
                 if a.printer and a.printer not in self.workers:
                     self.alerts.clear(a.id, f"打印机 {a.printer} 已从配置中移除")
-            moved = self.journal.reassign_orphans(list(self.workers), self._default_printer(), now=self.clock())
+            unsent = self.inflight.disarm_except(set(self.workers))  # armed for a removed printer: nothing sent
+            moved = self.journal.reassign_orphans(list(self.workers), self._default_printer(), now=self.clock(),
+                                                  armed=unsent)
             if moved:
                 log.warning("%d job(s) of removed printers moved to %s", moved, self._default_printer())
         except Exception:  # noqa: BLE001 - e.g. a full disk: orphans move at the next start; printing goes on
@@ -673,6 +681,10 @@ class Agent:
         else:
             notifier("WATCHDOG=1")
         self._flush_reported()
+        try:  # outcomes and delivery marks not yet carried by another commit
+            self.journal.flush(self.journal.LAZY_S)
+        except Exception as e:  # noqa: BLE001 - at worst those tickets print again, marked 补打
+            log.warning("journal: cannot commit lazy writes: %s", e)
         self._check_probation()
         self.alerts.tick()
         self._publish_health()

@@ -28,8 +28,12 @@ class OrderIntake:
         wake: Callable[[], None],
         on_store_failure: Callable[[str], None],
         on_accepted: Callable[[OrderEvent], None] = lambda ev: None,
+        ready: Callable[[str], bool] = lambda printer: False,
+        arm: Callable[[tuple[int, ...], str], None] = lambda job_ids, printer: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.ready = ready  # is this printer idle and ready (a new order's jobs may be armed for it)?
+        self.arm = arm  # register armed job ids with the print workers
         self.journal = journal
         self.max_payload_bytes = max_payload_bytes
         self.plan = plan  # event_type -> [(document, printer name), ...] (copies repeat)
@@ -82,12 +86,23 @@ class OrderIntake:
         now = self.clock()
         expired = ev.order.expires_at is not None and ev.order.expires_at.timestamp() < now
         docs = self.plan(ev.type)
+        printers = {p for _, p in docs}
+        # the printer is idle and ready: store the jobs as an attempt already begun, so the receipt
+        # goes out with no second commit (a crash before it is sent reprints it marked 补打)
+        printer = printers.pop() if len(printers) == 1 else None
+        arm = printer is not None and not expired and self.ready(printer)
         try:
-            intake = self.journal.record_event(ev.id, ev.order.id, ev.type, payload, docs, expired=expired, now=now)
+            with self.journal.lock:  # a worker must never see these jobs before they are registered as armed
+                intake = self.journal.record_event(ev.id, ev.order.id, ev.type, payload, docs, expired=expired,
+                                                   arm=arm, now=now)
+                if intake.armed:
+                    self.arm(intake.armed, printer)
         except JournalError as e:
             log.error("cannot commit event %s to the journal: %s; not acknowledged", ev.id, e)
             self.on_store_failure(str(e))
             return None
+        if intake.status == "queued":
+            self.wake()
         ack()
         if intake.status == "duplicate":
             log.info("duplicate event %s (order %s): %s", ev.id, ev.order.id, intake.reason)
@@ -104,8 +119,6 @@ class OrderIntake:
                 error=intake.reason if intake.status != "queued" else None,
             )
         )
-        if intake.status == "queued":
-            self.wake()
         if intake.status in ("queued", "printed"):  # new and accepted: chimes and alerts (never for duplicates)
             try:
                 self.on_accepted(ev)

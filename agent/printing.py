@@ -26,11 +26,43 @@ log = logging.getLogger(__name__)
 
 
 class Inflight:
-    """Jobs being attempted right now, shared by all workers: a job is never on two printers at once."""
+    """Jobs being attempted right now, shared by all workers: a job is never on two printers at once.
+
+    Also the *armed* jobs: stored as ``printing`` by this process (at intake, or with the first job of
+    their event) although no byte of theirs has been sent yet, so their attempt needs no commit of
+    its own. After a restart nothing is armed: a ``printing`` job is then an interrupted attempt and
+    prints again marked 补打.
+    """
 
     def __init__(self) -> None:
         self._ids: set[int] = set()
+        self._armed: dict[int, str] = {}  # job id -> the printer it was armed for
         self._lock = threading.Lock()
+
+    def arm(self, job_ids, printer: str) -> None:  # noqa: ANN001 - any iterable of ids
+        with self._lock:
+            for i in job_ids:
+                self._armed[i] = printer
+
+    def armed_for(self, job_id: int) -> Optional[str]:
+        with self._lock:
+            return self._armed.get(job_id)
+
+    def armed_ids(self) -> tuple[int, ...]:
+        with self._lock:
+            return tuple(self._armed)
+
+    def disarm(self, job_id: int) -> None:
+        with self._lock:
+            self._armed.pop(job_id, None)
+
+    def disarm_except(self, printers) -> tuple[int, ...]:  # noqa: ANN001 - any collection of names
+        """Forget the jobs armed for printers not in ``printers``; returns their ids."""
+        with self._lock:
+            gone = tuple(i for i, p in self._armed.items() if p not in printers)
+            for i in gone:
+                del self._armed[i]
+            return gone
 
     def claim(self, job_id: int) -> bool:
         with self._lock:
@@ -88,6 +120,7 @@ class PrintWorker:
         self.status_since = clock()
         self.last_print_at: Optional[float] = None
         self.heartbeat = time.monotonic()
+        self.idle = False  # nothing to print at the last look (intake may then arm a new order's jobs)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -117,6 +150,7 @@ class PrintWorker:
             self.heartbeat = time.monotonic()
             try:
                 job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
+                self.idle = job is None
                 if job is None:
                     self._idle()
                     continue
@@ -163,6 +197,10 @@ class PrintWorker:
     def _ok_to_print(self, st: PrinterStatus) -> bool:
         return st.printable or (not self.printer.queryable and st.state == "unknown")
 
+    def ready(self) -> bool:
+        """Idle with a printer that was ready at the last look: a new order's jobs may be armed."""
+        return self.idle and self._ok_to_print(self.status) and self._thread is not None and not self._stop.is_set()
+
     def _render(self, job: Job) -> bytes:
         if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
             doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=True)
@@ -177,15 +215,22 @@ class PrintWorker:
 
     def _process(self, job: Job) -> bool:
         """One attempt at a job; False means 'wait before the next attempt'."""
-        if self.max_attempts and job.attempts >= self.max_attempts:
-            self._finish(job, "failed", f"gave up after {job.attempts} attempts: {self.status.state} {self.status.detail}".strip())
+        # armed: stored as 'printing' by this process for this printer, nothing of it sent yet
+        armed = self.inflight.armed_for(job.id) == self.name == job.printer and job.state == "printing"
+        if self.max_attempts and job.attempts - armed >= self.max_attempts:
+            self._finish(job, "failed", f"gave up after {job.attempts - armed} attempts: {self.status.state} {self.status.detail}".strip())
             return True
         before = self._check()
         if not self._ok_to_print(before):
             return False
         if job.printer != self.name:
             log.warning("printer %s: taking over %s of %s (faulted)", self.name, job.document, job.printer)
-        job = self.journal.begin_attempt(job.id, now=self.clock(), printer=self.name)
+        if not armed:
+            # one durable commit for the whole event: its other tickets on this printer print next
+            job = self.journal.begin_attempt(job.id, now=self.clock(), printer=self.name,
+                                             armed=self.inflight.armed_ids(), siblings=tuple({job.printer, self.name}))
+            self.inflight.arm(job.siblings, self.name)
+        self.inflight.disarm(job.id)  # from here on, 'printing' means bytes may have left
         try:
             data = self._render(job)
         except Exception as e:  # noqa: BLE001 - a document that cannot render fails its job, never the agent
@@ -201,7 +246,7 @@ class PrintWorker:
             return False
         except PrinterError as e:
             log.warning("printer %s: job %s not sent: %s", self.name, job.id, e)
-            self.journal.attempt_not_sent(job.id, str(e), now=self.clock())
+            self.journal.attempt_not_sent(job.id, str(e), now=self.clock())  # its armed siblings stay armed
             self._check()
             return False
         after = self._check()

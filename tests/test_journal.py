@@ -1,3 +1,4 @@
+import os
 import sqlite3
 
 import pytest
@@ -98,7 +99,7 @@ def test_prune_by_age_keeps_open_jobs(j):
 
 
 def test_prune_by_size(j):
-    pad = b"x" * 4000
+    pad = os.urandom(4000)  # incompressible: payloads are stored zlib-compressed
     for i in range(300):
         j.record_event(f"e{i}", f"o{i}", "order.completed", pad, [], now=1000 + i)
     j.mark_reported([f"e{i}" for i in range(1, 300)])  # e0's result was never confirmed
@@ -114,7 +115,7 @@ def test_disk_full_raises_and_stores_nothing(j):
     pages = j._db.execute("PRAGMA page_count").fetchone()[0]
     j._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own SQLITE_FULL, like a full SD card
     with pytest.raises(JournalError, match="full"):
-        j.record_event("e1", "o1", "order.created", b"y" * 100_000, DOCS)
+        j.record_event("e1", "o1", "order.created", os.urandom(100_000), DOCS)
     assert j.event_status("e1") is None and j.open_jobs() == []
 
 
@@ -131,3 +132,107 @@ def test_jobs_of_a_removed_printer_move_to_the_default(j):
     first = j.next_job("counter")
     assert first.document == "receipt" and first.reprint  # it may have printed on the old printer
     assert j.next_job("old") is None
+
+
+V1_SCHEMA = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE, order_id TEXT,
+    type TEXT NOT NULL, status TEXT NOT NULL, received_at REAL NOT NULL, finished_at REAL, payload BLOB NOT NULL,
+    error TEXT, reported INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX events_order ON events(order_id, type);
+CREATE INDEX events_received ON events(received_at);
+CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, event_seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+    document TEXT NOT NULL, printer TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    reprint INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, updated_at REAL NOT NULL, printed_at REAL, error TEXT);
+CREATE TABLE alerts (id TEXT PRIMARY KEY, open INTEGER NOT NULL, updated_at REAL NOT NULL, body TEXT NOT NULL);
+CREATE TABLE timers (key TEXT PRIMARY KEY, fired_at REAL NOT NULL);
+CREATE TABLE rejected (id INTEGER PRIMARY KEY AUTOINCREMENT, received_at REAL NOT NULL, sha256 TEXT NOT NULL,
+    reason TEXT NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL);
+"""
+
+
+def test_schema_1_journal_is_migrated(tmp_path):
+    """A journal written by an earlier version keeps everything: open jobs (an interrupted one stays a
+    reprint), finished events for reprints and dedupe, alerts, timers, rejected payloads."""
+    path = tmp_path / "j.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(V1_SCHEMA)
+    db.execute("INSERT INTO events VALUES (1,'e1','o1','order.created','printed',1.0,2.0,?,NULL,1)", (b'{"a":1}',))
+    db.execute("INSERT INTO events VALUES (5,'e5','o5','order.created','queued',3.0,NULL,?,NULL,0)", (b'{"b":2}',))
+    db.executemany("INSERT INTO jobs(id, event_seq, document, printer, state, attempts, reprint, created_at, updated_at) "
+                   "VALUES (?,?,?,?,?,?,0,1,1)",
+                   [(1, 1, "receipt", "counter", "printed", 1), (2, 1, "warm_tip", "counter", "printed", 1),
+                    (9, 5, "receipt", "counter", "printing", 1), (10, 5, "warm_tip", "counter", "queued", 0)])
+    db.execute("INSERT INTO alerts VALUES ('a1', 1, 1.0, '{}')")
+    db.execute("INSERT INTO timers VALUES ('summary', 7.0)")
+    db.execute("INSERT INTO rejected(received_at, sha256, reason, size, payload) VALUES (1.0,'ab','bad',3,?)", (b"xyz",))
+    db.close()
+
+    j = Journal(path)
+    try:
+        assert j._db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert j._db.execute("PRAGMA page_size").fetchone()[0] == 1024
+        assert (tmp_path / "j.sqlite3.v1").exists()
+        assert j.order_payload("o1") == b'{"a":1}'
+        assert j.record_event("e1", "o1", "order.created", b"{}", DOCS).status == "duplicate"
+        assert j.record_event("e9", "o5", "order.created", b"{}", DOCS).status == "duplicate"
+        jobs = j.open_jobs()
+        assert [(x.event_id, x.document, x.state) for x in jobs] == [("e5", "receipt", "printing"), ("e5", "warm_tip", "queued")]
+        assert j.begin_attempt(jobs[0].id).reprint  # interrupted before the upgrade: may have printed
+        assert j.open_alerts() == ["{}"] and j.timer_fired("summary") == 7.0
+        assert j._read("SELECT sha256, payload FROM rejected") == [("ab", b"xyz")]
+    finally:
+        j.close()
+
+
+def test_lazy_outcomes_ride_on_the_next_commit_or_flush(tmp_path):
+    jr = Journal(tmp_path / "j.sqlite3")
+    jr.record_event("e1", "o1", "order.created", b"{}", DOCS)
+    a = jr.begin_attempt(jr.next_job("counter").id, siblings=("counter",))
+    assert a.siblings == (a.id + 1,)  # the warm-tip card was marked with it: no commit of its own
+    jr.finish_job(a.id, "printed")
+    assert jr.next_job("counter").document == "warm_tip"  # reads see the lazy write at once
+    other = Journal(tmp_path / "j.sqlite3")  # another connection sees only what was committed
+    assert other._read("SELECT state FROM jobs ORDER BY id") == [("printing",), ("printing",)]
+    jr.record_event("e2", "o2", "order.created", b"{}", DOCS)  # a durable commit carries it
+    assert other._read("SELECT state FROM jobs ORDER BY id")[:2] == [("printed",), ("printing",)]
+    jr.finish_job(a.id + 1, "printed")
+    assert not jr.flush(older_than=60) and jr.flush()
+    assert other.event_status("e1") == "printed"
+    other.close()
+    jr.close()
+
+
+def test_lost_outcome_prints_again_marked(tmp_path):
+    """The outcome is lazy: lost with the process (a power cut), the ticket prints again as 补打."""
+    jr = Journal(tmp_path / "j.sqlite3")
+    jr.record_event("e1", "o1", "order.created", b"{}", [("receipt", "counter")])
+    a = jr.begin_attempt(jr.next_job("counter").id)
+    jr.finish_job(a.id, "printed")
+    jr._db.close()  # no flush, no commit: as if the process died
+    jr = Journal(tmp_path / "j.sqlite3")
+    assert jr.begin_attempt(jr.next_job("counter").id).reprint
+    jr.close()
+
+
+def test_armed_jobs_are_no_reprint_in_this_process_only(tmp_path):
+    jr = Journal(tmp_path / "j.sqlite3")
+    r = jr.record_event("e1", "o1", "order.created", b"{}", DOCS, arm=True)
+    assert len(r.armed) == 2 and all(x.state == "printing" for x in jr.open_jobs())
+    assert not jr.begin_attempt(r.armed[0], armed=r.armed).reprint  # armed here: nothing was sent
+    jr.close()
+    jr = Journal(tmp_path / "j.sqlite3")
+    assert jr.begin_attempt(r.armed[1]).reprint  # after a restart nobody knows: 补打
+    jr.close()
+
+
+def test_failed_commit_keeps_lazy_writes(j):
+    j.record_event("e1", "o1", "order.created", b"{}", [("receipt", "counter")])
+    a = j.begin_attempt(j.next_job("counter").id)
+    j.finish_job(a.id, "printed")
+    pages = j._db.execute("PRAGMA page_count").fetchone()[0]
+    j._db.execute(f"PRAGMA max_page_count={pages}")
+    with pytest.raises(JournalError, match="full"):
+        j.record_event("e2", "o2", "order.created", os.urandom(100_000), DOCS)
+    assert j.event_status("e2") is None
+    assert j.event_status("e1") == "printed" and j.flush()  # the outcome survived the failed commit
