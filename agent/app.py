@@ -46,6 +46,9 @@ MAX_REQUEST_BYTES = 65536
 INTERNAL_PREFIX = "agent-"  # test pages and timer slips travel through the journal like orders, without results
 
 
+SETTLE_S = 0.05  # intake waits at most this for an armed receipt to go out (network thread; idle printer only)
+
+
 def printer_settings(cfg: Config, index: int) -> dict:
     p = cfg.printers[index]
     settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role", "render", "qr"})
@@ -128,6 +131,10 @@ class Agent:
             on_store_failure=self._on_store_failure,
             ready=self._printer_ready,
             arm=self.inflight.arm,
+            prerender=self._prerender,
+            settle=self._settle,
+            more=self.link.more_pending,
+            batch_max=cfg.mqtt.receive_maximum,
             clock=clock,
         )
         t = cfg.timers
@@ -219,6 +226,16 @@ class Agent:
         if primaries and all(not w.status.printable and w.printer.queryable and w.status.state != "unknown" for w in primaries):
             return tuple(w.name for w in primaries)
         return ()
+
+    def _prerender(self, printer: str, event_id: str, document: str, ev: OrderEvent) -> None:
+        w = self.workers.get(printer)
+        if w is not None:
+            w.prerender(event_id, document, ev)
+
+    def _settle(self, printer: str) -> None:
+        w = self.workers.get(printer)
+        if w is not None:
+            w.wait_first_sent(SETTLE_S)
 
     def _printer_ready(self, name: str) -> bool:
         w = self.workers.get(name)
@@ -333,7 +350,9 @@ class Agent:
     def _on_inbound(self, msg: Inbound) -> None:
         if msg.topic == self.topics.orders:
             self.intake.handle(msg.payload, lambda: self.link.ack(msg))
-        elif msg.topic.startswith(self.topics.request("")) or msg.topic == self.topics.config_set:
+            return
+        self.intake.flush_staged()  # a burst of orders ends here
+        if msg.topic.startswith(self.topics.request("")) or msg.topic == self.topics.config_set:
             if self.restart_requested:
                 return  # not acked: the broker hands it to the restarted agent (same session)
             self.link.ack(msg)  # requests are not journaled: a lost one is simply asked again
@@ -597,6 +616,10 @@ class Agent:
         self._final = final
         self._stop.set()
         self.control.stop()
+        try:
+            self.intake.flush_staged()  # batched orders: committed and acknowledged before we go
+        except Exception:  # noqa: BLE001 - not acked: the broker sends them again
+            log.exception("flushing batched orders at stop failed")
         self.link.stop()
         self.annunciator.stop()
         self.notifier.stop()

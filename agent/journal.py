@@ -165,6 +165,7 @@ class Journal:
         self._lock = threading.RLock()
         self._lazy_ops: list[tuple[str, tuple]] = []  # replayed if the commit carrying them fails
         self._lazy_since: Optional[float] = None
+        self.rollbacks = 0  # bumped whenever uncommitted writes may have been thrown away
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = self._open()
@@ -233,9 +234,12 @@ class Journal:
                 db.execute("ROLLBACK TO op")
                 db.execute("RELEASE op")
                 if not self._lazy_ops:
+                    self.rollbacks += 1
                     db.execute("ROLLBACK")
                 return
+            self.rollbacks += 1  # SQLite rolled the whole transaction back by itself
         except sqlite3.Error:
+            self.rollbacks += 1
             if db.in_transaction:
                 try:
                     db.execute("ROLLBACK")
@@ -249,6 +253,7 @@ class Journal:
         try:
             db.execute("COMMIT")
         except sqlite3.Error:
+            self.rollbacks += 1
             if db.in_transaction:
                 try:
                     db.execute("ROLLBACK")
@@ -328,11 +333,14 @@ class Journal:
         expired: bool = False,
         reprint: bool = False,
         arm: bool = False,
+        durable: bool = True,
         now: Optional[float] = None,
     ) -> Intake:
         """Store an accepted event and its print jobs ``[(document, printer), ...]`` in one durable
         transaction. ``arm``: its jobs are stored as an attempt already begun (``printing``), so the
-        printer it is meant for, idle and ready, can send them without another commit."""
+        printer it is meant for, idle and ready, can send them without another commit.
+        ``durable=False`` (intake batching): left in the open transaction for the next durable
+        commit; the caller must not acknowledge it before then (see ``rollbacks``)."""
         now = time.time() if now is None else now
         if len(documents) >= JOB_SLOTS:
             raise ValueError(f"at most {JOB_SLOTS - 1} tickets per event (got {len(documents)})")
@@ -375,7 +383,20 @@ class Journal:
                 )
             return Intake(status, seq, reason, ids if arm else ())
 
-        return self._tx(tx)
+        if arm and not durable:
+            raise ValueError("armed jobs must be committed at once")
+        return self._tx(tx, durable=durable)
+
+    def commit(self) -> None:
+        """Commit whatever is pending (batched events, lazy writes) durably."""
+        with self._lock:
+            if self._db.in_transaction:
+                try:
+                    self._commit()
+                except sqlite3.Error as e:
+                    raise JournalError(str(e)) from e
+            self._lazy_ops.clear()
+            self._lazy_since = None
 
     def record_rejected(self, sha256: str, reason: str, payload: bytes, now: Optional[float] = None) -> None:
         """Keep a rejected payload (up to the cap) so nothing sent to the store is lost without trace."""
@@ -442,15 +463,15 @@ class Journal:
 
     def begin_attempt(
         self, job_id: int, now: Optional[float] = None, printer: Optional[str] = None, *,
-        armed: Iterable[int] = (), siblings: Iterable[str] = (),
+        armed: Iterable[int] = (), siblings: Iterable[str] = (), ahead: int = 0,
     ) -> Job:
         """Durably mark a job ``printing`` (on ``printer``, when a backup takes it over) before any byte
         is sent; the returned job says whether it is a reprint.
 
         ``armed``: ids whose ``printing`` state this process set without sending anything yet (not
         an interrupted attempt: no 补打). ``siblings``: the printers whose other open jobs of the
-        same event are marked in the same commit (they print next, without a commit of their own);
-        their ids are in the returned job's ``siblings``.
+        same event are marked in the same commit (they print next, without a commit of their own),
+        and up to ``ahead`` jobs queued behind them; their ids are in the returned job's ``siblings``.
         """
         now = time.time() if now is None else now
         armed = set(armed)
@@ -463,11 +484,13 @@ class Journal:
             target = printer or owner
             rows = [(job_id, state, reprint)]
             if names:
+                # the rest of this event, and up to `ahead` more jobs queued behind it
                 rows += db.execute(
-                    f"SELECT id, state, reprint FROM jobs j WHERE id > ? AND id < ? AND {self._OPEN} "
-                    f"AND printer IN ({','.join('?' * len(names))})",
-                    (job_id, (seq + 1) * JOB_SLOTS, *names),
+                    f"SELECT id, state, reprint FROM jobs j WHERE id > ? AND {self._OPEN} "
+                    f"AND printer IN ({','.join('?' * len(names))}) ORDER BY id LIMIT ?",
+                    (job_id, *names, JOB_SLOTS + ahead),
                 ).fetchall()
+                rows = [r for r in rows if r[0] < (seq + 1) * JOB_SLOTS] + [r for r in rows if r[0] >= (seq + 1) * JOB_SLOTS][:ahead]
             for jid, st, rp in rows:
                 # a job already 'printing' and not armed here was interrupted after bytes may have left
                 rp = bool(rp) or (st == "printing" and jid not in armed)

@@ -17,12 +17,17 @@ from drivers.escpos_proto import PrinterStatus
 from drivers.printers import Printer, PrinterError, PrinterIOError
 
 from .journal import EventDone, Job, Journal, JournalError
-from .messages import parse_stored
+from .messages import OrderEvent, parse_stored
 from .preview import encode
 from .timers import context_from
 from .tickets import TicketRenderer
 
 log = logging.getLogger(__name__)
+
+# With a queue (a burst, or the end of a paper-out spell), one durable commit also marks this many
+# jobs queued behind the current event. Bytes written per order fall; the price: after a crash in
+# such a spell, up to this many tickets that never printed come out marked 补打.
+ARM_AHEAD = 8
 
 
 class Inflight:
@@ -118,10 +123,16 @@ class PrintWorker:
         self.clock = clock
         self.status: PrinterStatus = PrinterStatus("unknown", "not checked yet")
         self.status_since = clock()
+        self._full_at = float("-inf")  # time.monotonic() of the last full status query
         self.last_print_at: Optional[float] = None
         self.heartbeat = time.monotonic()
         self.idle = False  # nothing to print at the last look (intake may then arm a new order's jobs)
         self._wake = threading.Event()
+        self._pre_lock = threading.Lock()
+        self._pre_todo: list[tuple[str, str, OrderEvent]] = []  # (event id, document, event) to render ahead
+        self._pre_done: dict[tuple[str, str], tuple[int, bytes]] = {}  # -> (id(renderer), bytes)
+        self._pre_checked: Optional[tuple[float, PrinterStatus]] = None  # (monotonic, status) checked ahead
+        self._first_sent = threading.Event()  # the ticket rendered ahead went out (or will not)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -140,6 +151,41 @@ class PrintWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    def prerender(self, event_id: str, document: str, ev: OrderEvent) -> None:
+        """Render a new order's first ticket now, while intake is still committing it: the job then
+        finds its bytes ready. Only worth it (and only asked) while this worker is idle; a render
+        nobody uses is dropped after the next few."""
+        with self._pre_lock:
+            self._pre_todo.append((event_id, document, ev))
+        self._first_sent.clear()
+        self._wake.set()
+
+    def wait_first_sent(self, timeout: float) -> bool:
+        """Intake waits (briefly) for the ticket rendered ahead to go out before its own bookkeeping:
+        on a small machine the receipt comes first."""
+        return self._first_sent.wait(timeout)
+
+    def _prerender_pending(self) -> None:
+        with self._pre_lock:
+            todo, self._pre_todo = self._pre_todo, []
+        if todo:  # the status check before the job, done while intake still commits
+            self._pre_checked = (time.monotonic(), self._quick_check())
+        for event_id, document, ev in todo:
+            try:
+                doc = self.renderer.render(document, ev, columns=self.columns, reprint=False)
+                data = encode(doc, self.render_mode, self.qr_mode)
+            except Exception:  # noqa: BLE001 - the job renders (and reports) it again
+                continue
+            with self._pre_lock:
+                self._pre_done[(event_id, document)] = (id(self.renderer), data)
+                while len(self._pre_done) > 8:
+                    del self._pre_done[next(iter(self._pre_done))]
+
+    def _prerendered(self, job: Job) -> Optional[bytes]:
+        with self._pre_lock:
+            hit = self._pre_done.pop((job.event_id, job.document), None)
+        return hit[1] if hit and hit[0] == id(self.renderer) else None
+
     # -- loop
     def _run(self) -> None:
         try:  # connect and learn the printer's state before the first order needs it
@@ -149,6 +195,8 @@ class PrintWorker:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
+                if self._pre_todo:
+                    self._prerender_pending()
                 job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
                 self.idle = job is None
                 if job is None:
@@ -182,7 +230,18 @@ class PrintWorker:
         if not self._stop.is_set():
             self._check()
 
+    def _quick_check(self) -> PrinterStatus:
+        """Before and after a job: one ``DLE EOT 1`` round trip while the last full status is fresh
+        (under ``poll_s`` old) and printable; the full status otherwise, and whenever the printer
+        does not say it is online (cover open, paper end and errors all put it offline)."""
+        online = getattr(self.printer, "online", None)
+        if online is not None and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
+            if online() is True:
+                return self.status
+        return self._check()
+
     def _check(self) -> PrinterStatus:
+        self._full_at = time.monotonic()
         st = self.printer.status()
         if st.state != self.status.state:
             log.info("printer %s: %s -> %s %s", self.name, self.status.state, st.state, st.detail)
@@ -202,6 +261,10 @@ class PrintWorker:
         return self.idle and self._ok_to_print(self.status) and self._thread is not None and not self._stop.is_set()
 
     def _render(self, job: Job) -> bytes:
+        if not job.reprint and not job.type.startswith("agent."):
+            data = self._prerendered(job)
+            if data is not None:
+                return data
         if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
             doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=True)
             return encode(doc, self.render_mode, self.qr_mode)
@@ -215,12 +278,19 @@ class PrintWorker:
 
     def _process(self, job: Job) -> bool:
         """One attempt at a job; False means 'wait before the next attempt'."""
+        try:
+            return self._attempt(job)
+        finally:
+            self._first_sent.set()
+
+    def _attempt(self, job: Job) -> bool:
         # armed: stored as 'printing' by this process for this printer, nothing of it sent yet
         armed = self.inflight.armed_for(job.id) == self.name == job.printer and job.state == "printing"
         if self.max_attempts and job.attempts - armed >= self.max_attempts:
             self._finish(job, "failed", f"gave up after {job.attempts - armed} attempts: {self.status.state} {self.status.detail}".strip())
             return True
-        before = self._check()
+        pre, self._pre_checked = self._pre_checked, None
+        before = pre[1] if pre and armed and time.monotonic() - pre[0] < 0.05 else self._quick_check()
         if not self._ok_to_print(before):
             return False
         if job.printer != self.name:
@@ -228,7 +298,8 @@ class PrintWorker:
         if not armed:
             # one durable commit for the whole event: its other tickets on this printer print next
             job = self.journal.begin_attempt(job.id, now=self.clock(), printer=self.name,
-                                             armed=self.inflight.armed_ids(), siblings=tuple({job.printer, self.name}))
+                                             armed=self.inflight.armed_ids(), siblings=tuple({job.printer, self.name}),
+                                             ahead=ARM_AHEAD)
             self.inflight.arm(job.siblings, self.name)
         self.inflight.disarm(job.id)  # from here on, 'printing' means bytes may have left
         try:
@@ -238,7 +309,7 @@ class PrintWorker:
             self._finish(job, "failed", f"render error: {e}")
             return True
         try:
-            self.printer.send(data)
+            self.printer.send(data, on_written=self._first_sent.set)
         except PrinterIOError as e:
             log.warning("printer %s: job %s interrupted: %s", self.name, job.id, e)
             self.journal.note_error(job.id, str(e), now=self.clock())
@@ -249,7 +320,7 @@ class PrintWorker:
             self.journal.attempt_not_sent(job.id, str(e), now=self.clock())  # its armed siblings stay armed
             self._check()
             return False
-        after = self._check()
+        after = self._quick_check()
         if not self._ok_to_print(after):
             log.warning("printer %s: %s after job %s; it will be reprinted", self.name, after.state, job.id)
             self.journal.note_error(job.id, f"printer {after.state} after sending", now=self.clock())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Literal, Union
 
 from wcwidth import wcwidth
@@ -61,24 +62,34 @@ class Document:
 # ------------------------------------------------------------------ text layout
 
 
+@lru_cache(maxsize=8192)
+def _printable_char(ch: str) -> str:
+    cat = unicodedata.category(ch)
+    if ch in "\n\t" or cat in ("Zl", "Zp"):  # line/paragraph separators: one line stays one line
+        return " "
+    if cat in ("Cc", "Cf"):
+        return ""
+    if ord(ch) > 0xFFFF or cat in ("Co", "Cs", "Cn") or wcwidth(ch) < 0:
+        return FALLBACK
+    return ch
+
+
 def printable(text: str) -> str:
     """Replace what a receipt font cannot print with ``FALLBACK``; drop control characters."""
-    out = []
-    for ch in text:
-        cat = unicodedata.category(ch)
-        if ch in "\n\t" or cat in ("Zl", "Zp"):  # line/paragraph separators: one line stays one line
-            out.append(" ")
-        elif cat in ("Cc", "Cf"):
-            continue
-        elif ord(ch) > 0xFFFF or cat in ("Co", "Cs", "Cn") or wcwidth(ch) < 0:
-            out.append(FALLBACK)
-        else:
-            out.append(ch)
-    return "".join(out)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(map(_printable_char, text))
+
+
+@lru_cache(maxsize=8192)
+def _width(ch: str) -> int:
+    return max(wcwidth(ch), 0)
 
 
 def width_of(text: str) -> int:
-    return sum(max(wcwidth(c), 0) for c in text)
+    if text.isascii() and text.isprintable():
+        return len(text)
+    return sum(map(_width, text))
 
 
 # Chinese line-breaking (禁则): these never start a line; the previous character moves down with them.

@@ -16,9 +16,9 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
-from .escpos_proto import TRANSMIT_PAPER_STATUS, EscPosParser, ParsedJob, PrinterStatus, dle_eot, interpret_status, transmit_status_ok
+from .escpos_proto import TRANSMIT_PAPER_STATUS, EscPosParser, ParsedJob, PrinterStatus, dle_eot, fixed_bits_ok, interpret_status, transmit_status_ok
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Printer(Protocol):
 
     def status(self) -> PrinterStatus: ...
 
-    def send(self, data: bytes) -> None: ...
+    def send(self, data: bytes, on_written: Callable[[], None] = ...) -> None: ...
 
     def close(self) -> None: ...
 
@@ -135,8 +135,28 @@ class StreamPrinter:
                 self._drop()  # a silent or garbled link is re-made next time
             return st
 
-    def send(self, data: bytes) -> None:
-        """Write a job; with ``confirm``, return only once the printer has processed all of it.
+    def online(self) -> Optional[bool]:
+        """``DLE EOT 1`` alone (one round trip): True when the printer says it is online, False when
+        offline (cover open, paper end, an error: ask ``status()`` why), None when it did not answer
+        sensibly. For the checks around a job, between full ``status()`` polls."""
+        if not self.queryable:
+            return None
+        with self._lock:
+            try:
+                t = self._transport()
+                t.drain()
+                t.write(dle_eot(1))
+                b = t.read1(self.timeout_s)
+            except (OSError, PrinterError):
+                self._drop()
+                return None
+            if b is None or not fixed_bits_ok(b):
+                self._drop()
+                return None
+            return not b & 0x08
+
+    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None) -> None:
+        """Write a job (``on_written`` runs once all of it is written); with ``confirm``, return only once the printer has processed all of it.
 
         ``DLE EOT`` is answered in real time, ahead of buffered data, so it cannot tell that a job
         printed. ``GS r 1`` is executed in sequence: its answer arrives after everything before it
@@ -147,6 +167,7 @@ class StreamPrinter:
             try:
                 for i in range(0, len(data), self.CHUNK):  # the timeout applies per chunk, not per job
                     t.write(data[i : i + self.CHUNK])
+                on_written()
                 if self.confirm:
                     self._confirm(t, self.timeout_s + len(data) / self.CONFIRM_BYTES_PER_S)
             except (OSError, PrinterError) as e:
@@ -366,7 +387,7 @@ class FilePrinter:
             return PrinterStatus("unreachable", f"{self.path} is not writable by this user")
         return PrinterStatus("unknown", "write-only device: status not available")
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None) -> None:
         ep = import_escpos_printers()
         try:
             dev = ep.File(devfile=self.path, auto_flush=True)
@@ -422,7 +443,7 @@ class SpoolPrinter:
             return PrinterStatus("unknown", f"spool STATE file says {state!r}")
         return PrinterStatus(state, "virtual printer")
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None) -> None:
         from .preview import write_job_files
 
         with self._lock:
