@@ -15,8 +15,9 @@ A template writes one physical instruction per line::
 Empty lines are ignored (Jinja's block tags leave many). Every ``{{ value }}`` has its newlines and
 control characters flattened by ``finalize``, so order data can never start a directive of its own.
 Templates come from ``templates/`` (built in), from a directory (``[templates] dir``) or from remote
-config; all render in Jinja2's SandboxedEnvironment with an output-size and a time limit. A broken
-template raises ``TemplateFailure``; the caller falls back to the built-in one.
+config. Those from a directory or from remote config render in Jinja2's SandboxedEnvironment with
+an output-size and a time limit; the built-in ones (shipped in the package, trusted) render directly,
+with the output-size limit. A broken template raises ``TemplateFailure``; the caller falls back to the built-in one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,16 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, Callable, Mapping, Optional
 
-from jinja2 import BaseLoader, ChoiceLoader, DictLoader, FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
+from jinja2 import (
+    BaseLoader,
+    ChoiceLoader,
+    DictLoader,
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateError,
+    TemplateNotFound,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from .render import Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, money, printable, wrap
@@ -92,7 +102,7 @@ def builtin_loader() -> BaseLoader:
 
 def make_environment(
     overrides: Optional[Mapping[str, str]] = None, directory: Optional[str] = None
-) -> SandboxedEnvironment:
+) -> Environment:
     """Loaders in order: remote overrides (name -> source), a directory, the built-in templates."""
     loaders: list[BaseLoader] = []
     if overrides:
@@ -100,7 +110,11 @@ def make_environment(
     if directory:
         loaders.append(FileSystemLoader(directory))
     loaders.append(builtin_loader())
-    env = SandboxedEnvironment(
+    trusted = not overrides and not directory
+    # only the project's own templates (shipped in the package) skip the sandbox, the time-limit
+    # thread and its trace hook (together ~4.5 ms of a receipt's 5); anything a store or HQ supplies
+    # runs under all three. Order data is only ever data to them: no template evaluates it.
+    env = (Environment if trusted else SandboxedEnvironment)(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,
         finalize=_flatten,
@@ -114,13 +128,11 @@ def make_environment(
     env.filters["hm"] = _hm
     env.filters["mask_phone"] = mask_phone
     env.filters["platform_name"] = lambda p: PLATFORM_NAMES.get(p or "", p or "")
-    # only the project's own templates: rendered inline (no time-limit thread and trace hook, which
-    # cost ~4 ms per receipt); anything supplied by a store or HQ runs under the limits
-    env.globals_trusted = not overrides and not directory  # type: ignore[attr-defined]
+    env.globals_trusted = trusted  # type: ignore[attr-defined]
     return env
 
 
-def builtin_environment() -> SandboxedEnvironment:
+def builtin_environment() -> Environment:
     return make_environment()
 
 
@@ -201,7 +213,7 @@ def parse_markup(name: str, markup: str, columns: int) -> Document:
 
 
 def render_markup(
-    env: SandboxedEnvironment,
+    env: Environment,
     name: str,
     context: Mapping[str, Any],
     *,
@@ -263,12 +275,12 @@ def render_markup(
 
 
 def render_document(
-    env: SandboxedEnvironment,
+    env: Environment,
     name: str,
     context: Mapping[str, Any],
     columns: int,
     *,
-    fallback: Optional[SandboxedEnvironment] = None,
+    fallback: Optional[Environment] = None,
     on_fallback: Callable[[str, str], None] = lambda name, error: None,
 ) -> Document:
     """Render a template to a document; on failure use ``fallback`` (the built-ins) and report it."""
