@@ -29,9 +29,9 @@ How each figure is measured:
     and after --orders orders in total since its start (warm-up + paced + burst + the orders phase, which
     sends the rest in bursts of --chunk, each burst complete before the next).
 (d) idle CPU: utime+stime from /proc/<pid>/stat over an --idle-s window with no orders, as % of one core.
-(e) disk writes: /proc/<pid>/io write_bytes and wchar deltas / orders, over the burst and over the
-    orders phase, from before the first publish to when HQ has received the "printed" result of every
-    order. The agent's stdout log (agent.log, --log-level info) is a file here and counted in those
+(e) disk writes: /proc/<pid>/io write_bytes and wchar deltas / orders, over the paced phase (until 3 s
+    after its last result: outcomes are written lazily), over the burst and over the orders phase, from
+    before the first publish to when HQ has received the "printed" result of every order. The agent's stdout log (agent.log, --log-level info) is a file here and counted in those
     figures; its growth is shown separately (under systemd it goes to journald instead).
 (f) start-up: Popen of the agent -> the retained "online" arriving on stores/<store>/status at a
     subscriber (the agent publishes it right after sending SUBSCRIBE on the same connection). 3 starts,
@@ -465,7 +465,11 @@ def main() -> None:
             progress(f"agent: {warm} warm-up orders, then {paced} paced at 1 per {a.interval:g} s")
             R["a_cold"] = run_phase(rig, "cold", [order(i, "w") for i in range(warm)], a.interval)
             done += warm
+            io0, log0 = proc_io(pid), log_path.stat().st_size
             R["a_paced"] = run_phase(rig, "paced", [order(i, "p") for i in range(paced)], a.interval)
+            time.sleep(3.0)  # the last order's outcome is written lazily (within 2 s)
+            io1, log1 = proc_io(pid), log_path.stat().st_size
+            R["io_paced"] = (paced, {k: io1[k] - io0[k] for k in io0}, log1 - log0)
             done += paced
             R["mem_paced"] = (done, proc_mem(pid))
 
@@ -635,7 +639,7 @@ def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: 
     print()
     print("| phase | orders | write_bytes/order | wchar/order | of which agent.log/order | cancelled_write_bytes/order |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for label, key in (("burst", "io_burst"), ("orders phase", "io_orders")):
+    for label, key in ((f"paced, 1 per {interval:g} s", "io_paced"), ("burst", "io_burst"), ("orders phase", "io_orders")):
         n, d, logb = R[key]
         if n:
             print(f"| {label} | {n} | {d['write_bytes'] / n:,.0f} B | {d['wchar'] / n:,.0f} B | {logb / n:,.0f} B "
