@@ -1,9 +1,19 @@
-"""The order journal: SQLite in ``state_dir``, WAL + ``synchronous=FULL``.
+"""The order journal: SQLite in ``state_dir``, WAL + ``synchronous=FULL``, 1 KiB pages.
 
 Every accepted order event is committed here before it is acknowledged to the
 broker; every print job is a row whose state moves
-``queued -> printing -> printed | failed``. A job found in ``printing`` after a
-restart may have reached paper already, so its next attempt is a reprint.
+``queued -> printing -> printed | failed``. ``printing`` is committed before any
+byte of the job leaves, so a job found in ``printing`` after a restart may have
+reached paper already and its next attempt is a reprint (补打).
+
+What is committed when (the write budget of an order, docs/PERFORMANCE.md):
+
+* the event and its jobs: one durable commit before the PUBACK (a burst's events
+  share one, see agent/intake.py);
+* ``printing``: durable, before the bytes: at intake when the printer is idle and
+  ready (*armed*: no commit of its own), else one commit for the event's jobs and
+  up to ``ARM_AHEAD`` queued behind them;
+* a job's outcome and the "result delivered" marks: lazy (see ``Journal``).
 
 All methods are thread-safe (one connection behind a lock). Any SQLite failure
 is raised as ``JournalError`` so the caller never acknowledges an event that

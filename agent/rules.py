@@ -19,7 +19,7 @@ Severity = Literal["info", "warning", "critical"]
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    documents: tuple[str, ...] = Field(("slip",), description="receipt, warm_tip, slip (per-type slip template)")
+    documents: tuple[str, ...] = Field(("slip",), max_length=8, description="receipt, warm_tip, slip (per-type slip template)")
     copies: int = Field(1, ge=1, le=5)
     printer: Optional[str] = Field(None, description="printer name; default: the first primary printer")
     sound: Sound = "exception"
@@ -34,7 +34,8 @@ class RuleOverride(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    documents: Optional[tuple[Literal["receipt", "warm_tip", "slip"], ...]] = None
+    documents: Optional[tuple[Literal["receipt", "warm_tip", "slip"], ...]] = Field(
+        None, max_length=8, description="at most 8 (× copies ≤ 5: an event has at most 40 tickets)")
     copies: Optional[int] = Field(None, ge=1, le=5)
     printer: Optional[str] = None
     sound: Optional[Sound] = None
