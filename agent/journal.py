@@ -175,6 +175,7 @@ class Journal:
         self._lock = threading.RLock()
         self._lazy_ops: list[tuple[str, tuple]] = []  # replayed if the commit carrying them fails
         self._lazy_since: Optional[float] = None
+        self.lazy_events = 0  # events whose completion is among the lazy writes
         self.rollbacks = 0  # bumped whenever uncommitted writes may have been thrown away
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -273,6 +274,7 @@ class Journal:
             raise
         self._lazy_ops.clear()
         self._lazy_since = None
+        self.lazy_events = 0
 
     def _replay_lazy(self) -> None:
         ops, self._lazy_ops = self._lazy_ops, []
@@ -286,6 +288,7 @@ class Journal:
             self._lazy_ops = ops
             self._lazy_since = time.monotonic()
         except sqlite3.Error as e:  # at worst those jobs print again, marked 补打
+            self.lazy_events = 0
             log.warning("journal: %d lazy write(s) lost after a failed commit: %s", len(ops), e)
             if self._db.in_transaction:
                 try:
@@ -306,6 +309,7 @@ class Journal:
             if not self._db.in_transaction:
                 self._lazy_ops.clear()
                 self._lazy_since = None
+                self.lazy_events = 0
                 return False
             try:
                 self._commit()
@@ -407,6 +411,7 @@ class Journal:
                     raise JournalError(str(e)) from e
             self._lazy_ops.clear()
             self._lazy_since = None
+            self.lazy_events = 0
 
     def record_rejected(self, sha256: str, reason: str, payload: bytes, now: Optional[float] = None) -> None:
         """Keep a rejected payload (up to the cap) so nothing sent to the store is lost without trace."""
@@ -564,6 +569,7 @@ class Journal:
         status = "failed" if failed else "printed"
         error = "; ".join(f"{j[0]}: {j[4]}" for j in failed) or None
         self._lazy(db, "UPDATE events SET status=?, finished_at=?, error=? WHERE seq=?", (status, now, error, seq))
+        self.lazy_events += 1
         return _event_done(event_id, order_id, status, error, jobs)
 
     def order_payload(self, order_id: str) -> Optional[bytes]:
@@ -713,6 +719,8 @@ class Journal:
                 break
         with self._lock:
             try:
+                if self._db.in_transaction:  # lazy writes since: a checkpoint cannot run inside a transaction
+                    self._commit()
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as e:
                 log.warning("journal checkpoint failed: %s", e)

@@ -224,6 +224,13 @@ class PrintWorker:
     def _idle(self) -> None:
         """Nothing to print: poll the printer's status every ``poll_s`` until woken."""
         self.heartbeat = time.monotonic()
+        if self.journal.lazy_events >= 2:
+            # the end of a burst: write its outcomes now, so a crash in the next seconds does not
+            # reprint them (a single order's outcome rides on the next order's commit instead)
+            try:
+                self.journal.flush()
+            except JournalError as e:
+                log.warning("printer %s: cannot write outcomes: %s", self.name, e)
         if self._wake.wait(self.poll_s):
             self._wake.clear()
             return
