@@ -133,6 +133,7 @@ class Agent:
             arm=self.inflight.arm,
             prerender=self._prerender,
             settle=self._settle,
+            handoff=self._handoff,
             more=self.link.more_pending,
             batch_max=cfg.mqtt.receive_maximum,
             clock=clock,
@@ -231,6 +232,11 @@ class Agent:
         w = self.workers.get(printer)
         if w is not None:
             w.prerender(event_id, document, ev)
+
+    def _handoff(self, printer: str, job) -> None:  # noqa: ANN001 - agent.journal.Job
+        w = self.workers.get(printer)
+        if w is not None:
+            w.handoff(job)
 
     def _settle(self, printer: str) -> None:
         w = self.workers.get(printer)

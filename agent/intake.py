@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from .journal import Journal, JournalError
+from .journal import Job, Journal, JournalError
 from .messages import OrderEvent, OrderResult, Rejection, parse_event, sha256_hex
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ class OrderIntake:
         arm: Callable[[tuple[int, ...], str], None] = lambda job_ids, printer: None,
         prerender: Callable[[str, str, str, OrderEvent], None] = lambda printer, event_id, document, ev: None,
         settle: Callable[[str], None] = lambda printer: None,
+        handoff: Callable[[str, Job], None] = lambda printer, job: None,
         more: Callable[[], bool] = lambda: False,
         batch_max: int = 16,
         clock: Callable[[], float] = time.time,
@@ -48,6 +49,7 @@ class OrderIntake:
         self.arm = arm  # register armed job ids with the print workers
         self.prerender = prerender
         self.settle = settle
+        self.handoff = handoff
         self.journal = journal
         self.max_payload_bytes = max_payload_bytes
         self.plan = plan  # event_type -> [(document, printer name), ...] (copies repeat)
@@ -127,6 +129,8 @@ class OrderIntake:
                                                    arm=arm, durable=not stage, now=now)
                 if intake.armed:
                     self.arm(intake.armed, printer)
+                    self.handoff(printer, Job(intake.armed[0], intake.seq, ev.id, ev.order.id, ev.type, docs[0][0],
+                                              printer, "printing", 1, False, payload))
         except JournalError as e:
             log.error("cannot commit event %s to the journal: %s; not acknowledged", ev.id, e)
             self.on_store_failure(str(e))

@@ -721,7 +721,7 @@ class Journal:
             try:
                 if self._db.in_transaction:  # lazy writes since: a checkpoint cannot run inside a transaction
                     self._commit()
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the WAL file is reused, not regrown
             except sqlite3.Error as e:
                 log.warning("journal checkpoint failed: %s", e)
         return removed

@@ -133,6 +133,7 @@ class PrintWorker:
         self._pre_done: dict[tuple[str, str], tuple[int, bytes]] = {}  # -> (id(renderer), bytes)
         self._pre_checked: Optional[tuple[float, PrinterStatus]] = None  # (monotonic, status) checked ahead
         self._first_sent = threading.Event()  # the ticket rendered ahead went out (or will not)
+        self._handoff: Optional[Job] = None  # an armed job intake just committed: no need to read it back
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -159,6 +160,10 @@ class PrintWorker:
             self._pre_todo.append((event_id, document, ev))
         self._first_sent.clear()
         self._wake.set()
+
+    def handoff(self, job: Job) -> None:
+        """Intake, under the journal lock right after committing ``job`` armed for this idle printer."""
+        self._handoff = job
 
     def wait_first_sent(self, timeout: float) -> bool:
         """Intake waits (briefly) for the ticket rendered ahead to go out before its own bookkeeping:
@@ -197,7 +202,10 @@ class PrintWorker:
             try:
                 if self._pre_todo:
                     self._prerender_pending()
-                job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
+                with self.journal.lock:  # intake hands an armed job over under this lock
+                    job, self._handoff = self._handoff, None
+                    if job is None:
+                        job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
                 self.idle = job is None
                 if job is None:
                     self._idle()
