@@ -119,14 +119,14 @@ class OrderIntake:
         # goes out with no second commit (a crash before it is sent reprints it marked 补打)
         printer = printers.pop() if len(printers) == 1 else None
         arm = printer is not None and not expired and self.ready(printer)
-        if arm:
-            self.prerender(printer, ev.id, docs[0][0], ev)  # rendered while the commit below runs
         stage = not arm and len(self._staged) < self.batch_max - 1 and self.more()
         try:
             with self.journal.lock:  # a worker must never see these jobs before they are registered as armed
                 rollbacks = self.journal.rollbacks
-                intake = self.journal.record_event(ev.id, ev.order.id, ev.type, payload, docs, expired=expired,
-                                                   arm=arm, durable=not stage, now=now)
+                intake = self.journal.record_event(
+                    ev.id, ev.order.id, ev.type, payload, docs, expired=expired, arm=arm, durable=not stage, now=now,
+                    # the receipt is rendered (and the printer asked) while the commit writes and syncs
+                    before_commit=(lambda: self.prerender(printer, ev.id, docs[0][0], ev)) if arm else (lambda: None))
                 if intake.armed:
                     self.arm(intake.armed, printer)
                     self.handoff(printer, Job(intake.armed[0], intake.seq, ev.id, ev.order.id, ev.type, docs[0][0],

@@ -30,7 +30,7 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +348,7 @@ class Journal:
         reprint: bool = False,
         arm: bool = False,
         durable: bool = True,
+        before_commit: Callable[[], None] = lambda: None,
         now: Optional[float] = None,
     ) -> Intake:
         """Store an accepted event and its print jobs ``[(document, printer), ...]`` in one durable
@@ -395,6 +396,8 @@ class Journal:
                     "VALUES (?,?,?,?,?,?,?,?,?)",
                     [(i, seq, doc, printer, state, attempts, int(reprint), now, now) for i, (doc, printer) in zip(ids, documents)],
                 )
+            if status == "queued":
+                before_commit()  # e.g. render the receipt while the commit writes and syncs
             return Intake(status, seq, reason, ids if arm else ())
 
         if arm and not durable:
