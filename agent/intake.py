@@ -193,9 +193,9 @@ class OrderIntake:
                   printer: Optional[str]) -> Optional[str]:
         if intake.status == "queued":
             self.wake()
-        ack()
-        if intake.armed:  # the receipt goes out first; the result message and the chime a moment later
+        if intake.armed:  # the receipt goes out first; the PUBACK, the result and the chime a moment later
             self.settle(printer)
+        ack()
         if intake.status == "duplicate":
             log.info("duplicate event %s (order %s): %s", ev.id, ev.order.id, intake.reason)
         elif intake.status == "expired":
