@@ -345,6 +345,7 @@ class PrintWorker:
         return True
 
     def _finish(self, job: Job, state: str, error: Optional[str]) -> None:
+        self.inflight.disarm(job.id)  # (a job given up on before any attempt was still armed)
         done = self.journal.finish_job(job.id, state, error, now=self.clock())
         if done is not None:
             self.on_done(done)
