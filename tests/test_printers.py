@@ -20,6 +20,17 @@ def test_network_status_follows_the_printer(vprinter, mode):
     p.close()
 
 
+@pytest.mark.parametrize("mode,online", [("ready", True), ("paper_low", True), ("paper_out", False),
+                                         ("cover_open", False), ("offline", False), ("hang", None)])
+def test_quick_online_check_is_dle_eot_1(vprinter, mode, online):
+    """The one-round-trip check around jobs: anything that stops printing shows as offline; no
+    answer is None (the worker then runs the full query), never 'online'."""
+    p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=0.3)
+    vprinter.set_mode(mode)
+    assert p.online() is online
+    p.close()
+
+
 def test_jobs_are_split_at_cuts_and_decoded(vprinter):
     p = NetworkPrinter("n", "127.0.0.1", vprinter.port, timeout_s=1.0)
     p.send(JOB + JOB)
