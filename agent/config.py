@@ -143,6 +143,8 @@ class EscalationConfig(_Model):
 class JournalConfig(_Model):
     keep_days: int = Field(30, ge=1, le=3650, description="finished orders older than this are pruned")
     max_mb: int = Field(64, ge=1, description="the journal is pruned oldest-first to stay under this size")
+    dedupe_days: int = Field(30, ge=1, le=3650, description="event ids and order ids are remembered this long "
+                                                          "(after their rows are pruned), so a re-sent event never prints as new")
 
 
 class IntakeConfig(_Model):

@@ -202,6 +202,8 @@ class OrderResult(BaseModel):
     error: Optional[str] = None
     payload_sha256: Optional[str] = None
     reprint: bool = Field(False, description="true when a copy may already have been printed (marked 补打)")
+    redelivered: bool = Field(False, description="the same event id arrived again: this is its current status, "
+                                                 "answered again (not a new event, not a duplicate)")
 
     def to_json(self) -> bytes:
         return self.model_dump_json(exclude_none=False).encode()
