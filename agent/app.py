@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import shutil
 import threading
 import time
@@ -27,13 +26,14 @@ from .messages import OrderResult
 from .mqtt import Inbound, MqttLink, MqttSettings
 from .alerts import Alert, AlertBook, iso
 from .notify import Notifier, Webhook
-from .commands import Commands, reply
+from .commands import Commands
 from .control import SOCKET_NAME, ControlServer
 from .annunciator import Annunciator, SoundSettings
 from .messages import Health, OrderEvent, PrinterHealth
 from .printing import Inflight, PrintWorker
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
 from .remote import RemoteConfig
+from .requests import RequestDesk
 from .timers import LocalTimers, TimerSettings, context_json
 from .tickets import TicketRenderer
 from .topics import Topics
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 PRUNE_EVERY_S = 3600
 JOURNAL_ALERT = "agent:journal"
-MAX_REQUEST_BYTES = 65536
 INTERNAL_PREFIX = "agent-"  # test pages and timer slips travel through the journal like orders, without results
 
 
@@ -77,7 +76,7 @@ class Agent:
         self.cfg = cfg
         self.clock = clock
         self.started_at = clock()
-        self._started_mono = time.monotonic()
+        self.started_mono = time.monotonic()
         self.restart_requested: Optional[str] = None  # why the supervisor should restart this agent
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
         state = Path(cfg.state_dir)
@@ -143,7 +142,7 @@ class Agent:
                                   print_internal=self.print_internal, on_unshipped=self._on_unshipped, clock=clock)
         self._last_timers = 0.0
         self.commands = Commands(self)
-        self._requests: "queue.Queue[Inbound]" = queue.Queue(maxsize=100)
+        self.desk = RequestDesk(self)
         self.control = ControlServer(state / SOCKET_NAME, lambda command, args: self.commands.run(command, args, local=True))
         self._health_signature: tuple = ()
         self._health_sent = 0.0
@@ -359,13 +358,7 @@ class Agent:
             return
         self.intake.flush_staged()  # a burst of orders ends here
         if msg.topic.startswith(self.topics.request("")) or msg.topic == self.topics.config_set:
-            if self.restart_requested:
-                return  # not acked: the broker hands it to the restarted agent (same session)
-            self.link.ack(msg)  # requests are not journaled: a lost one is simply asked again
-            try:
-                self._requests.put_nowait(msg)
-            except queue.Full:
-                log.warning("request queue full: %s dropped", msg.topic)
+            self.desk.offer(msg)
         else:
             log.warning("message on unexpected topic %s ignored", msg.topic)
             self.link.ack(msg)
@@ -413,7 +406,7 @@ class Agent:
 
     def _on_connection(self, up: bool) -> None:
         if up:
-            self._publish_config_state()
+            self.desk.publish_config_state()
         if up and not self._outbox_flushed:
             # final results the broker never confirmed before the last stop (at-least-once)
             self._outbox_flushed = True
@@ -469,57 +462,10 @@ class Agent:
             self.control.start()
         except OSError as e:  # e.g. a state_dir path too long for a Unix socket
             log.error("control socket unavailable (%s): the CLI cannot reach this agent", e)
-        threading.Thread(target=self._serve_requests, name="requests", daemon=True).start()
+        self.desk.start()
         self.link.start()
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         self._housekeeper.start()
-
-    def _serve_requests(self) -> None:
-        """MQTT requests run here, off paho's thread (``diagnose`` waits for printers)."""
-        while not self._stop.is_set():
-            try:
-                msg = self._requests.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if msg.topic == self.topics.config_set:
-                try:
-                    self._config_set(msg.payload)
-                except Exception:  # noqa: BLE001 - this thread serves every request
-                    log.exception("config/set failed")
-                continue
-            command = msg.topic[len(self.topics.request("")):]
-            out = self.answer_request(command, msg.payload)
-            try:
-                self.link.publish(self.topics.response(command or "unknown"), json.dumps(out, ensure_ascii=False, default=str).encode())
-            except Exception:  # noqa: BLE001
-                log.exception("cannot answer request %s", command)
-
-    # -- remote configuration
-    def _publish_config_state(self) -> None:
-        self.link.publish(self.topics.config_state, self.remote.state(self.cfg), retain=True)
-
-    def _config_set(self, payload: bytes) -> None:
-        if self.restart_requested:
-            self.remote.refuse(None, f"not applied: the agent is restarting for {self.restart_requested}; send it again")
-            return
-        d = self.remote.propose(payload, self.cfg)
-        if d.kind == "refused":
-            log.warning("config/set refused: %s", d.message)
-            self.remote.refuse(d.version, d.message)
-        elif d.kind == "apply":
-            try:
-                self.remote.commit(d)
-            except OSError as e:
-                log.error("config version %s not applied: cannot store it: %s", d.version, e)
-                self.remote.refuse(d.version, f"not applied: cannot store it in state_dir: {e}")
-            else:
-                if d.restart:
-                    log.warning("config version %s changes %s: restarting the agent", d.version, ", ".join(d.restart))
-                    self.restart_requested = f"config version {d.version} changes {', '.join(d.restart)}"
-                    return  # the restarted agent publishes config/state once it is connected
-                log.info("config version %s applied", d.version)
-                self.apply_live(d.cfg)
-        self._publish_config_state()
 
     def apply_live(self, cfg: Config) -> None:
         """Swap in a config that needs no restart; queued jobs stay in the journal and print afterwards."""
@@ -577,50 +523,12 @@ class Agent:
                 w.start()
         log.info("printers reopened: %s", ", ".join(f"{p.name} ({_describe(p)})" for p in self.cfg.printers))
 
-    def _check_probation(self) -> None:
-        """After a restart for a remote change: keep it once subscribed, revert it if that does not happen."""
-        if not self.remote.probation or self.restart_requested:
-            return
-        limit = self.remote.probation_s
-        try:
-            if self.link.subscribed:
-                log.info("config version %d is connected and subscribed: kept", self.remote.version)
-                self.remote.confirm()
-                self._publish_config_state()
-            elif time.monotonic() - self._started_mono > limit:
-                failed = self.remote.version
-                self.remote.revert(f"not connected and subscribed within {limit} s with config version {failed}: reverted")
-                log.error("config version %d did not reconnect within %d s: reverting to version %d",
-                          failed, limit, self.remote.version)
-                self.restart_requested = f"revert config version {failed}"
-        except OSError as e:  # not stored: still on probation, tried again next second
-            log.error("cannot store the probation outcome: %s", e)
-
-    def answer_request(self, command: str, payload: bytes) -> dict:
-        """A ``P/S/request/<command>`` payload -> the response body; never raises."""
-        transaction = None
-        try:
-            if len(payload) > MAX_REQUEST_BYTES:
-                raise ValueError(f"payload too large ({len(payload)} bytes, limit {MAX_REQUEST_BYTES})")
-            body = json.loads(payload.decode("utf-8"))
-            if not isinstance(body, dict):
-                raise ValueError("the request must be a JSON object")
-            transaction = body.get("transaction")
-            if transaction is not None and not isinstance(transaction, (str, int)):
-                transaction = None
-                raise ValueError("transaction must be a string")
-            return self.commands.run(command, body.get("args"), transaction)
-        except (ValueError, UnicodeDecodeError, RecursionError) as e:
-            return reply(transaction, error=f"bad request: {str(e)[:300]}")
-        except Exception as e:  # noqa: BLE001 - a request must never take the agent down
-            log.exception("request %s failed", command)
-            return reply(transaction, error=f"agent error: {type(e).__name__}")
-
     def stop(self, final: bool = True) -> None:
         """``final=False``: an in-process restart follows (systemd is not told the service is stopping)."""
         log.info("stopping" if final else "stopping for an in-process restart")
         self._final = final
         self._stop.set()
+        self.desk.stop()
         self.control.stop()
         try:
             self.intake.flush_staged()  # batched orders: committed and acknowledged before we go
@@ -714,7 +622,7 @@ class Agent:
             self.journal.flush(self.journal.LAZY_S)
         except Exception as e:  # noqa: BLE001 - at worst those tickets print again, marked 补打
             log.warning("journal: cannot commit lazy writes: %s", e)
-        self._check_probation()
+        self.desk.check_probation()
         self.alerts.tick()
         self._publish_health()
         if time.monotonic() - self._last_timers >= self.cfg.timers.check_s:

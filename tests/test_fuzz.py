@@ -174,7 +174,7 @@ def _run_requests(tmp_path, n):
         @settings(max_examples=n, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(commands, requests())
         def prop(command, payload):
-            out = agent.answer_request(command, payload)
+            out = agent.desk.answer(command, payload)
             assert out["status"] in ("ok", "error") and set(out) == {"transaction", "status", "data", "error"}
             assert (out["status"] == "error") == bool(out["error"])
             json.dumps(out, default=str)
