@@ -14,40 +14,69 @@ A template writes one physical instruction per line::
 
 Empty lines are ignored (Jinja's block tags leave many). Every ``{{ value }}`` has its newlines and
 control characters flattened by ``finalize``, so order data can never start a directive of its own.
-Templates come from ``templates/`` (built in), from a directory (``[templates] dir``) or from remote
-config. Those from a directory or from remote config render in Jinja2's SandboxedEnvironment with
-an output-size and a time limit; the built-in ones (shipped in the package, trusted) render directly,
-with the output-size limit. A broken template raises ``TemplateFailure``; the caller falls back to the built-in one.
+
+Invariants (docs/SECURITY.md, issue 19):
+
+* Templates see plain data only: dicts, lists, strings, numbers, booleans, None (``to_plain``
+  refuses anything else) and the helper functions of ``helpers()``. No pydantic model, datetime or
+  other object with methods ever reaches a template.
+* Every template renders in ``DataSandbox``: an attribute is reachable only if it is on the
+  allow-list (``_ALLOWED``: a few pure ``str`` methods, ``dict.get/items/keys/values``, Jinja's
+  loop/namespace/cycler); a dict's keys come before its methods (``order.items`` is the items).
+* Untrusted templates (``templates.custom`` from HQ, ``templates.dir``) are compiled and rendered
+  only in a child process (``SandboxProcess``) with ``RLIMIT_AS``, a per-render ``RLIMIT_CPU``, no
+  forks and no file writes, and a wall-clock deadline after which the parent kills it. Nothing
+  of theirs is compiled in the agent's process (not even at boot: Jinja folds constants at compile
+  time). ``check_source`` only parses (no code generation, no constant folding).
+* Built-in templates (``templates/``, shipped with the package) render in-process: they are
+  trusted, and the receipt stays well under a millisecond.
+
+A broken template raises ``TemplateFailure``; the caller falls back to the built-in one.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
 import re
+import select
+import signal
+import struct
+import subprocess
 import sys
 import threading
 import time
-from datetime import datetime
+import weakref
+from datetime import date, datetime
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 from jinja2 import (
     BaseLoader,
     ChoiceLoader,
     DictLoader,
-    Environment,
     FileSystemLoader,
     StrictUndefined,
     TemplateError,
     TemplateNotFound,
 )
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.runtime import LoopContext
+from jinja2.sandbox import SandboxedEnvironment, SecurityError
+from jinja2.utils import Cycler, Joiner, Namespace
 
 from .render import Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, money, printable, wrap
 
+log = logging.getLogger(__name__)
+
 STYLES = {"left", "center", "right", "bold", "big", "wide", "tall"}
 MAX_OUTPUT_CHARS = 64 * 1024
-MAX_RENDER_S = 2.0
+MAX_RENDER_S = 2.0  # CPU seconds (RLIMIT_CPU) and, plus a grace second, wall seconds of an untrusted render
+MAX_WORKER_MEMORY = 256 * 1024 * 1024  # RLIMIT_AS of the template child (it needs ~30 MiB)
 MAX_VALUE_CHARS = 500  # longest single value printed; longer ones end in "…"
+MAX_REPEAT = 4 * MAX_OUTPUT_CHARS  # "x" * n and [..] * n beyond this are refused before they are built
 
 PLATFORM_NAMES = {
     "meituan": "美团",
@@ -64,6 +93,26 @@ class TemplateFailure(Exception):
     """A template could not be rendered (syntax, runtime error, limit, bad directive)."""
 
 
+# ------------------------------------------------------------------ plain data
+
+
+def to_plain(value: Any) -> Any:
+    """What a template may see: JSON-like data. Models are dumped, times become ISO 8601 strings,
+    anything else is a TypeError (so no object with methods slips into a template by accident)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    dump = getattr(type(value), "model_dump", None)  # a pydantic model
+    if dump is not None:
+        return to_plain(value.model_dump(mode="json"))
+    raise TypeError(f"not template data: {type(value).__name__}")
+
+
 def _flatten(value: Any) -> Any:
     if value is None:
         return ""
@@ -77,8 +126,14 @@ def _flatten(value: Any) -> Any:
 
 
 def _hm(value: Any, fmt: str = "%H:%M") -> str:
-    if isinstance(value, datetime):
-        return value.strftime(fmt)
+    """A time (ISO 8601 string, as templates get them) in its own offset, formatted."""
+    if isinstance(value, str) and value:
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if isinstance(value, (datetime, date)):
+        return value.strftime(str(fmt)[:64])
     return "" if value is None else str(value)
 
 
@@ -95,26 +150,110 @@ def mask_phone(value: Any) -> str:
     return d[:3] + "*" * (len(d) - 7) + d[-4:]
 
 
+def _money(fen: Any) -> str:
+    if isinstance(fen, bool) or not isinstance(fen, int):
+        raise TypeError(f"money takes integer fen, not {type(fen).__name__}")
+    return money(fen)
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def fill(text: str, values: Mapping[str, Any]) -> str:
+    """``{name}`` placeholders from event facts; unknown ones become '?'. (No str.format: no attribute access.)"""
+    return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), "?")), text)
+
+
+def helpers(data: Mapping[str, Any], spec: Mapping[str, Any]) -> dict[str, Callable[..., Any]]:
+    """The functions a template may call, rebuilt from plain data (so the child process can too).
+
+    ``text(part)``: the wording ``t["<event type>_<part>"]`` with ``{minutes}``-style facts filled in."""
+    texts = data.get("t") or {}
+    key = str(spec.get("text_key") or "")
+    facts = {k: v for k, v in (spec.get("facts") or {}).items() if isinstance(v, (str, int, float, bool))}
+
+    def text(part: str) -> Any:
+        value = texts.get(f"{key}_{part}", "")
+        if isinstance(value, list):
+            return [fill(str(v), facts) for v in value]
+        return fill(str(value), facts)
+
+    return {"text": text}
+
+
+# ------------------------------------------------------------------ the sandbox
+
+
+_ANY = object()
+_STR_METHODS = frozenset({
+    "capitalize", "center", "count", "endswith", "find", "isalnum", "isalpha", "isdigit", "islower",
+    "isnumeric", "isspace", "istitle", "isupper", "join", "ljust", "lower", "lstrip", "partition",
+    "removeprefix", "removesuffix", "replace", "rfind", "rjust", "rpartition", "rsplit", "rstrip",
+    "split", "splitlines", "startswith", "strip", "swapcase", "title", "upper", "zfill",
+})
+_ALLOWED: tuple[tuple[type | tuple[type, ...], Any], ...] = (
+    (str, _STR_METHODS),  # not format/format_map/encode/maketrans
+    (dict, frozenset({"get", "items", "keys", "values"})),
+    ((list, tuple), frozenset({"count", "index"})),
+    (LoopContext, frozenset({"index", "index0", "revindex", "revindex0", "first", "last", "length", "depth",
+                             "depth0", "previtem", "nextitem", "cycle", "changed"})),
+    (Namespace, _ANY),  # its attributes are the values the template itself set
+    (Cycler, frozenset({"current", "next", "reset"})),
+)
+
+
+class DataSandbox(SandboxedEnvironment):
+    """Jinja2's sandbox with an allow-list of attributes instead of its deny-list.
+
+    Plain data only reaches templates, so the list is short: what is not on it is a SecurityError."""
+
+    intercepted_binops = frozenset({"*", "**"})  # also keeps them from being folded at compile time
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if attr.startswith("_"):
+            return False
+        for types, names in _ALLOWED:
+            if isinstance(obj, types):
+                return names is _ANY or attr in names
+        return False  # numbers, functions, macros, ranges, anything else: no attributes at all
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        if isinstance(obj, dict) and attribute in obj:  # records: order.items is the order's items
+            return obj[attribute]
+        return super().getattr(obj, attribute)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT:
+                    raise SecurityError(f"repetition to {len(seq) * n} items exceeds {MAX_REPEAT}")
+        elif operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+            raise SecurityError("exponent larger than 64")
+        return super().call_binop(context, operator, left, right)
+
+
+def builtin_dir() -> Path:
+    return Path(str(resources.files("templates")))
+
+
 def builtin_loader() -> BaseLoader:
-    root = resources.files("templates")
-    return FileSystemLoader(str(root))
+    return FileSystemLoader(str(builtin_dir()))
 
 
 def make_environment(
     overrides: Optional[Mapping[str, str]] = None, directory: Optional[str] = None
-) -> Environment:
-    """Loaders in order: remote overrides (name -> source), a directory, the built-in templates."""
+) -> DataSandbox:
+    """Loaders in order: remote overrides (name -> source), a directory, the built-in templates.
+
+    With overrides or a directory this environment compiles untrusted sources: only
+    ``SandboxProcess``'s child uses it that way."""
     loaders: list[BaseLoader] = []
     if overrides:
         loaders.append(DictLoader({f"{k}.j2": v for k, v in overrides.items()}))
     if directory:
         loaders.append(FileSystemLoader(directory))
     loaders.append(builtin_loader())
-    trusted = not overrides and not directory
-    # only the project's own templates (shipped in the package) skip the sandbox, the time-limit
-    # thread and its trace hook (together ~4.5 ms of a receipt's 5); anything a store or HQ supplies
-    # runs under all three. Order data is only ever data to them: no template evaluates it.
-    env = (Environment if trusted else SandboxedEnvironment)(
+    env = DataSandbox(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,
         finalize=_flatten,
@@ -124,20 +263,22 @@ def make_environment(
         keep_trailing_newline=False,
         auto_reload=False,
     )
-    env.filters["money"] = money
+    env.globals.pop("lipsum", None)
+    env.filters["money"] = _money
     env.filters["hm"] = _hm
     env.filters["mask_phone"] = mask_phone
     env.filters["platform_name"] = lambda p: PLATFORM_NAMES.get(p or "", p or "")
-    env.globals_trusted = trusted  # type: ignore[attr-defined]
     return env
 
 
-def builtin_environment() -> Environment:
+def builtin_environment() -> DataSandbox:
     return make_environment()
 
 
 def check_source(name: str, source: str) -> None:
-    """Syntax-check a template supplied in the config (remote or local): ValueError names it and the line."""
+    """Syntax-check a template supplied in the config (remote or local): ValueError names it and the line.
+
+    Parsing only: nothing is compiled or evaluated here (that happens in the child process)."""
     try:
         make_environment().parse(source, name=f"{name}.j2")
     except RecursionError:
@@ -209,85 +350,222 @@ def parse_markup(name: str, markup: str, columns: int) -> Document:
     return Document(name, columns, tuple(blocks))
 
 
-# ------------------------------------------------------------------ rendering with limits
+# ------------------------------------------------------------------ rendering
 
 
 def render_markup(
-    env: Environment,
+    env: DataSandbox,
     name: str,
-    context: Mapping[str, Any],
+    data: Mapping[str, Any],
+    spec: Optional[Mapping[str, Any]] = None,
     *,
     max_chars: Optional[int] = None,
-    max_seconds: Optional[float] = None,
 ) -> str:
-    """Render ``name`` within an output-size and time limit.
-
-    The render runs on a helper thread whose trace hook aborts it at the deadline, so a runaway
-    template stops instead of burning the CPU in the background.
-    """
+    """Render ``name`` in this process with an output-size limit: built-in (trusted) templates, and
+    everything inside the child process. ``data`` must be plain (``to_plain``)."""
     max_chars = max_chars or MAX_OUTPUT_CHARS
-    max_seconds = max_seconds or MAX_RENDER_S
-    result: dict[str, Any] = {}
-    deadline = time.monotonic() + max_seconds
-    trusted = getattr(env, "globals_trusted", False)
-
-    def tracer(frame, event, arg):  # noqa: ANN001 - sys.settrace signature
-        if time.monotonic() > deadline:
-            raise TemplateFailure(f"template {name} took longer than {max_seconds}s")
-        return tracer
-
-    def work() -> None:
-        if not trusted:
-            sys.settrace(tracer)
-        try:
-            tpl = env.get_template(f"{name}.j2")
-            out: list[str] = []
-            size = 0
-            for chunk in tpl.generate(**context):
-                size += len(chunk)
-                if size > max_chars:
-                    raise TemplateFailure(f"template {name} output exceeds {max_chars} characters")
-                out.append(chunk)
-            result["text"] = "".join(out)
-        except TemplateNotFound:
-            result["error"] = f"no template named {name}"
-        except TemplateFailure as e:
-            result["error"] = str(e)
-        except TemplateError as e:
-            result["error"] = f"template {name}: {type(e).__name__}: {e}"
-        except Exception as e:  # noqa: BLE001 - anything a template can raise
-            result["error"] = f"template {name}: {type(e).__name__}: {e}"
-        finally:
-            if not trusted:
-                sys.settrace(None)
-
-    if trusted:
-        work()
-    else:
-        t = threading.Thread(target=work, name=f"render-{name}", daemon=True)
-        t.start()
-        t.join(max_seconds + 1.0)
-        if t.is_alive():
-            raise TemplateFailure(f"template {name} took longer than {max_seconds}s")
-    if "error" in result:
-        raise TemplateFailure(result["error"])
-    return result["text"]
-
-
-def render_document(
-    env: Environment,
-    name: str,
-    context: Mapping[str, Any],
-    columns: int,
-    *,
-    fallback: Optional[Environment] = None,
-    on_fallback: Callable[[str, str], None] = lambda name, error: None,
-) -> Document:
-    """Render a template to a document; on failure use ``fallback`` (the built-ins) and report it."""
     try:
-        return parse_markup(name, render_markup(env, name, context), columns)
-    except TemplateFailure as e:
-        if fallback is None or fallback is env:
-            raise
-        on_fallback(name, str(e))
-        return parse_markup(name, render_markup(fallback, name, context), columns)
+        tpl = env.get_template(f"{name}.j2")
+        out: list[str] = []
+        size = 0
+        for chunk in tpl.generate(**data, **helpers(data, spec or {})):
+            size += len(chunk)
+            if size > max_chars:
+                raise TemplateFailure(f"template {name} output exceeds {max_chars} characters")
+            out.append(chunk)
+        return "".join(out)
+    except TemplateNotFound:
+        raise TemplateFailure(f"no template named {name}") from None
+    except TemplateFailure:
+        raise
+    except MemoryError:
+        raise TemplateFailure(f"template {name}: out of memory (limit {MAX_WORKER_MEMORY >> 20} MiB)") from None
+    except Exception as e:  # noqa: BLE001 - anything a template can raise
+        raise TemplateFailure(f"template {name}: {type(e).__name__}: {e}"[:500]) from None
+
+
+# ------------------------------------------------------------------ the child process for untrusted templates
+
+_FRAME = struct.Struct(">I")
+_WORKER_CODE = "from agent.templating import _worker_main; _worker_main()"
+
+
+def _write_frame(f: Any, obj: Any) -> None:
+    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    f.write(_FRAME.pack(len(body)) + body)
+    f.flush()
+
+
+def _read_exact(f: Any, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = f.read(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _worker_main() -> None:  # pragma: no cover - runs in the child (covered by the tests through SandboxProcess)
+    """The child: limits first, then one render per request, one answer each, until stdin closes."""
+    import resource  # noqa: PLC0415
+
+    inp = os.fdopen(os.dup(0), "rb", buffering=0)
+    out = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    os.dup2(devnull, 1)  # nothing but answers on the answer pipe
+    init = json.loads(_read_exact(inp, _FRAME.unpack(_read_exact(inp, 4))[0]))
+    memory = int(init.get("memory") or MAX_WORKER_MEMORY)
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # writes no file
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # starts no process (not enforced for root)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    env = make_environment(init.get("overrides") or None, init.get("dir") or None)
+    while True:
+        try:
+            (n,) = _FRAME.unpack(_read_exact(inp, 4))
+            req = json.loads(_read_exact(inp, n))
+        except EOFError:
+            return
+        seconds = float(req.get("max_seconds") or MAX_RENDER_S)
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(usage.ru_utime + usage.ru_stime + seconds)
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.RLIM_INFINITY))  # SIGXCPU kills a runaway render
+        fatal = False
+        try:
+            answer: dict[str, Any] = {"text": render_markup(env, req["name"], req["data"], req.get("spec"),
+                                                            max_chars=int(req.get("max_chars") or MAX_OUTPUT_CHARS))}
+        except TemplateFailure as e:
+            answer = {"error": str(e)}
+            fatal = "out of memory" in str(e)
+        except BaseException as e:  # noqa: BLE001 - a RecursionError deep in Jinja, anything
+            answer = {"error": f"template {req.get('name')}: {type(e).__name__}"}
+            fatal = True
+        try:
+            _write_frame(out, answer)
+        except (OSError, MemoryError):
+            return
+        if fatal:  # a process that ran out of memory is not trusted with the next order
+            return
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        proc.wait(2)
+    except subprocess.TimeoutExpired:
+        pass
+    for f in (proc.stdin, proc.stdout):
+        try:
+            if f:
+                f.close()
+        except OSError:
+            pass
+
+
+class SandboxProcess:
+    """Untrusted templates, compiled and rendered in a child process under hard limits.
+
+    One persistent child (started lazily, or by ``start()`` without waiting); a render is one
+    request and one answer over pipes. A child that exceeds its limits, dies or does not answer
+    within ``max_seconds`` + 1 s is killed, the render fails (the caller falls back to the built-in
+    template), and the next render starts a new child. Renders are serialised (one child)."""
+
+    def __init__(self, overrides: Optional[Mapping[str, str]] = None, directory: Optional[str] = None, *,
+                 memory: int = MAX_WORKER_MEMORY) -> None:
+        self.init = {"overrides": dict(overrides or {}), "dir": directory or "", "memory": memory}
+        self._proc: Optional[subprocess.Popen] = None
+        self._lock = threading.Lock()
+        self._finalizer: Optional[weakref.finalize] = None
+        self.spawned = 0
+
+    def _spawn(self) -> subprocess.Popen:
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {"PATH": os.defpath, "LANG": "C.UTF-8", "PYTHONPATH": root, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.Popen([sys.executable, "-c", _WORKER_CODE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, env=env, cwd="/", close_fds=True)
+        self.spawned += 1
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _kill, proc)
+        try:
+            _write_frame(proc.stdin, self.init)
+        except OSError:
+            pass  # it died already: the render finds out
+        return proc
+
+    def start(self) -> None:
+        """Start the child now (it imports Jinja2 while the agent goes on); returns at once."""
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._spawn()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._proc is not None:
+                _kill(self._proc)
+                self._proc = None
+
+    def _died(self, proc: subprocess.Popen, name: str, max_seconds: float) -> str:
+        try:
+            rc = proc.wait(1)
+        except subprocess.TimeoutExpired:
+            return f"template {name}: the template process stopped answering"
+        if rc == -signal.SIGXCPU:
+            return f"template {name} took longer than {max_seconds}s of CPU: the template process was stopped"
+        if rc < 0:
+            return f"template {name}: the template process was stopped ({signal.Signals(-rc).name})"
+        return f"template {name}: the template process ended (exit {rc})"
+
+    def render(self, name: str, data: Mapping[str, Any], spec: Optional[Mapping[str, Any]] = None, *,
+               max_chars: Optional[int] = None, max_seconds: Optional[float] = None) -> str:
+        max_chars = max_chars or MAX_OUTPUT_CHARS
+        max_seconds = max_seconds or MAX_RENDER_S
+        req = {"name": name, "data": data, "spec": dict(spec or {}), "max_chars": max_chars, "max_seconds": max_seconds}
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._spawn()
+            proc = self._proc
+            deadline = time.monotonic() + max_seconds + 1.0 + (0.0 if self.spawned > 1 else 2.0)  # a first start imports Jinja2
+            try:
+                _write_frame(proc.stdin, req)
+                head = self._read(proc, 4, deadline)
+                (n,) = _FRAME.unpack(head)
+                if n > 4 * max_chars + 4096:
+                    raise TemplateFailure(f"template {name}: answer too large")
+                answer = json.loads(self._read(proc, n, deadline))
+            except TemplateFailure:
+                _kill(proc)
+                self._proc = None
+                raise
+            except TimeoutError:
+                _kill(proc)
+                self._proc = None
+                raise TemplateFailure(f"template {name} took longer than {max_seconds}s: the template process was stopped") from None
+            except (OSError, EOFError, ValueError):
+                why = self._died(proc, name, max_seconds)
+                _kill(proc)
+                self._proc = None
+                raise TemplateFailure(why) from None
+        if "error" in answer:
+            raise TemplateFailure(str(answer["error"])[:500])
+        return str(answer["text"])
+
+    @staticmethod
+    def _read(proc: subprocess.Popen, n: int, deadline: float) -> bytes:
+        fd = proc.stdout.fileno()  # type: ignore[union-attr]
+        buf = b""
+        while len(buf) < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([fd], [], [], left)
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, min(n - len(buf), 1 << 20))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+        return buf

@@ -1,35 +1,52 @@
 """What goes on paper for each document: receipt, warm-tip card, exception slips, reminders, test page.
 
 ``TicketRenderer`` turns an order event into a ``render.Document`` through the Jinja2 templates
-(``templates/``); it is pure apart from reading template files. A template that fails falls back
-to the built-in one and the failure is reported through ``on_fallback`` (an alert).
+(``templates/``); it is pure apart from reading template files. Templates get plain data
+(``templating.to_plain``) and the helpers of ``templating.helpers``, never the models.
+
+A template that HQ or the store supplied (``templates.custom``, ``templates.dir``) renders in the
+child process of ``templating.SandboxProcess``, and so does a built-in one that includes or extends
+such a template; everything else renders here. A template that fails falls back to the built-in
+one and the failure is reported through ``on_fallback`` (the ``agent.template_failed`` alert); a
+custom template that had to be killed (time or memory limit) three times running is not tried
+again by this renderer (a new config makes a new renderer), so later orders do not wait for it.
 """
 
 from __future__ import annotations
 
 import logging
-import re
+import os
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
+
+from jinja2 import meta
 
 from . import __version__
 from .messages import OrderEvent
 from .render import Document, Text
 from .rules import DEFAULT_RULES, Rule
-from .templating import builtin_environment, make_environment, render_document
+from .templating import (
+    SandboxProcess,
+    TemplateFailure,
+    builtin_dir,
+    builtin_environment,
+    fill,
+    parse_markup,
+    render_markup,
+    to_plain,
+)
 from .wording import DEFAULT_TEXTS, Wording
 
 log = logging.getLogger(__name__)
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+KILLED_BEFORE_SKIP = 3  # a custom template killed this often in a row is skipped (built-in used) by this renderer
+
+__all__ = ["TicketRenderer", "documents_for", "fill"]
+
+
 def documents_for(event_type: str, rules: Optional[Mapping[str, Rule]] = None) -> list[str]:
     """Which documents an event prints: its rule's (the defaults unless a store's rules are given)."""
     return list((rules or DEFAULT_RULES)[event_type].documents)
-
-
-def fill(text: str, values: Mapping[str, Any]) -> str:
-    """``{name}`` placeholders from event facts; unknown ones become '?'. (No str.format: no attribute access.)"""
-    return _PLACEHOLDER.sub(lambda m: str(values.get(m.group(1), "?")), text)
 
 
 class TicketRenderer:
@@ -45,56 +62,120 @@ class TicketRenderer:
     ) -> None:
         self.store = {"name": store_name, "phone": store_phone}
         self.texts: dict[str, Wording] = {**DEFAULT_TEXTS, **(texts or {})}
+        self._texts_plain = to_plain(self.texts)
         self.builtin = builtin_environment()
-        custom = template_dir or template_overrides
-        self.env = make_environment(template_overrides, template_dir) if custom else self.builtin
+        self.env = self.builtin  # the in-process environment: built-in templates only
+        self.template_dir = template_dir or None
+        self.overrides = dict(template_overrides or {})
+        self.sandbox = SandboxProcess(self.overrides, self.template_dir) if (self.overrides or self.template_dir) else None
         self.on_fallback = on_fallback
+        self._refs: dict[str, frozenset[str]] = {}
+        self._killed: dict[str, int] = {}
 
-    def warm(self) -> None:
-        """Compile the common templates now, not while the first order waits."""
-        for name in ("receipt", "warm_tip", "slip"):
+    # -- which template, and where it renders
+    def _builtin_exists(self, name: str) -> bool:
+        return (builtin_dir() / f"{name}.j2").is_file()
+
+    def _is_custom(self, name: str) -> bool:
+        if name in self.overrides:
+            return True
+        return bool(self.template_dir) and os.path.isfile(os.path.join(self.template_dir, f"{name}.j2"))
+
+    def _builtin_refs(self, name: str) -> frozenset[str]:
+        """The templates a built-in one includes or extends, transitively (read from the shipped sources)."""
+        if name not in self._refs:
+            self._refs[name] = frozenset()  # a cycle ends here
+            found: set[str] = set()
             try:
-                self.env.get_template(f"{name}.j2")
-            except Exception as e:  # noqa: BLE001 - a broken override shows up (and falls back) when used
-                log.warning("template %s does not load: %s", name, e)
+                source = (builtin_dir() / f"{name}.j2").read_text(encoding="utf-8")
+                for ref in meta.find_referenced_templates(self.builtin.parse(source)):
+                    if ref is None:  # a computed name: could be anything
+                        found.add("*")
+                        continue
+                    ref = ref.removesuffix(".j2")
+                    found |= {ref} | self._builtin_refs(ref)
+            except OSError:
+                pass
+            self._refs[name] = frozenset(found)
+        return self._refs[name]
+
+    def _untrusted(self, name: str) -> bool:
+        """Does rendering ``name`` load a template the store or HQ supplied?"""
+        if self.sandbox is None:
+            return False
+        if self._is_custom(name):
+            return True
+        refs = self._builtin_refs(name)
+        return "*" in refs or any(self._is_custom(r) for r in refs)
 
     def _template_for(self, document: str, ev: OrderEvent) -> str:
         if document != "slip":
             return document
         specific = "slip_" + ev.type.replace(".", "_")
-        try:
-            self.env.get_template(specific + ".j2")
-            return specific
-        except Exception:  # noqa: BLE001 - TemplateNotFound or a broken override: the generic slip
-            return "slip"
+        return specific if self._is_custom(specific) or self._builtin_exists(specific) else "slip"
 
-    def context(self, ev: OrderEvent, *, columns: int, reprint: bool) -> dict[str, Any]:
-        key = ev.type.replace(".", "_")
-        facts = {k: v for k, v in ev.detail.items() if isinstance(v, (str, int, float, bool))}
+    def warm(self) -> None:
+        """Compile the common built-in templates now, not while the first order waits, and start the
+        child process for custom ones (without waiting for it: nothing untrusted compiles here)."""
+        for name in ("receipt", "warm_tip", "slip"):
+            try:
+                self.builtin.get_template(f"{name}.j2")
+            except Exception as e:  # noqa: BLE001 - shipped templates; a test would have caught it
+                log.warning("built-in template %s does not load: %s", name, e)
+        if self.sandbox is not None:
+            try:
+                self.sandbox.start()
+            except OSError as e:
+                log.error("cannot start the template process (custom templates fall back): %s", e)
 
-        def text(part: str) -> Wording:
-            value = self.texts.get(f"{key}_{part}", "")
-            if isinstance(value, list):
-                return [fill(v, facts) for v in value]
-            return fill(value, facts)
+    def close(self) -> None:
+        """Stop the template process (it also stops when this renderer is garbage-collected)."""
+        if self.sandbox is not None:
+            self.sandbox.close()
 
-        return {
-            "ev": ev,
-            "order": ev.order,
-            "detail": ev.detail,
-            "store": self.store,
-            "t": self.texts,
-            "text": text,
+    # -- rendering
+    def data(self, ev: OrderEvent, *, columns: int, reprint: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The template's context as plain data, and the spec its helper functions are built from."""
+        e = to_plain(ev)
+        detail = e.get("detail") or {}
+        facts = {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool))}
+        data = {
+            "ev": e,
+            "order": e["order"],
+            "detail": detail,
+            "store": dict(self.store),
+            "t": self._texts_plain,
             "cols": columns,
             "reprint": reprint,
             "prices": not ev.order.flags.no_price_list,
             "version": __version__,
         }
+        return data, {"text_key": ev.type.replace(".", "_"), "facts": facts}
+
+    def _render(self, name: str, data: dict[str, Any], spec: dict[str, Any], columns: int, generic: str) -> Document:
+        if self._untrusted(name):
+            if self._killed.get(name, 0) >= KILLED_BEFORE_SKIP:
+                self.on_fallback(name, f"template {name} was stopped {KILLED_BEFORE_SKIP} times (time or memory "
+                                       "limit): the built-in one is used until the templates change")
+            else:
+                assert self.sandbox is not None
+                try:
+                    markup = self.sandbox.render(name, data, spec)
+                    doc = parse_markup(name, markup, columns)
+                    self._killed.pop(name, None)
+                    return doc
+                except TemplateFailure as e:
+                    if "template process" in str(e) or "took longer" in str(e):
+                        self._killed[name] = self._killed.get(name, 0) + 1
+                    self.on_fallback(name, str(e))
+            if not self._builtin_exists(name):
+                name = generic
+        return parse_markup(name, render_markup(self.builtin, name, data, spec), columns)
 
     def render(self, document: str, ev: OrderEvent, *, columns: int, reprint: bool = False) -> Document:
         name = self._template_for(document, ev)
-        ctx = self.context(ev, columns=columns, reprint=reprint)
-        doc = render_document(self.env, name, ctx, columns, fallback=self.builtin, on_fallback=self.on_fallback)
+        data, spec = self.data(ev, columns=columns, reprint=reprint)
+        doc = self._render(name, data, spec, columns, document)
         banner = str(self.texts["reprint_banner"])
         if reprint and not any(isinstance(b, Text) and banner.strip() in b.text for b in doc.blocks):
             # a custom template forgot the mark: a reprint is never without it
@@ -103,6 +184,7 @@ class TicketRenderer:
 
     def render_named(self, name: str, context: Mapping[str, Any], *, columns: int) -> Document:
         """Reminders, summaries and the test page: templates fed a context of their own."""
-        ctx = {"store": self.store, "t": self.texts, "cols": columns, "version": __version__,
-               "now": datetime.now(timezone.utc), **context}
-        return render_document(self.env, name, ctx, columns, fallback=self.builtin, on_fallback=self.on_fallback)
+        data = to_plain({"store": self.store, "cols": columns, "version": __version__,
+                         "now": datetime.now(timezone.utc), **context})
+        data["t"] = self._texts_plain
+        return self._render(name, data, {}, columns, name)
