@@ -53,6 +53,8 @@ class Peer:
 
         def on_disconnect(c, u, f, rc, p):
             self.disconnects += 1
+            if not self._up.is_set():
+                self.refused = self.refused or f"dropped before CONNACK: {rc}"
 
         def on_message(c, u, m):
             with self._lock:
@@ -72,7 +74,9 @@ class Peer:
 
     @property
     def connected(self):
-        return self._up.wait(3) and self.c.is_connected()
+        """Connected (waits for the CONNACK, or for the refusal: a TLS alert, a dropped connection)."""
+        wait_until(lambda: self._up.is_set() or self.refused, 5)
+        return self._up.is_set() and self.c.is_connected()
 
     def subscribe(self, *topics):
         for t in topics:
