@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drivers.audio import ALSA_DEVICE_PATTERN
+
 from .messages import EventType as EventTypeName
 from .rules import RuleOverride
 
@@ -128,16 +130,55 @@ class HealthConfig(_Model):
     stuck_after_s: int = Field(90, ge=3, description="a worker thread silent this long withholds the systemd watchdog ping (restart)")
 
 
+DEFAULT_WEBHOOK_HOSTS = ("oapi.dingtalk.com", "qyapi.weixin.qq.com")
+
+
+def _check_webhook_url(url: str) -> str:
+    """https://host/path?query, no login, no port but 443: the host is checked against the allow-list
+    by ``EscalationConfig``. Errors never repeat the URL (it carries the robot's token)."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme != "https":
+        raise ValueError("webhook URLs must be https://")
+    if not parts.hostname or parts.username is not None or parts.password is not None or port not in (None, 443):
+        raise ValueError("webhook URLs name a host only (no login, no port other than 443)")
+    return url
+
+
 class NotifierConfig(_Model):
     kind: Literal["dingtalk", "wecom"]
-    url: str = Field(pattern=r"^https?://")
+    url: Annotated[str, AfterValidator(_check_webhook_url)] = Field(
+        description="https:// only, its host in escalation.webhook_hosts; redirects are not followed")
     secret: str = Field("", description="DingTalk 加签 secret (signed robots)")
+
+    @property
+    def host(self) -> str:
+        from urllib.parse import urlsplit  # noqa: PLC0415
+
+        return (urlsplit(self.url).hostname or "").lower()
 
 
 class EscalationConfig(_Model):
     printer_fault_after_s: int = Field(120, ge=0)
     renotify_s: int = Field(1800, ge=60, description="an escalated alert is sent again this often until cleared")
     notifiers: list[NotifierConfig] = Field(default_factory=list, description="DingTalk / WeCom group robots")
+    webhook_hosts: list[Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")]] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_HOSTS),
+        description="the only hosts notifier URLs may name (config file only; HQ cannot widen it)")
+
+    @model_validator(mode="after")
+    def _allowed_hosts(self) -> "EscalationConfig":
+        allowed = set(self.webhook_hosts)
+        for i, n in enumerate(self.notifiers):
+            if n.host not in allowed:
+                raise ValueError(f"notifiers[{i}].url: host not allowed (allowed: {', '.join(sorted(allowed)) or 'none'}; "
+                                 "more in escalation.webhook_hosts of the config file)")
+        return self
 
 
 class JournalConfig(_Model):
@@ -159,8 +200,9 @@ class PrintConfig(_Model):
 
 class SoundConfig(_Model):
     enabled: bool = Field(True, json_schema_extra=RESTART)
-    device: str = Field("default", description="ALSA device; simpleaudio plays only to 'default', others go through aplay -D",
-                        json_schema_extra=RESTART)
+    device: str = Field("default", pattern=ALSA_DEVICE_PATTERN,
+                        description="ALSA device: default, sysdefault[:N], hw:N[,M] or plughw:N[,M] (nothing else reaches "
+                        "aplay); simpleaudio plays only to 'default', others go through aplay -D", json_schema_extra=RESTART)
     volume: float = Field(0.8, ge=0, le=1)
     quiet_hours: str = Field("", pattern=r"^$|^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
                              description='"22:00-07:30": chimes muted (LEDs still show), local time')
@@ -218,6 +260,11 @@ def _check_texts(texts: dict[str, Union[str, list[str]]]) -> dict[str, Union[str
     return texts
 
 
+class RemoteSettings(_Model):
+    epoch: int = Field(0, ge=0, le=2**31, description="config file only: raising it drops the stored remote overlay "
+                       "at the next start and HQ's versions count from 0 again (recovery from a lock-out)")
+
+
 class Config(_Model):
     store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="fixed by the config file; config/set cannot change it")
     state_dir: str = Field("/var/lib/store-agent", description="fixed by the config file; config/set cannot change it")
@@ -233,6 +280,7 @@ class Config(_Model):
     sound: SoundConfig = SoundConfig()
     timers: TimersConfig = TimersConfig()
     gpio: GpioConfig = GpioConfig()
+    remote: RemoteSettings = RemoteSettings()
     rules: dict[EventTypeName, RuleOverride] = Field(default_factory=dict, description="per event type, see agent/rules.py")
     texts: Annotated[dict[str, Union[str, list[str]]], AfterValidator(_check_texts)] = Field(
         default_factory=dict, description="override any ticket wording (see agent/wording.py for the keys)"
@@ -326,7 +374,7 @@ def format_validation_error(err: ValidationError) -> str:
             msg = "required key is missing"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            secret = any(str(part) in SECRET_KEYS for part in e["loc"])
+            secret = any(str(part) in SECRET_KEYS or str(part) in NO_ECHO_KEYS for part in e["loc"])
             shown = repr(e.get("input"))
             if "input" in e and not isinstance(e["input"], (dict, list)) and not secret and len(shown) <= 80 \
                     and e["type"] != "json_invalid":
@@ -365,13 +413,24 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 SECRET_KEYS = {"password", "secret", "key_file"}
+NO_ECHO_KEYS = {"url", "device"}  # values never repeated in an error: a URL carries its token, a device may be an exploit
 
 
 def _redact_url(url: Any) -> Any:
-    """Webhook URLs carry their token in the query (DingTalk access_token=, WeCom key=)."""
-    if isinstance(url, str) and "?" in url:
-        return url.split("?", 1)[0] + "?***"
-    return url
+    """Webhook URLs carry their token in the query (DingTalk access_token=, WeCom key=) and may carry a
+    login (``user:password@``): both are dropped, the scheme, host, port and path stay."""
+    if not isinstance(url, str):
+        return url
+    from urllib.parse import urlsplit, urlunsplit  # noqa: PLC0415
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "***"
+    netloc = ("***@" if "@" in parts.netloc else "") + host + (f":{port}" if port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
 
 
 def redacted(cfg: Config) -> dict[str, Any]:

@@ -2,8 +2,20 @@
 
 A ``config/set`` carries the whole overlay HQ wants for this store. It replaces the previous
 overlay (it is not cumulative), is merged onto the config file as an RFC 7396 merge patch
-(``null`` removes a key, so the file's value or the default applies again) and is validated
-by the same models as the file. ``store_id`` and ``state_dir`` belong to the file alone.
+(``null`` removes a key, so the default applies again) and is validated by the same models as
+the file.
+
+Invariants (docs/SECURITY.md, issue 19):
+
+* Only keys on the allow-list ``REMOTE_KEYS`` are ever taken from an overlay (``outside_allow_list``
+  refuses the whole set otherwise, naming each key): wording, store name and phone, templates,
+  rules, chime volume and quiet hours, timers, escalation delays and notifiers (whose hosts the
+  file's ``escalation.webhook_hosts`` allows), print retries, health intervals, and the paper and
+  rendering settings of printers the file defines. Connection (``mqtt.*``), identity, devices,
+  paths and transports (a printer's connection, host, port, USB ids, serial device, file path)
+  belong to the config file; ``null`` is a value like any other there, so it removes nothing.
+* A version may exceed the applied (or the highest reverted) one by at most ``MAX_VERSION_STEP``;
+  raising ``remote.epoch`` in the config file drops the stored overlay and restarts the count.
 
 The applied overlay is kept in ``<state_dir>/remote-config.json`` (0600, written atomically
 and fsynced before anything is applied), so a store boots with it even when the broker is
@@ -37,31 +49,76 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "remote-config.json"
 MAX_SET_BYTES = 1024 * 1024
-FILE_ONLY_KEYS = ("store_id", "state_dir")
-# Keys HQ may not set anywhere in an overlay: local paths (a remote login must not point the agent at
-# arbitrary files), and the session identity (a new prefix, client id or login would strand the orders
-# queued in the old session at the broker).
-FILE_ONLY_ANYWHERE = {"path", "spool_dir", "dir", "password_file", "ca_file", "cert_file", "key_file",
-                      "topic_prefix", "client_id", "username"}
 BOOTS_BEFORE_REVERT = 3  # a change whose agent restarts this often without connecting is reverted at boot
+MAX_VERSION_STEP = 1_000_000  # a version further ahead than this is refused (2**63-1 would lock HQ out)
+
+ANY = "any"  # the whole subtree is remote (the models validate it)
+# The allow-list: what HQ may set. Everything else is the config file's alone.
+REMOTE_KEYS: dict[str, Any] = {
+    "store": {"name": ANY, "phone": ANY},
+    "texts": ANY,
+    "templates": {"custom": ANY},  # rendered only in the template child process (agent/templating.py)
+    "rules": ANY,
+    "sound": {"enabled": ANY, "volume": ANY, "quiet_hours": ANY, "quiet_volume": ANY},  # not device
+    "timers": ANY,
+    "escalation": {"printer_fault_after_s": ANY, "renotify_s": ANY, "notifiers": ANY},  # not webhook_hosts
+    "health": {"printer_poll_s": ANY, "publish_s": ANY, "clear_after_s": ANY},  # not stuck_after_s (watchdog)
+    "print": {"retry_s": ANY, "max_attempts": ANY},
+    "printers": "printers",  # see PRINTER_REMOTE_KEYS
+}
+# Of a printer the file defines (by name): these. Its transport keys may be repeated, unchanged.
+PRINTER_REMOTE_KEYS = frozenset({"paper_width_mm", "role", "timeout_s", "status_query", "confirm", "render", "qr"})
 
 
-def _file_only(overlay: dict[str, Any]) -> list[str]:
-    found = [k for k in FILE_ONLY_KEYS if k in overlay]
+def _printers_outside(value: Any, base: Config) -> list[str]:
+    if not isinstance(value, list):
+        return ["printers"]
+    file_printers = {p.name: p.model_dump(mode="json") for p in base.printers}
+    bad: list[str] = []
+    for i, entry in enumerate(value):
+        where = f"printers[{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            bad.append(f"{where}.name")
+            continue
+        mine = file_printers.get(entry["name"])
+        if mine is None:
+            bad.append(f"{where}.name (a printer is added in the config file)")
+            continue
+        for k, v in entry.items():
+            if k != "name" and k not in PRINTER_REMOTE_KEYS and (k not in mine or mine[k] != v):
+                bad.append(f"{where}.{k}")
+    return bad
 
-    def walk(obj: Any, where: str) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                path = f"{where}.{k}" if where else str(k)
-                if k in FILE_ONLY_ANYWHERE and v is not None and where != "texts" and not where.startswith("rules"):
-                    found.append(path)
-                walk(v, path)
-        elif isinstance(obj, list):
-            for i, v in enumerate(obj):
-                walk(v, f"{where}[{i}]")
 
-    walk(overlay, "")
-    return found
+def outside_allow_list(overlay: dict[str, Any], base: Config) -> list[str]:
+    """The keys of ``overlay`` that HQ may not set (empty: all of it is on the allow-list)."""
+
+    def walk(obj: dict[str, Any], allowed: dict[str, Any], where: str) -> list[str]:
+        bad: list[str] = []
+        for k, v in obj.items():
+            path = f"{where}.{k}" if where else str(k)
+            rule = allowed.get(k)
+            if rule == ANY:
+                continue
+            if rule == "printers" and not where:
+                bad += _printers_outside(v, base)
+            elif isinstance(rule, dict) and isinstance(v, dict):
+                bad += walk(v, rule, path)
+            elif rule is None and isinstance(v, dict) and v:  # a file-only section: name its keys
+                bad += [f"{path}.{kk}" for kk in v]
+            else:  # a file-only key, or null / a value replacing a section that is partly file-only
+                bad.append(path)
+        return bad
+
+    return walk(overlay, REMOTE_KEYS, "")
+
+
+def _expand_printers(overlay: dict[str, Any], base: Config) -> dict[str, Any]:
+    """``printers`` entries name a file printer and the keys to change: complete them from the file."""
+    if not isinstance(overlay.get("printers"), list):
+        return overlay
+    file_printers = {p.name: config_data(base)["printers"][i] for i, p in enumerate(base.printers)}
+    return {**overlay, "printers": [{**file_printers[e["name"]], **e} for e in overlay["printers"]]}
 
 
 class ConfigSet(BaseModel):
@@ -116,8 +173,11 @@ class RemoteConfig:
         self.probation = False
         self.probation_boots = 0
         self.reverted = 0  # the highest version ever reverted: a retained replay of it is not applied again
+        self.epoch = 0  # the config file's remote.epoch these versions count in
         self._lock = threading.RLock()  # the requests and housekeeping threads both change and save state
         self._load()
+        if base.remote.epoch > self.epoch:
+            self._new_epoch(base.remote.epoch)
 
     # -- persistence
     def _load(self) -> None:
@@ -131,6 +191,7 @@ class RemoteConfig:
             self.probation = bool(data.get("probation"))
             self.probation_boots = int(data.get("probation_boots") or 0)
             self.reverted = int(data.get("reverted") or 0)
+            self.epoch = int(data.get("epoch") or 0)
         except FileNotFoundError:
             return
         except (OSError, ValueError, KeyError, TypeError) as e:
@@ -138,18 +199,35 @@ class RemoteConfig:
             self.version, self.overlay = 0, {}
             self.error = {"version": None, "message": f"stored remote config unreadable, running the config file alone: {e}"}
 
+    def _new_epoch(self, epoch: int) -> None:
+        """The file raised ``remote.epoch``: the stored overlay goes, versions count from 0 again."""
+        dropped = self.version
+
+        def change() -> None:
+            self.version, self.overlay, self.applied_at, self.previous = 0, {}, None, None
+            self.probation, self.probation_boots, self.reverted, self.epoch = False, 0, 0, epoch
+            self.error = {"version": None, "message": f"remote.epoch {epoch} in the config file: stored remote config "
+                          f"version {dropped} dropped, versions count from 0"}
+
+        try:
+            self._change(change)
+        except OSError as e:  # not stored: it happens again at the next start; run without the overlay now
+            log.error("cannot store the new remote epoch: %s", e)
+            change()
+        log.warning("remote.epoch %d: stored remote config version %d dropped", epoch, dropped)
+
     def _fields(self) -> tuple:
         return (self.version, self.overlay, self.applied_at, self.error, self.previous, self.probation,
-                self.probation_boots, self.reverted)
+                self.probation_boots, self.reverted, self.epoch)
 
     def _restore(self, fields: tuple) -> None:
         (self.version, self.overlay, self.applied_at, self.error, self.previous, self.probation,
-         self.probation_boots, self.reverted) = fields
+         self.probation_boots, self.reverted, self.epoch) = fields
 
     def _save(self) -> None:
         data = {"version": self.version, "overlay": self.overlay, "applied_at": self.applied_at, "error": self.error,
                 "previous": self.previous, "probation": self.probation, "probation_boots": self.probation_boots,
-                "reverted": self.reverted}
+                "reverted": self.reverted, "epoch": self.epoch}
         # a unique temp file in the same directory, written whole, fsynced, renamed over the old one
         fd, tmp = tempfile.mkstemp(prefix=".remote-config.", dir=self.path.parent)  # mode 0600: it may hold secrets
         try:
@@ -181,10 +259,10 @@ class RemoteConfig:
 
     # -- the effective config
     def merged(self, overlay: dict[str, Any]) -> Config:
-        fixed = _file_only(overlay)
+        fixed = outside_allow_list(overlay, self.base)
         if fixed:
             raise ConfigError("; ".join(f"{k}: set in the config file only, not remotely" for k in fixed))
-        return parse_config(merge_patch(config_data(self.base), overlay))
+        return parse_config(merge_patch(config_data(self.base), _expand_printers(overlay, self.base)))
 
     def effective(self, boot: bool = False) -> Config:
         """At boot: the file plus the stored overlay; the file alone if the overlay no longer fits it.
@@ -241,6 +319,9 @@ class RemoteConfig:
         if req.version <= reverted:
             return Decision("refused", req.version, f"version {req.version} was tried and reverted "
                             f"(version {reverted} is the latest reverted one): send a higher version")
+        if req.version > max(applied, reverted) + MAX_VERSION_STEP:
+            return Decision("refused", req.version, f"version {req.version} is more than {MAX_VERSION_STEP} ahead of the "
+                            f"applied version {applied}: refused (a larger jump needs remote.epoch raised in the config file)")
         try:
             cfg = self.merged(req.config)
         except ConfigError as e:

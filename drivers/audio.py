@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import io
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,19 @@ log = logging.getLogger(__name__)
 
 class AudioError(Exception):
     """No sound came out: the message says why."""
+
+
+# The only ALSA device names played to. ALSA's own syntax reaches plugins that run commands
+# (``file:'|cmd'``) or open files, so anything else is refused before aplay sees it.
+ALSA_DEVICE_PATTERN = r"^(default|sysdefault(:(\d{1,2}|[A-Za-z][A-Za-z0-9_]{0,31}))?|(plug)?hw:(\d{1,2}|[A-Za-z][A-Za-z0-9_]{0,31})(,\d{1,2})?)$"
+_ALSA_DEVICE = re.compile(ALSA_DEVICE_PATTERN)
+
+
+def check_device(device: str) -> str:
+    """``device`` if it is ``default``, ``sysdefault[:CARD]`` or ``[plug]hw:CARD[,DEV]``; else AudioError."""
+    if not isinstance(device, str) or not _ALSA_DEVICE.fullmatch(device):
+        raise AudioError("sound device refused: only default, sysdefault[:N], hw:N[,M] or plughw:N[,M] are allowed")
+    return device
 
 
 class Chime(Protocol):
@@ -90,6 +104,7 @@ class SystemChime:
 
     def play(self, wav: Path, volume: float = 1.0) -> str:
         """Play ``wav``; returns the backend that played it. Raises AudioError when nothing could."""
+        check_device(self.device)  # before any backend: aplay -D must never see another name
         pcm, channels, width, rate = scaled_wav(wav, volume)
         errors = []
         with self._lock:
