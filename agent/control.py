@@ -1,16 +1,26 @@
 """The local control socket: the CLI talks to the running daemon through it.
 
-A Unix socket ``<state_dir>/control.sock``, mode 0660 (owner and group only), one JSON request per
-line (``{"command": "...", "args": {...}}``) answered by one JSON line in the command reply shape.
+A Unix socket ``<state_dir>/control.sock``, mode 0660, one JSON request per line
+(``{"command": "...", "args": {...}}``) answered by one JSON line in the command reply shape.
 Nothing listens on the network.
+
+Who may connect: the agent's user and the ``store-agent-cli`` group (``CLI_GROUP``), which is not the
+``store-agent`` group that reads the secrets (config.toml, mqtt.pass, client.key): a technician can
+print a test page without being able to read the store's key. ``ControlServer.start`` gives the socket
+that group when it exists (the systemd unit runs the agent with it as its primary group, so the
+socket is created with it anyway). Each request is logged with the caller's uid (SO_PEERCRED); at
+most ``MAX_CLIENTS`` connections are served at once, so a local flood cannot exhaust the unit's
+TasksMax.
 """
 
 from __future__ import annotations
 
+import grp
 import json
 import logging
 import os
 import socket
+import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -19,6 +29,56 @@ log = logging.getLogger(__name__)
 
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 64 * 1024
+CLI_GROUP = "store-agent-cli"
+MAX_CLIENTS = 8
+DEFAULT_STATE_DIR = "/var/lib/store-agent"
+
+
+def socket_group(path: Path, group: Optional[str] = None) -> Optional[int]:
+    """Give ``path`` the group ``group`` (default ``CLI_GROUP``) if it exists and this process may (root,
+    or a member); the gid set, or None (no such group: a laptop; not a member: the file keeps the
+    process's group)."""
+    group = group or CLI_GROUP
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        return None
+    if os.stat(path).st_gid == gid:
+        return gid
+    try:
+        os.chown(path, -1, gid)
+    except PermissionError:
+        log.warning("control socket: cannot give %s the group %s (add this user to it): technicians in "
+                    "%s cannot use the CLI", path, group, group)
+        return None
+    return gid
+
+
+def state_dir_for(config_path: Optional[str]) -> str:
+    """The state directory whose socket the CLI calls. A technician in ``store-agent-cli`` may not read
+    config.toml (it names the secrets' files and may hold webhook secrets): then the default
+    state_dir is used, which is where the device install puts it."""
+    from .config import ConfigError, load_config, resolve_path  # noqa: PLC0415
+
+    try:
+        return load_config(config_path).state_dir
+    except ConfigError:
+        p = resolve_path(config_path)
+        try:
+            p.open("rb").close()
+        except PermissionError:
+            return DEFAULT_STATE_DIR
+        except OSError:
+            pass
+        raise
+
+
+def _peer_uid(conn: socket.socket) -> Optional[int]:
+    try:
+        _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        return uid
+    except (OSError, AttributeError, struct.error):
+        return None
 
 
 class ControlError(Exception):
@@ -26,12 +86,16 @@ class ControlError(Exception):
 
 
 class ControlServer:
+    client_timeout_s = 10.0  # a client that connects and says nothing holds its slot this long
+    busy_wait_s = 5.0  # with MAX_CLIENTS busy, a new client waits this long for a slot, then is refused
+
     def __init__(self, path: Path, handler: Callable[[str, Any], dict]) -> None:
         self.path = Path(path)
         self.handler = handler
         self._sock: Optional[socket.socket] = None
         self._thread: Optional[threading.Thread] = None
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
 
     def start(self) -> None:
         try:
@@ -45,6 +109,7 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o660)
+        socket_group(self.path)
         s.listen(4)
         s.settimeout(0.5)
         self._sock = s
@@ -68,11 +133,26 @@ class ControlServer:
                 conn, _ = self._sock.accept()
             except (socket.timeout, OSError):
                 continue
-            threading.Thread(target=self._client, args=(conn,), daemon=True).start()
+            if not self._slots.acquire(timeout=self.busy_wait_s):  # all busy: refuse, do not pile up threads
+                log.warning("control socket: %d clients busy, refusing one", MAX_CLIENTS)
+                conn.close()
+                continue
+            try:
+                threading.Thread(target=self._client, args=(conn,), name="control-client", daemon=True).start()
+            except RuntimeError as e:  # no thread left (TasksMax): drop this client, keep serving
+                log.warning("control socket: cannot serve a client: %s", e)
+                conn.close()
+                self._slots.release()
 
     def _client(self, conn: socket.socket) -> None:
+        try:
+            self._answer(conn)
+        finally:
+            self._slots.release()
+
+    def _answer(self, conn: socket.socket) -> None:
         with conn:
-            conn.settimeout(30)
+            conn.settimeout(self.client_timeout_s)
             try:
                 data = b""
                 while not data.endswith(b"\n") and len(data) < MAX_REQUEST:
@@ -84,6 +164,7 @@ class ControlServer:
                     req = json.loads(data.decode("utf-8"))
                     if not isinstance(req, dict) or not isinstance(req.get("command"), str):
                         raise ValueError("expected {\"command\": ..., \"args\": {...}}")
+                    log.info("control: %s from uid %s", req["command"], _peer_uid(conn))
                     out = self.handler(req["command"], req.get("args"))
                 except (ValueError, UnicodeDecodeError) as e:
                     out = {"transaction": None, "status": "error", "data": {}, "error": f"bad request: {e}"}
@@ -102,7 +183,7 @@ def call(state_dir: str, command: str, args: Optional[dict] = None, timeout: flo
     except FileNotFoundError:
         raise ControlError(f"the agent is not running (no {path})") from None
     except PermissionError:
-        raise ControlError(f"no permission for {path}: run as root or as a member of the store-agent group") from None
+        raise ControlError(f"no permission for {path}: run as root or as a member of the {CLI_GROUP} group") from None
     except OSError as e:
         raise ControlError(f"cannot reach the agent at {path}: {e}") from None
     with s:
