@@ -13,9 +13,25 @@ from agent.notify import dingtalk_url
 from conftest import wait_until
 
 
+def https_context(d):
+    """A self-signed certificate for localhost (webhooks are https only: issue 19)."""
+    import ssl
+    import subprocess
+
+    cert, key = d / "robot.pem", d / "robot.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx, cert
+
+
 class Robot:
-    def __init__(self):
+    def __init__(self, tls=None):
+        """``tls``: (server SSLContext) -> https://localhost:PORT; robots accept nothing else."""
         self.posts = []
+        self.answer = (200, {"Content-Type": "application/json"}, b'{"errcode":0,"errmsg":"ok"}')
         self.fail_first = 0
         robot = self
 
@@ -28,16 +44,21 @@ class Robot:
                     self.send_response(500)
                     self.end_headers()
                     return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
+                code, headers, body = robot.answer
+                self.send_response(code)
+                for k, v in headers.items():
+                    self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(b'{"errcode":0,"errmsg":"ok"}')
+                self.wfile.write(body)
 
             def log_message(self, *a):
                 pass
 
         self.server = HTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/robot/send?access_token=t"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme, host = ("https", "localhost") if tls is not None else ("http", "127.0.0.1")
+        self.url = f"{scheme}://{host}:{self.server.server_port}/robot/send?access_token=t"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -45,8 +66,10 @@ class Robot:
 
 
 @pytest.fixture
-def robot():
-    r = Robot()
+def robot(tmp_path, monkeypatch):
+    ctx, cert = https_context(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # the agent's https requests trust this robot
+    r = Robot(ctx)
     yield r
     r.close()
 
@@ -60,7 +83,7 @@ def test_printer_fault_goes_to_store_then_infodept_then_clears(broker, vprinter,
     robot.fail_first = 1  # the first delivery fails: retried
     agent = make_agent(broker.port, vprinter.port, store_id,
                        health={"printer_poll_s": 1, "clear_after_s": 1},
-                       escalation={"printer_fault_after_s": 2, "renotify_s": 600,
+                       escalation={"printer_fault_after_s": 2, "renotify_s": 600, "webhook_hosts": ["localhost"],
                                    "notifiers": [{"kind": "dingtalk", "url": robot.url, "secret": "SEC"},
                                                  {"kind": "wecom", "url": robot.url}]})
     agent.notifier.backoff_s = 0.1
