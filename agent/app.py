@@ -45,7 +45,6 @@ JOURNAL_ALERT = "agent:journal"
 INTERNAL_PREFIX = "agent-"  # test pages and timer slips travel through the journal like orders, without results
 
 
-SETTLE_S = 0.05  # intake waits at most this for an armed receipt to go out (network thread; idle printer only)
 
 
 def printer_settings(cfg: Config, index: int) -> dict:
@@ -81,7 +80,9 @@ class Agent:
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
         state = Path(cfg.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.journal = Journal(state / "journal.sqlite3", max_rejected_bytes=cfg.intake.max_payload_bytes)
+        self._journal_failing = False
+        self.journal = Journal(state / "journal.sqlite3", max_rejected_bytes=cfg.intake.max_payload_bytes,
+                               dedupe_days=cfg.journal.dedupe_days, on_commit=self._journal_commit)
         self.printers = printers if printers is not None else build_printers(cfg)
         self.link = MqttLink(
             MqttSettings(
@@ -106,12 +107,11 @@ class Agent:
             on_connection=self._on_connection,
         )
         self._outbox_flushed = False
-        self._journal_failing = False
         self._final = True
         self._reported: list[str] = []
         self._reported_lock = threading.Lock()
         self.renderer = self._make_renderer(cfg)
-        self.inflight = Inflight()
+        self.inflight = Inflight()  # claims: a job is never on two printers at once
         self.workers = {p.name: self._make_worker(p) for p in cfg.printers}
         self.rules = effective_rules(cfg.rules)
         self.alerts = AlertBook(self.journal, self._publish_alert, clock, details_for=self._escalation_details,
@@ -129,12 +129,6 @@ class Agent:
             wake=self._wake_all,
             on_store_failure=self._on_store_failure,
             ready=self._printer_ready,
-            arm=self.inflight.arm,
-            prerender=self._prerender,
-            settle=self._settle,
-            handoff=self._handoff,
-            more=self.link.more_pending,
-            batch_max=cfg.mqtt.receive_maximum,
             clock=clock,
         )
         t = cfg.timers
@@ -226,21 +220,6 @@ class Agent:
         if primaries and all(not w.status.printable and w.printer.queryable and w.status.state != "unknown" for w in primaries):
             return tuple(w.name for w in primaries)
         return ()
-
-    def _prerender(self, printer: str, event_id: str, document: str, ev: OrderEvent) -> None:
-        w = self.workers.get(printer)
-        if w is not None:
-            w.prerender(event_id, document, ev)
-
-    def _handoff(self, printer: str, job) -> None:  # noqa: ANN001 - agent.journal.Job
-        w = self.workers.get(printer)
-        if w is not None:
-            w.handoff(job)
-
-    def _settle(self, printer: str) -> None:
-        w = self.workers.get(printer)
-        if w is not None:
-            w.wait_first_sent(SETTLE_S)
 
     def _printer_ready(self, name: str) -> bool:
         w = self.workers.get(name)
@@ -356,7 +335,6 @@ class Agent:
         if msg.topic == self.topics.orders:
             self.intake.handle(msg.payload, lambda: self.link.ack(msg))
             return
-        self.intake.flush_staged()  # a burst of orders ends here
         if msg.topic.startswith(self.topics.request("")) or msg.topic == self.topics.config_set:
             self.desk.offer(msg)
         else:
@@ -371,12 +349,16 @@ class Agent:
                            needs_ack=False, sound="none", escalate_after_s=1)
 
     def _on_store_failure(self, error: str) -> None:
-        # not acked: have the broker redeliver after a pause (disk full, I/O error); the store and IT hear of it
+        # not acked: have the broker redeliver after a pause (disk full, I/O error)
         self.link.redeliver_later(self.cfg.intake.redeliver_s)
-        self._journal_failing = True
-        self.alerts.raise_(JOURNAL_ALERT, "agent.journal_failed",
-                           f"本地存储写入失败,新订单暂存在服务器,未丢失: {error}"[:300], severity="critical",
-                           needs_ack=False, sound="device_fault", escalate_after_s=1)
+
+    def _journal_commit(self, error: Optional[str]) -> None:
+        """Every failed journal commit (writer thread) raises agent.journal_failed; an order stored again clears it."""
+        if error is not None and not self._journal_failing:
+            self._journal_failing = True
+            self.alerts.raise_(JOURNAL_ALERT, "agent.journal_failed",
+                               f"本地存储写入失败,新订单暂存在服务器,未丢失: {error}"[:300], severity="critical",
+                               needs_ack=False, sound="device_fault", escalate_after_s=1)
 
     def _journal_ok(self) -> None:
         if self._journal_failing:
@@ -384,7 +366,7 @@ class Agent:
             self.alerts.clear(JOURNAL_ALERT, "本地存储已恢复")
 
     def _publish_result(self, result: OrderResult) -> None:
-        if result.status in ("queued", "rejected", "duplicate", "expired"):  # intake just committed
+        if result.status in ("queued", "rejected", "duplicate", "expired") or result.redelivered:  # intake stored it
             self._journal_ok()
         confirm = None
         if result.event_id and result.status in ("printed", "failed", "duplicate", "expired"):
@@ -511,9 +493,9 @@ class Agent:
             for a in self.alerts.open_alerts():
                 if a.printer and a.printer not in self.workers:
                     self.alerts.clear(a.id, f"打印机 {a.printer} 已从配置中移除")
-            unsent = self.inflight.disarm_except(set(self.workers))  # armed for a removed printer: nothing sent
-            moved = self.journal.reassign_orphans(list(self.workers), self._default_printer(), now=self.clock(),
-                                                  armed=unsent)
+            for name in set(old) - set(self.workers):
+                self.journal.unarm(name)  # armed for a removed printer: nothing of them was sent
+            moved = self.journal.reassign_orphans(list(self.workers), self._default_printer(), now=self.clock())
             if moved:
                 log.warning("%d job(s) of removed printers moved to %s", moved, self._default_printer())
         except Exception:  # noqa: BLE001 - e.g. a full disk: orphans move at the next start; printing goes on
@@ -530,17 +512,17 @@ class Agent:
         self._stop.set()
         self.desk.stop()
         self.control.stop()
+        for w in self.workers.values():
+            w.stop()  # after the job under way; what was armed and not sent goes back to queued
         try:
-            self.intake.flush_staged()  # batched orders: committed and acknowledged before we go
+            self.journal.flush()  # events waiting for their commit: stored and acknowledged before we go
         except Exception:  # noqa: BLE001 - not acked: the broker sends them again
-            log.exception("flushing batched orders at stop failed")
+            log.exception("the last commit before stopping failed")
         self.link.stop()
         self.annunciator.stop()
         self.notifier.stop()
         for d in self._gpio_devices:
             d.close()
-        for w in self.workers.values():
-            w.stop()
         if self._housekeeper is not None:
             self._housekeeper.join(5)
         self._flush_reported()
@@ -618,10 +600,6 @@ class Agent:
         else:
             notifier("WATCHDOG=1")
         self._flush_reported()
-        try:  # outcomes and delivery marks not yet carried by another commit
-            self.journal.flush(self.journal.LAZY_S)
-        except Exception as e:  # noqa: BLE001 - at worst those tickets print again, marked 补打
-            log.warning("journal: cannot commit lazy writes: %s", e)
         self.desk.check_probation()
         self.alerts.tick()
         self._publish_health()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
     from .app import Agent
 
 log = logging.getLogger(__name__)
+
+# Agent-made tickets waiting to print (test pages, reprints, timer slips), at most, before a test_print
+# or reprint is refused: orders never queue behind more than these (issue 19, finding 6).
+MAX_PENDING_INTERNAL = 4
+INTERNAL_TYPE = "agent."  # Job.type of agent-made tickets: agent.test_page, agent.reprint, ...
 
 
 class CommandError(Exception):
@@ -77,6 +83,17 @@ def reply(transaction: Any, data: Optional[dict] = None, error: Optional[str] = 
 class Commands:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
+        self._queueing = threading.Lock()  # MQTT requests and CLI clients: check-then-queue is atomic
+
+    def _room_for(self, n: int) -> list:
+        """The open jobs; CommandError when ``n`` more agent-made tickets would pass MAX_PENDING_INTERNAL
+        (one is always allowed when none waits)."""
+        jobs = self.agent.journal.open_jobs()
+        internal = [j for j in jobs if j.type.startswith(INTERNAL_TYPE)]
+        if internal and len(internal) + n > MAX_PENDING_INTERNAL:
+            raise CommandError(f"busy: {len(internal)} agent-made tickets are waiting to print "
+                               f"(at most {MAX_PENDING_INTERNAL}); try again when they are out")
+        return jobs
 
     def run(self, command: str, args: Any, transaction: Any = None, *, local: bool = False) -> dict:
         """Validate and run; never raises (bad input and failures are an error reply)."""
@@ -100,7 +117,11 @@ class Commands:
 
     # -- the commands
     def _reprint(self, a: ReprintArgs) -> dict:
-        ids = self.agent.reprint(a.order_id)
+        with self._queueing:
+            jobs = self._room_for(len(self.agent.rules["order.created"].documents))
+            if any(j.type == "agent.reprint" and j.order_id == a.order_id for j in jobs):
+                raise CommandError(f"a reprint of order {a.order_id} is already waiting to print")
+            ids = self.agent.reprint(a.order_id)
         if not ids:
             raise CommandError(f"no order {a.order_id} in the journal")
         return {"order_id": a.order_id, "jobs": ids}
@@ -109,8 +130,13 @@ class Commands:
         names = [p.name for p in self.agent.cfg.printers]
         if a.printer is not None and a.printer not in names:
             raise CommandError(f"no printer named {a.printer!r}; configured: {', '.join(names)}")
-        self.agent.test_print(a.printer)
-        return {"printer": a.printer or self.agent._default_printer()}
+        name = a.printer or self.agent._default_printer()
+        with self._queueing:
+            jobs = self._room_for(1)
+            if any(j.type == "agent.test_page" and j.printer == name for j in jobs):
+                raise CommandError(f"a test page for {name} is already waiting to print")
+            self.agent.test_print(a.printer)
+        return {"printer": name}
 
     def _chime(self, a: ChimeArgs) -> dict:
         from drivers.audio import SOUNDS  # noqa: PLC0415

@@ -1,28 +1,28 @@
 """Order intake: validate -> journal (commit) -> ack -> result -> wake the printers.
 
-Runs on the MQTT network thread and does nothing slow: no printing here.
-A payload that cannot be stored is not acknowledged, so the broker keeps it.
+``handle`` runs on the MQTT network thread and only validates and hands the event to the journal's
+writer; it never waits for the disk. ``_stored`` is the completion of the commit that holds the
+event (it runs on the writer thread): only there is the event acknowledged (PUBACK), answered
+and chimed. A commit that fails is never acknowledged: the broker keeps the event, redelivery is
+asked for (``on_store_failure``) and the store and IT hear of it. A burst shares one commit
+because the writer takes whatever is queued (group commit, see agent/journal.py).
 
-Batching: while more bytes are already waiting on the connection (a burst), an accepted event is
-written into the open transaction and *staged*; the next durable commit (the last message of the
-burst, at most ``batch_max`` events later, or ``flush_staged()``) makes all of them durable, and
-only then are they acknowledged, answered and printed. One fsync for a burst instead of one each.
+The same event id again (the broker redelivers after a lost PUBACK, or HQ re-sends) is answered
+with that event's current status and ``redelivered: true``; ``duplicate`` is only for a different
+event id that repeats an ``order.created``.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from datetime import datetime, timezone
 from typing import Callable, Optional
 
-from .journal import Job, Journal, JournalError
+from .journal import Intake, Journal, JournalError
 from .messages import OrderEvent, OrderResult, Rejection, parse_event, sha256_hex
 
 log = logging.getLogger(__name__)
-
-STAGE_MAX_S = 0.02  # a staged event waits at most about this long for the rest of its burst
 
 
 class OrderIntake:
@@ -37,183 +37,105 @@ class OrderIntake:
         on_store_failure: Callable[[str], None],
         on_accepted: Callable[[OrderEvent], None] = lambda ev: None,
         ready: Callable[[str], bool] = lambda printer: False,
-        arm: Callable[[tuple[int, ...], str], None] = lambda job_ids, printer: None,
-        prerender: Callable[[str, str, str, OrderEvent], None] = lambda printer, event_id, document, ev: None,
-        settle: Callable[[str], None] = lambda printer: None,
-        handoff: Callable[[str, Job], None] = lambda printer, job: None,
-        more: Callable[[], bool] = lambda: False,
-        batch_max: int = 16,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.ready = ready  # is this printer idle and ready (a new order's jobs may be armed for it)?
-        self.arm = arm  # register armed job ids with the print workers
-        self.prerender = prerender
-        self.settle = settle
-        self.handoff = handoff
         self.journal = journal
         self.max_payload_bytes = max_payload_bytes
         self.plan = plan  # event_type -> [(document, printer name), ...] (copies repeat)
-        self.on_accepted = on_accepted
         self.publish_result = publish_result
         self.wake = wake
-        self.on_store_failure = on_store_failure
+        self.on_store_failure = on_store_failure  # not stored: ask the broker to redeliver, raise the alert
+        self.on_accepted = on_accepted  # chimes and alerts of a new event
+        self.ready = ready  # is this printer idle and ready (a new order's jobs may be armed for it)?
         self.clock = clock
-        self.more = more  # are more messages already waiting on the connection?
-        self.batch_max = batch_max
-        self._staged: list[tuple[OrderEvent, Callable[[], None], object, list[tuple[str, str]], int]] = []
-        self._staged_at = 0.0
-        self._stage_lock = threading.RLock()
-        self._flush_evt = threading.Event()
-        self._flusher: Optional[threading.Thread] = None
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), timezone.utc)
 
-    def handle(self, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
-        """Process one order message; returns the status, or None when it was not stored (not acked)."""
-        with self._stage_lock:
-            return self._handle(payload, ack)
-
-    def _handle(self, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
+    def handle(self, payload: bytes, ack: Callable[[], None]) -> None:
+        """One order message (paho's thread). Acknowledged later, by the completion of its commit."""
         parsed = parse_event(payload, self.max_payload_bytes)
         if isinstance(parsed, Rejection):
-            return self._reject(parsed, payload, ack)
-        acked = []
+            self._reject(parsed, payload, ack)
+            return
         try:
-            return self._accept(parsed, payload, lambda: (ack(), acked.append(True)))
+            docs = self.plan(parsed.type)
+            printers = {p for _, p in docs}
+            now = self.clock()
+            expired = parsed.order.expires_at is not None and parsed.order.expires_at.timestamp() < now
+            # one printer, idle and ready: store the jobs as an attempt already begun, so the receipt
+            # goes out without a second commit (a crash before it is sent reprints it marked 补打)
+            arm_for = printers.pop() if len(printers) == 1 else None
+            if arm_for is not None and (expired or not self.ready(arm_for)):
+                arm_for = None
         except Exception as e:  # noqa: BLE001 - a bug must not leave the message bouncing forever
             log.exception("event %s could not be handled", parsed.id)
-            if acked:
-                return None
-            rej = Rejection(f"agent error while accepting: {type(e).__name__}: {e}", sha256_hex(payload), parsed.id, parsed.order.id)
-            return self._reject(rej, payload, ack)
-
-    def _reject(self, rej: Rejection, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
-        self.flush_staged()
-        log.warning("rejected order payload %s (%d bytes, event %s): %s", rej.payload_sha256[:12], len(payload), rej.event_id, rej.reason)
+            self._reject(Rejection(f"agent error while accepting: {type(e).__name__}: {e}", sha256_hex(payload),
+                                   parsed.id, parsed.order.id), payload, ack)
+            return
         try:
-            self.journal.record_rejected(rej.payload_sha256, rej.reason, payload, now=self.clock())
-        except JournalError as e:
-            log.error("cannot store rejected payload %s: %s; not acknowledged", rej.payload_sha256[:12], e)
-            self.on_store_failure(str(e))
-            return None
-        ack()
-        self.publish_result(
-            OrderResult(
-                event_id=rej.event_id,
-                order_id=rej.order_id,
-                status="rejected",
-                at=self._now(),
-                error=rej.reason,
-                payload_sha256=rej.payload_sha256,
-            )
-        )
-        return "rejected"
+            self.journal.record_event(
+                parsed.id, parsed.order.id, parsed.type, payload, docs, expired=expired, arm_for=arm_for, now=now,
+                done=lambda intake, error: self._stored(parsed, ack, docs, intake, error))
+        except JournalError as e:  # the journal is closed (stopping): not acknowledged, the broker keeps it
+            log.warning("event %s not stored: %s; not acknowledged", parsed.id, e)
 
-    def _accept(self, ev: OrderEvent, payload: bytes, ack: Callable[[], None]) -> Optional[str]:
-        now = self.clock()
-        expired = ev.order.expires_at is not None and ev.order.expires_at.timestamp() < now
-        docs = self.plan(ev.type)
-        printers = {p for _, p in docs}
-        # the printer is idle and ready: store the jobs as an attempt already begun, so the receipt
-        # goes out with no second commit (a crash before it is sent reprints it marked 补打)
-        printer = printers.pop() if len(printers) == 1 else None
-        arm = printer is not None and not expired and self.ready(printer)
-        stage = not arm and len(self._staged) < self.batch_max - 1 and self.more()
-        try:
-            with self.journal.lock:  # a worker must never see these jobs before they are registered as armed
-                rollbacks = self.journal.rollbacks
-                intake = self.journal.record_event(
-                    ev.id, ev.order.id, ev.type, payload, docs, expired=expired, arm=arm, durable=not stage, now=now,
-                    # the receipt is rendered (and the printer asked) while the commit writes and syncs
-                    before_commit=(lambda: self.prerender(printer, ev.id, docs[0][0], ev)) if arm else (lambda: None))
-                if intake.armed:
-                    self.arm(intake.armed, printer)
-                    self.handoff(printer, Job(intake.armed[0], intake.seq, ev.id, ev.order.id, ev.type, docs[0][0],
-                                              printer, "printing", 1, False, payload))
-        except JournalError as e:
-            log.error("cannot commit event %s to the journal: %s; not acknowledged", ev.id, e)
-            self.on_store_failure(str(e))
-            self._release_staged(committed=False)
-            return None
-        if stage:
-            if not self._staged:
-                self._staged_at = time.monotonic()
-                self._start_flusher()
-            self._staged.append((ev, ack, intake, docs, rollbacks))
-            return intake.status
-        self._release_staged(committed=True)
-        return self._accepted(ev, ack, intake, docs, printer)
-
-    def flush_staged(self) -> None:
-        """Commit and answer the staged events now (any other message, or from housekeeping)."""
-        with self._stage_lock:
-            if not self._staged:
-                return
-            try:
-                self.journal.commit()
-            except JournalError as e:
-                log.error("cannot commit %d batched event(s): %s; not acknowledged", len(self._staged), e)
-                self.on_store_failure(str(e))
-                self._release_staged(committed=False)
-                return
-            self._release_staged(committed=True)
-
-    def _start_flusher(self) -> None:
-        """A backstop: the burst may end in something that is not an order (a PUBACK, a ping)."""
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_loop, name="intake-flush", daemon=True)
-            self._flusher.start()
-        self._flush_evt.set()
-
-    def _flush_loop(self) -> None:
-        while True:
-            self._flush_evt.wait()
-            self._flush_evt.clear()
-            time.sleep(STAGE_MAX_S)
-            try:
-                self.flush_staged()
-            except Exception:  # noqa: BLE001 - the next message or the next burst commits them
-                log.exception("flushing batched events failed")
-
-    def staged_for(self) -> float:
-        """Seconds the oldest staged event has waited (0 when none)."""
-        return time.monotonic() - self._staged_at if self._staged else 0.0
-
-    def _release_staged(self, committed: bool) -> None:
-        staged, self._staged = self._staged, []
-        for ev, ack, intake, docs, rollbacks in staged:
-            # a rollback since staging may have thrown the event away: acknowledge only what is stored
-            if committed and (self.journal.rollbacks == rollbacks or self.journal.event_status(ev.id) is not None):
-                self._accepted(ev, ack, intake, docs, None)
-            else:
-                log.warning("event %s was not stored; not acknowledged (the broker sends it again)", ev.id)
-
-    def _accepted(self, ev: OrderEvent, ack: Callable[[], None], intake, docs: list[tuple[str, str]],  # noqa: ANN001
-                  printer: Optional[str]) -> Optional[str]:
-        if intake.status == "queued":
+    def _stored(self, ev: OrderEvent, ack: Callable[[], None], docs: list[tuple[str, str]],
+                intake: Optional[Intake], error: Optional[BaseException]) -> None:
+        """The completion of the commit that holds ``ev`` (writer thread; must not wait for the journal)."""
+        if error is not None or intake is None:
+            log.error("cannot commit event %s to the journal: %s; not acknowledged (the broker sends it again)", ev.id, error)
+            self.on_store_failure(str(error))
+            return
+        if intake.status == "queued" and not intake.redelivered:
             self.wake()
-        if intake.armed:  # the receipt goes out first; the PUBACK, the result and the chime a moment later
-            self.settle(printer)
-        ack()
-        if intake.status == "duplicate":
+        _ack(ack, ev.id)
+        if intake.redelivered:
+            log.info("event %s received again: answered with its status %s", ev.id, intake.status)
+        elif intake.status == "duplicate":
             log.info("duplicate event %s (order %s): %s", ev.id, ev.order.id, intake.reason)
         elif intake.status == "expired":
             log.warning("expired event %s (order %s) kept for reprint, not printed", ev.id, ev.order.id)
-        self.publish_result(
-            OrderResult(
-                event_id=ev.id,
-                order_id=ev.order.id,
-                status=intake.status,
-                at=self._now(),
-                printer=docs[0][1] if docs and intake.status == "queued" else None,
-                documents=[d for d, _ in docs] if intake.status == "queued" else [],
-                error=intake.reason if intake.status != "queued" else None,
-            )
-        )
-        if intake.status in ("queued", "printed"):  # new and accepted: chimes and alerts (never for duplicates)
+        queued = intake.status == "queued" and not intake.redelivered
+        try:
+            self.publish_result(OrderResult(
+                event_id=ev.id, order_id=ev.order.id, status=intake.status, at=self._now(),
+                printer=docs[0][1] if docs and queued else None,
+                documents=[d for d, _ in docs] if queued else [],
+                error=intake.reason if intake.status not in ("queued", "printed") else None,
+                redelivered=intake.redelivered,
+            ))
+        except Exception:  # noqa: BLE001 - the order is stored and acknowledged; the result is best effort
+            log.exception("cannot publish the result of event %s", ev.id)
+        if intake.status in ("queued", "printed") and not intake.redelivered:  # new: chimes and alerts
             try:
                 self.on_accepted(ev)
             except Exception:  # noqa: BLE001 - the order is safe in the journal; alerts must not undo that
                 log.exception("actions for event %s failed", ev.id)
-        return intake.status
+
+    def _reject(self, rej: Rejection, payload: bytes, ack: Callable[[], None]) -> None:
+        log.warning("rejected order payload %s (%d bytes, event %s): %s", rej.payload_sha256[:12], len(payload), rej.event_id, rej.reason)
+
+        def stored(_: object, error: Optional[BaseException]) -> None:
+            if error is not None:
+                log.error("cannot store rejected payload %s: %s; not acknowledged", rej.payload_sha256[:12], error)
+                self.on_store_failure(str(error))
+                return
+            _ack(ack, rej.event_id)
+            try:
+                self.publish_result(OrderResult(event_id=rej.event_id, order_id=rej.order_id, status="rejected",
+                                                at=self._now(), error=rej.reason, payload_sha256=rej.payload_sha256))
+            except Exception:  # noqa: BLE001
+                log.exception("cannot publish a rejection")
+
+        try:
+            self.journal.record_rejected(rej.payload_sha256, rej.reason, payload, now=self.clock(), done=stored)
+        except JournalError as e:
+            log.warning("rejected payload %s not stored: %s; not acknowledged", rej.payload_sha256[:12], e)
+
+
+def _ack(ack: Callable[[], None], event_id: Optional[str]) -> None:
+    try:
+        ack()
+    except Exception:  # noqa: BLE001 - one failing PUBACK never touches another event; the broker resends this one
+        log.exception("cannot acknowledge event %s (it will be redelivered and answered again)", event_id)

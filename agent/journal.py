@@ -1,23 +1,48 @@
-"""The order journal: SQLite in ``state_dir``, WAL + ``synchronous=FULL``, 1 KiB pages.
+"""The order journal: SQLite in ``state_dir`` (WAL, ``synchronous=FULL``), with one writer thread.
 
-Every accepted order event is committed here before it is acknowledged to the
-broker; every print job is a row whose state moves
-``queued -> printing -> printed | failed``. ``printing`` is committed before any
-byte of the job leaves, so a job found in ``printing`` after a restart may have
-reached paper already and its next attempt is a reprint (补打).
+The four rules, and the code that enforces each
+------------------------------------------------
 
-What is committed when (the write budget of an order, docs/PERFORMANCE.md):
+1. **Acknowledged => committed.** An order event is acknowledged to the broker only in the
+   completion of the commit that holds it (``OrderIntake._stored`` is that completion). The writer
+   completes an operation only after ``COMMIT`` returned; a batch that fails (a statement, a lost
+   transaction, the ``COMMIT`` itself) fails *every* operation in it, so an event in it is never
+   acknowledged and the intake asks the broker to send it again. Enforced by ``_Writer._run_batch``.
+2. **Sent => a durable ``printing`` mark first.** A job's bytes leave only after a committed
+   ``printing`` state: ``begin_attempt`` (a durable operation the worker waits for), or an *armed*
+   job, whose ``printing`` state was committed by an earlier operation of this process (at intake,
+   or beside its event's first job) and which nobody has sent since. ``take_armed`` hands such a
+   job to exactly one sender; it is the only way to send without waiting for a commit.
+3. **No unmarked double.** A job found in ``printing`` that is not armed by this process may have
+   reached paper: ``begin_attempt`` marks its next attempt ``reprint`` (补打), in SQL. Job states
+   only move forward (``queued -> printing -> printed | failed``), checked by the ``WHERE state``
+   of every ``UPDATE``; the one step back, ``printing -> queued``, is ``unarm`` and only for armed
+   jobs nothing was sent of (``take_armed`` and ``unarm`` pop from one set under one lock).
+   Automatic attempts stop after two that may have reached paper (``MAX_UNCERTAIN``): a person asks
+   for more (``reprint``).
+4. **No false 补打.** ``printing`` after a restart is the only source of 补打, so nothing is left
+   ``printing`` that was not sent: a clean ``close()`` un-arms every armed job first, and a worker
+   whose printer is not ready (or whose send failed before any byte left) un-arms its own.
 
-* the event and its jobs: one durable commit before the PUBACK (a burst's events
-  share one, see agent/intake.py);
-* ``printing``: durable, before the bytes: at intake when the printer is idle and
-  ready (*armed*: no commit of its own), else one commit for the event's jobs and
-  up to ``ARM_AHEAD`` queued behind them;
-* a job's outcome and the "result delivered" marks: lazy (see ``Journal``).
+How writes work
+---------------
 
-All methods are thread-safe (one connection behind a lock). Any SQLite failure
-is raised as ``JournalError`` so the caller never acknowledges an event that
-was not durably stored.
+Every write is an operation (a function of the write connection) handed to the writer thread,
+which owns the only write connection. It takes whatever is queued, applies it in one
+transaction (each operation inside its own savepoint), commits, and only then completes each
+operation: its ``done(result, error)`` callback runs on the writer thread and must not wait for
+the journal (submitting more is fine); a caller that waits gets the result (or ``JournalError``).
+That is group commit: a burst of orders shares one fsync without anyone holding a transaction
+open. Reads use per-thread connections and see committed state only.
+
+*Lazy* operations (a job's outcome, "result delivered", un-arming) have no waiter: they ride on
+the next commit or are committed within ``LAZY_S``; if their batch fails they stay queued and are
+tried again with the next one. A job whose outcome is not committed yet is *settling*: no worker
+takes it again meanwhile. Lost with the process (a power cut), its job is still ``printing`` and
+prints again marked 补打, and its result is sent again.
+
+Dedupe: an event id, and the order id of a printed ``order.created``, are kept in ``dedupe`` for
+``dedupe_days`` after their rows are pruned, so a re-sent event never prints as new.
 """
 
 from __future__ import annotations
@@ -28,15 +53,19 @@ import sqlite3
 import threading
 import time
 import zlib
-from dataclasses import dataclass, replace
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 PAGE_SIZE = 1024  # small pages: a commit appends whole pages to the WAL (bytes written per order)
 JOB_SLOTS = 64  # a job's id is its event's seq * JOB_SLOTS + n: an event's jobs are one rowid range
+MAX_UNCERTAIN = 2  # automatic attempts that may have reached paper (the first copy and one 补打)
+LAZY_S = 2.0  # lazy operations are committed at the latest this long after they were queued
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,14 +85,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     id           INTEGER PRIMARY KEY,  -- event_seq * 64 + n
     event_seq    INTEGER NOT NULL,
     document     TEXT NOT NULL,
-    printer      TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
+    printer      TEXT NOT NULL,        -- the printer it is meant for (never rewritten by a takeover)
+    state        TEXT NOT NULL,        -- queued -> printing -> printed | failed
+    attempts     INTEGER NOT NULL DEFAULT 0,  -- durable printing marks (un-arming takes one back)
     reprint      INTEGER NOT NULL DEFAULT 0,
     created_at   REAL NOT NULL,
     updated_at   REAL NOT NULL,
     printed_at   REAL,
-    error        TEXT
+    error        TEXT,
+    printed_on   TEXT                  -- the printer that sent it (a backup, during a takeover)
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(id) WHERE state IN ('queued', 'printing');
 CREATE TABLE IF NOT EXISTS alerts (
@@ -84,11 +114,17 @@ CREATE TABLE IF NOT EXISTS rejected (
     size         INTEGER NOT NULL,
     payload      BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS dedupe (
+    key          TEXT PRIMARY KEY,     -- 'e:' event id -> its final status; 'o:' order id -> first event id
+    value        TEXT NOT NULL,
+    at           REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 OPEN_JOB_STATES = ("queued", "printing")
 CLOCK_SLACK_S = 3600.0
 FINAL_EVENT_STATES = ("printed", "failed", "duplicate", "expired")
+TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe"}
 
 
 class JournalError(Exception):
@@ -99,10 +135,11 @@ class JournalError(Exception):
 class Intake:
     """What the journal decided for an incoming event."""
 
-    status: str  # queued | duplicate | expired | printed (nothing to print)
+    status: str  # queued | duplicate | expired | printed (nothing to print) | an earlier status (redelivered)
     seq: Optional[int]
     reason: Optional[str] = None
-    armed: tuple[int, ...] = ()  # job ids stored as an attempt already begun (record_event(arm=True))
+    armed: tuple[int, ...] = ()  # job ids stored as an attempt already begun (record_event(arm_for=...))
+    redelivered: bool = False  # the same event id was received before: this is its current status
 
 
 @dataclass(frozen=True)
@@ -118,7 +155,7 @@ class Job:
     attempts: int
     reprint: bool
     payload: bytes
-    siblings: tuple[int, ...] = ()  # begin_attempt: the event's other jobs marked in the same commit
+    siblings: tuple[int, ...] = ()  # begin_attempt: the jobs armed in the same commit
 
 
 @dataclass(frozen=True)
@@ -134,8 +171,11 @@ class EventDone:
     error: Optional[str]
 
 
+Done = Callable[[Any, Optional[BaseException]], None]
+
+
 def _event_done(event_id: str, order_id: Optional[str], status: str, error: Optional[str], jobs: list[tuple]) -> EventDone:
-    """Jobs as (document, printer, state, reprint, ...) rows."""
+    """Jobs as (document, printer, state, reprint, ...) rows; printer = printed_on or printer."""
     return EventDone(
         event_id=event_id,
         order_id=order_id,
@@ -155,183 +195,323 @@ def _unpack(stored: bytes) -> bytes:
     return zlib.decompress(stored)
 
 
+class _Op:
+    __slots__ = ("fn", "done", "lazy", "future", "raw")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], done: Optional[Done], lazy: bool, raw: bool) -> None:
+        self.fn, self.done, self.lazy, self.raw = fn, done, lazy, raw
+        self.future: Future = Future()
+
+
+class _Writer:
+    """The writer thread: the only user of the write connection (see the module docstring)."""
+
+    def __init__(self, db: sqlite3.Connection, name: str, on_commit: Callable[[Optional[str]], None]) -> None:
+        self.db = db
+        self.on_commit = on_commit  # None after a good commit, the error after a failed one
+        self._ops: deque[_Op] = deque()
+        self._cv = threading.Condition()
+        self._lazy_since: Optional[float] = None
+        self._closing = False
+        self._crashed = False
+        self.thread = threading.Thread(target=self._loop, name=f"journal-{name}", daemon=True)
+
+    def submit(self, op: _Op) -> None:
+        with self._cv:
+            if self._closing:
+                raise JournalError("the journal is closed")
+            self._ops.append(op)
+            if not op.lazy:
+                self._cv.notify()
+            elif self._lazy_since is None:
+                self._lazy_since = time.monotonic()
+                self._cv.notify()  # the writer now waits at most LAZY_S
+
+    def _take(self) -> Optional[list[_Op]]:
+        """Wait for work: a durable operation, due lazy ones, or the end. None = the thread ends."""
+        with self._cv:
+            while True:
+                if self._crashed:
+                    return None
+                if self._ops and (self._closing or any(not op.lazy for op in self._ops)):
+                    break
+                if self._ops and self._lazy_since is not None and time.monotonic() - self._lazy_since >= LAZY_S:
+                    break
+                if self._closing:
+                    return None
+                wait = None if self._lazy_since is None else max(0.0, LAZY_S - (time.monotonic() - self._lazy_since))
+                self._cv.wait(wait)
+            batch: list[_Op] = []
+            while self._ops:
+                op = self._ops[0]
+                if op.raw:  # outside any transaction, alone
+                    if not batch:
+                        batch.append(self._ops.popleft())
+                    break
+                batch.append(self._ops.popleft())
+            if not any(op.lazy for op in self._ops):
+                self._lazy_since = None
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            try:
+                if batch[0].raw:
+                    self._run_raw(batch[0])
+                else:
+                    self._run_batch(batch)
+            except BaseException as e:  # noqa: BLE001 - the writer must not die; nothing of it is acknowledged
+                log.exception("journal writer: unexpected error")
+                for op in batch:
+                    if not op.future.done():
+                        self._fail(op, e)
+
+    def _run_raw(self, op: _Op) -> None:
+        try:
+            out = op.fn(self.db)
+        except Exception as e:  # noqa: BLE001
+            self._fail(op, e)
+            return
+        self._complete(op, out)
+
+    def _run_batch(self, batch: list[_Op]) -> None:
+        db = self.db
+        results: list[tuple[_Op, Any, Optional[BaseException]]] = []
+        lost: Optional[BaseException] = None  # the transaction is gone: every operation in it fails
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            lost = e
+        if lost is None:
+            for op in batch:
+                try:
+                    db.execute("SAVEPOINT op")
+                    out = op.fn(db)
+                    db.execute("RELEASE op")
+                    results.append((op, out, None))
+                except Exception as e:  # noqa: BLE001 - this operation fails; the others may stand
+                    results.append((op, None, e))
+                    if not self._undo_one():
+                        lost = e  # SQLite rolled the whole transaction back (IOERR, FULL, NOMEM, BUSY ...)
+                        break
+        if lost is None:
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                lost = e
+        if lost is not None:
+            self._rollback()
+            log.error("journal: a commit of %d operation(s) failed: %s", len(batch), lost)
+            bugs = {id(op) for op, _, err in results if err is not None and not isinstance(err, sqlite3.Error)}
+            self._report(str(lost))
+            for op in batch:
+                if op.lazy and id(op) not in bugs:
+                    self._retry(op)
+                else:
+                    self._fail(op, lost if id(op) not in bugs else next(e for o, _, e in results if o is op))
+            return
+        self._report(None)
+        for op, out, err in results:
+            if err is None:
+                self._complete(op, out)
+            elif op.lazy and isinstance(err, sqlite3.Error):
+                self._retry(op)
+            else:
+                self._fail(op, err)
+
+    def _retry(self, op: _Op) -> None:
+        """A lazy operation whose write failed is tried again with a later batch (not at close)."""
+        with self._cv:
+            if self._closing:
+                self._fail(op, JournalError("not stored before the journal closed"))
+                return
+            self._ops.append(op)
+            if self._lazy_since is None:
+                self._lazy_since = time.monotonic()
+                self._cv.notify()
+
+    def _undo_one(self) -> bool:
+        """Undo the failed operation only; False when the transaction itself is gone."""
+        db = self.db
+        if not db.in_transaction:
+            return False
+        try:
+            db.execute("ROLLBACK TO op")
+            db.execute("RELEASE op")
+        except sqlite3.Error:
+            return False
+        return db.in_transaction
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _report(self, error: Optional[str]) -> None:
+        try:
+            self.on_commit(error)
+        except Exception:  # noqa: BLE001
+            log.exception("journal: commit listener failed")
+
+    @staticmethod
+    def _complete(op: _Op, out: Any) -> None:
+        op.future.set_result(out)
+        if op.done is not None:
+            try:
+                op.done(out, None)
+            except Exception:  # noqa: BLE001 - one completion never breaks another
+                log.exception("journal: completion failed")
+
+    @staticmethod
+    def _fail(op: _Op, error: BaseException) -> None:
+        err = error if isinstance(error, JournalError) else (
+            JournalError(str(error)) if isinstance(error, sqlite3.Error) else error)
+        if not op.future.done():
+            op.future.set_exception(err)
+        if op.done is not None:
+            try:
+                op.done(None, err)
+            except Exception:  # noqa: BLE001
+                log.exception("journal: completion failed")
+
+    def close(self, crash: bool = False) -> None:
+        with self._cv:
+            self._closing = True
+            self._crashed = crash
+            self._cv.notify()
+        if threading.current_thread() is not self.thread:
+            self.thread.join(30)
+        with self._cv:
+            left, self._ops = list(self._ops), deque()
+        for op in left:  # only after a crash (or a writer that would not end)
+            if not op.future.done():
+                op.future.set_exception(JournalError("the journal was closed before this was stored"))
+
+
 class Journal:
-    """See the module docstring. Writes come in two kinds:
+    """See the module docstring."""
 
-    * durable (``synchronous=FULL``, committed before the method returns): an accepted event, the
-      mark that a print attempt is about to send bytes, a rejected payload, alerts, timers;
-    * lazy: a job's outcome and the "result delivered" marks. They are applied at once (every read
-      sees them) inside an open transaction that the next durable write commits with it, or
-      ``flush()`` after ``LAZY_S``. Losing them (power cut, SIGKILL) is safe: a job that printed but
-      whose outcome was lost is still ``printing`` after a restart, so it prints again marked 补打,
-      and its result is sent again.
-    """
+    LAZY_S = LAZY_S
 
-    LAZY_S = 2.0
-
-    def __init__(self, path: str | Path, *, max_rejected_bytes: int = 65536) -> None:
+    def __init__(self, path: str | Path, *, max_rejected_bytes: int = 65536, dedupe_days: int = 30,
+                 on_commit: Callable[[Optional[str]], None] = lambda error: None) -> None:
         self.path = Path(path)
         self.max_rejected_bytes = max_rejected_bytes
-        self._lock = threading.RLock()
-        self._lazy_ops: list[tuple[str, tuple]] = []  # replayed if the commit carrying them fails
-        self._lazy_since: Optional[float] = None
-        self.lazy_events = 0  # events whose completion is among the lazy writes
-        self.rollbacks = 0  # bumped whenever uncommitted writes may have been thrown away
+        self.dedupe_days = dedupe_days
+        self.on_commit = on_commit  # told after every commit: None (ok) or the error
+        self._armed: dict[int, str] = {}  # job id -> the printer it was armed for; see take_armed
+        self._settling: set[int] = set()  # jobs whose outcome is queued but not committed yet
+        self._mem_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = self._open()
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
-            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
+            _create_private(self.path)
+            db = _open(self.path)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_schema WHERE type='table'")}
             if version > SCHEMA_VERSION:
+                db.close()
                 raise JournalError(f"{self.path}: journal schema {version} is newer than this agent's ({SCHEMA_VERSION}); "
-                                   "upgrade the agent, or move the journal aside")
-            if version < SCHEMA_VERSION and "events" in tables:
-                self._db.close()
+                                   "upgrade the agent (never delete the journal: it may hold unprinted orders)")
+            if version < 2 and "events" in tables:
+                db.close()
                 migrate_v1(self.path)
-                self._db = self._open()
-                tables = set()
-            if not {"events", "jobs", "alerts", "timers", "rejected"} <= tables:
-                self._db.executescript(SCHEMA)
-            if version != SCHEMA_VERSION:
-                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db = _open(self.path)
+                version = SCHEMA_VERSION
+            if version == 2 and "events" in tables:
+                _migrate_v2(db)
+            elif not TABLES <= tables:
+                db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.Error as e:
             raise JournalError(f"{self.path}: {e}") from e
+        self._writer = _Writer(db, self.path.stem, self._committed)
+        self._writer.thread.start()
 
-    @property
-    def lock(self) -> threading.RLock:
-        """Held by every journal call; hold it to make a call and what follows it atomic to readers."""
-        return self._lock
-
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
-        db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new file
-        mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-        if mode.lower() != "wal":
-            raise JournalError(f"{self.path}: cannot switch to WAL (got {mode})")
-        db.execute("PRAGMA synchronous=FULL")
-        return db
+    def _committed(self, error: Optional[str]) -> None:
+        self.on_commit(error)
 
     # -- plumbing -------------------------------------------------------
-    def _tx(self, fn, *args, durable: bool = True):
-        """Run ``fn(db, *args)`` atomically; durable: commit it (and any lazy writes) with an fsync."""
-        with self._lock:
-            db = self._db
-            try:
-                if not db.in_transaction:
-                    db.execute("BEGIN IMMEDIATE")
-                db.execute("SAVEPOINT op")
-                mark = len(self._lazy_ops)
-                try:
-                    out = fn(db, *args)
-                    db.execute("RELEASE op")
-                except BaseException:
-                    del self._lazy_ops[mark:]
-                    self._undo_op()
-                    raise
-                if durable:
-                    self._commit()
-                elif self._lazy_since is None:
-                    self._lazy_since = time.monotonic()
-                return out
-            except sqlite3.Error as e:
-                raise JournalError(str(e)) from e
+    def submit(self, fn: Callable[[sqlite3.Connection], Any], *, done: Optional[Done] = None,
+               lazy: bool = False, raw: bool = False) -> Future:
+        """Hand ``fn(write_connection)`` to the writer. ``done(result, error)`` runs on the writer thread
+        after the commit (or its failure). ``lazy``: no hurry (see the module docstring). ``raw``: run
+        outside any transaction (a checkpoint)."""
+        op = _Op(fn, done, lazy, raw)
+        self._writer.submit(op)
+        return op.future
 
-    def _undo_op(self) -> None:
-        """Undo the current operation only; lazy writes before it stay applied (or are applied again
-        when SQLite rolled the whole transaction back, as it may on a full disk)."""
-        db = self._db
+    def call(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn`` in the next commit and wait for it; raises ``JournalError`` if it was not stored."""
+        return self._wait(self.submit(fn))
+
+    def _wait(self, fut: Future) -> Any:
+        if threading.current_thread() is self._writer.thread:
+            raise RuntimeError("a journal completion must not wait for the journal (it runs on the writer)")
         try:
-            if db.in_transaction:
-                db.execute("ROLLBACK TO op")
-                db.execute("RELEASE op")
-                if not self._lazy_ops:
-                    self.rollbacks += 1
-                    db.execute("ROLLBACK")
-                return
-            self.rollbacks += 1  # SQLite rolled the whole transaction back by itself
-        except sqlite3.Error:
-            self.rollbacks += 1
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-        self._replay_lazy()
+            return fut.result()
+        except sqlite3.Error as e:
+            raise JournalError(str(e)) from e
 
-    def _commit(self) -> None:
-        """COMMIT (FULL). When it fails, nothing of it is kept; the lazy writes are applied again."""
-        db = self._db
+    def _write(self, fn: Callable[[sqlite3.Connection], Any], done: Optional[Done], wait: bool = True) -> Any:
+        """Wait for ``fn``'s commit (its result, or ``JournalError``) unless ``wait`` is False; ``done``
+        runs on the writer thread after the commit either way."""
+        fut = self.submit(fn, done=done)
+        return self._wait(fut) if wait else None
+
+    def flush(self) -> None:
+        """Commit whatever is queued (lazy writes included) now, and wait for it."""
+        self.call(lambda db: None)
+
+    def commit_soon(self) -> None:
+        """Commit the lazy writes with the next batch, without waiting (the end of a burst)."""
         try:
-            db.execute("COMMIT")
-        except sqlite3.Error:
-            self.rollbacks += 1
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            self._replay_lazy()
-            raise
-        self._lazy_ops.clear()
-        self._lazy_since = None
-        self.lazy_events = 0
+            self.submit(lambda db: None)
+        except JournalError:
+            pass
 
-    def _replay_lazy(self) -> None:
-        ops, self._lazy_ops = self._lazy_ops, []
-        self._lazy_since = None
-        if not ops:
-            return
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            for sql, params in ops:
-                self._db.execute(sql, params)
-            self._lazy_ops = ops
-            self._lazy_since = time.monotonic()
-        except sqlite3.Error as e:  # at worst those jobs print again, marked 补打
-            self.lazy_events = 0
-            log.warning("journal: %d lazy write(s) lost after a failed commit: %s", len(ops), e)
-            if self._db.in_transaction:
-                try:
-                    self._db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-
-    def _lazy(self, db: sqlite3.Connection, sql: str, params: tuple) -> sqlite3.Cursor:
-        cur = db.execute(sql, params)
-        self._lazy_ops.append((sql, params))
-        return cur
-
-    def flush(self, older_than: float = 0.0) -> bool:
-        """Commit lazy writes that have waited ``older_than`` seconds or more; True if it committed."""
-        with self._lock:
-            if self._lazy_since is None or time.monotonic() - self._lazy_since < older_than:
-                return False
-            if not self._db.in_transaction:
-                self._lazy_ops.clear()
-                self._lazy_since = None
-                self.lazy_events = 0
-                return False
-            try:
-                self._commit()
-            except sqlite3.Error as e:
-                raise JournalError(str(e)) from e
-            return True
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
+            db.execute("PRAGMA query_only=1")
+            self._local.db = db
+            with self._mem_lock:
+                self._readers.append(db)
+        return db
 
     def _read(self, sql: str, params: Iterable = ()) -> list[tuple]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, tuple(params)).fetchall()
-            except sqlite3.Error as e:
-                raise JournalError(str(e)) from e
+        """A read of committed state on this thread's own connection (never touches a write)."""
+        try:
+            return self._db().execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as e:
+            raise JournalError(str(e)) from e
 
     def close(self) -> None:
-        with self._lock:
+        """A clean stop: armed jobs nothing was sent of go back to ``queued``, everything queued is
+        committed, then the connections close."""
+        try:
+            self.unarm()
+            self.flush()
+        except (JournalError, RuntimeError) as e:
+            log.warning("journal: final commit failed: %s", e)
+        self._shutdown(crash=False)
+
+    def crash(self) -> None:
+        """Tests: stop as a killed process would: nothing queued is committed, nothing un-armed."""
+        self._shutdown(crash=True)
+
+    def _shutdown(self, crash: bool) -> None:
+        self._writer.close(crash=crash)
+        for db in [self._writer.db, *self._readers]:
             try:
-                self.flush()
-            except JournalError as e:
-                log.warning("journal: final flush failed: %s", e)
-            try:
-                self._db.close()
+                db.close()
             except sqlite3.Error:
                 pass
 
@@ -346,88 +526,123 @@ class Journal:
         *,
         expired: bool = False,
         reprint: bool = False,
-        arm: bool = False,
-        durable: bool = True,
-        before_commit: Callable[[], None] = lambda: None,
+        arm_for: Optional[str] = None,
+        done: Optional[Done] = None,
         now: Optional[float] = None,
-    ) -> Intake:
-        """Store an accepted event and its print jobs ``[(document, printer), ...]`` in one durable
-        transaction. ``arm``: its jobs are stored as an attempt already begun (``printing``), so the
-        printer it is meant for, idle and ready, can send them without another commit.
-        ``durable=False`` (intake batching): left in the open transaction for the next durable
-        commit; the caller must not acknowledge it before then (see ``rollbacks``)."""
+    ) -> Optional[Intake]:
+        """Store an accepted event and its print jobs ``[(document, printer), ...]`` in one commit.
+
+        ``arm_for``: the printer, idle and ready, that will print them next: they are stored as an
+        attempt already begun (``printing``, armed), so it sends them without another commit.
+        The same event id again is answered with its current status (``redelivered``)."""
         now = time.time() if now is None else now
         if len(documents) >= JOB_SLOTS:
             raise ValueError(f"at most {JOB_SLOTS - 1} tickets per event (got {len(documents)})")
 
         def tx(db: sqlite3.Connection) -> Intake:
-            row = db.execute("SELECT seq FROM events WHERE event_id=?", (event_id,)).fetchone()
+            row = db.execute("SELECT seq, status, error FROM events WHERE event_id=?", (event_id,)).fetchone()
             if row:
-                return Intake("duplicate", row[0], "event id already received")
+                return Intake(row[1], row[0], row[2], redelivered=True)
+            row = db.execute("SELECT value FROM dedupe WHERE key=?", ("e:" + event_id,)).fetchone()
+            if row:
+                return Intake(row[0], None, None, redelivered=True)
+            status, reason = ("expired", "order.expires_at has passed") if expired else ("queued", None)
             if type_ == "order.created":
                 prior = db.execute(
                     "SELECT event_id FROM events WHERE order_id=? AND type='order.created' "
-                    "AND status IN ('queued','printed') LIMIT 1",
-                    (order_id,),
-                ).fetchone()
+                    "AND status IN ('queued','printed') LIMIT 1", (order_id,)).fetchone() or db.execute(
+                    "SELECT value FROM dedupe WHERE key=?", ("o:" + str(order_id),)).fetchone()
                 if prior:
                     status, reason = "duplicate", f"order {order_id} already received as {prior[0]}"
-                elif expired:
-                    status, reason = "expired", "order.expires_at has passed"
-                else:
-                    status, reason = "queued", None
-            else:
-                status, reason = ("expired", "order.expires_at has passed") if expired else ("queued", None)
             if status == "queued" and not documents:
                 status = "printed"
-            final = now if status != "queued" else None
             cur = db.execute(
                 "INSERT INTO events(event_id, order_id, type, status, received_at, finished_at, payload, error) "
                 "VALUES (?,?,?,?,?,?,?,?)",
-                (event_id, order_id, type_, status, now, final, _pack(payload), reason if status != "queued" else None),
+                (event_id, order_id, type_, status, now, now if status != "queued" else None, _pack(payload),
+                 reason if status != "queued" else None),
             )
             seq = cur.lastrowid
-            ids: tuple[int, ...] = ()
-            if status == "queued":
-                ids = tuple(seq * JOB_SLOTS + n for n in range(len(documents)))
-                state, attempts = ("printing", 1) if arm else ("queued", 0)
-                db.executemany(
-                    "INSERT INTO jobs(id, event_seq, document, printer, state, attempts, reprint, created_at, updated_at) "
-                    "VALUES (?,?,?,?,?,?,?,?,?)",
-                    [(i, seq, doc, printer, state, attempts, int(reprint), now, now) for i, (doc, printer) in zip(ids, documents)],
-                )
-            if status == "queued":
-                before_commit()  # e.g. render the receipt while the commit writes and syncs
-            return Intake(status, seq, reason, ids if arm else ())
+            if status != "queued":
+                return Intake(status, seq, reason)
+            ids = tuple(seq * JOB_SLOTS + n for n in range(len(documents)))
+            state, attempts = ("printing", 1) if arm_for else ("queued", 0)
+            db.executemany(
+                "INSERT INTO jobs(id, event_seq, document, printer, state, attempts, reprint, created_at, updated_at) "
+                "VALUES (?,?,?,?,?,?,?,?,?)",
+                [(i, seq, doc, printer, state, attempts, int(reprint), now, now) for i, (doc, printer) in zip(ids, documents)],
+            )
+            if arm_for:
+                self._arm(ids, arm_for, box)
+            return Intake(status, seq, reason, ids if arm_for else ())
 
-        if arm and not durable:
-            raise ValueError("armed jobs must be committed at once")
-        return self._tx(tx, durable=durable)
+        box: list[int] = []  # ids armed by this operation: forgotten if its commit fails
+        return self._write(tx, self._forget_on_failure(box, done), wait=done is None)
 
-    def commit(self) -> None:
-        """Commit whatever is pending (batched events, lazy writes) durably."""
-        with self._lock:
-            if self._db.in_transaction:
-                try:
-                    self._commit()
-                except sqlite3.Error as e:
-                    raise JournalError(str(e)) from e
-            self._lazy_ops.clear()
-            self._lazy_since = None
-            self.lazy_events = 0
-
-    def record_rejected(self, sha256: str, reason: str, payload: bytes, now: Optional[float] = None) -> None:
+    def record_rejected(self, sha256: str, reason: str, payload: bytes, *, done: Optional[Done] = None,
+                        now: Optional[float] = None) -> None:
         """Keep a rejected payload (up to the cap) so nothing sent to the store is lost without trace."""
         now = time.time() if now is None else now
         kept = payload[: self.max_rejected_bytes]
+        self._write(lambda db: db.execute(
+            "INSERT INTO rejected(received_at, sha256, reason, size, payload) VALUES (?,?,?,?,?)",
+            (now, sha256, reason, len(payload), kept)) and None, done, wait=done is None)
 
-        def tx(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO rejected(received_at, sha256, reason, size, payload) VALUES (?,?,?,?,?)",
-                (now, sha256, reason, len(payload), kept),
-            )
+    # -- armed jobs (in memory: this process marked them printing and sent nothing of them) ------
+    def _arm(self, ids: Iterable[int], printer: str, box: list[int]) -> None:
+        """Writer thread, inside the operation that stores their ``printing`` state (before its commit:
+        no reader can see them before they are armed)."""
+        with self._mem_lock:
+            for i in ids:
+                self._armed[i] = printer
+                box.append(i)
 
-        self._tx(tx)
+    def _forget_on_failure(self, box: list[int], done: Optional[Done],
+                           took: Optional[dict[int, str]] = None) -> Done:
+        """The completion of an arming operation: if its commit failed, the jobs it armed are not
+        armed (their ``printing`` state was never stored) and the ones it took are armed again."""
+        def finished(out: Any, error: Optional[BaseException]) -> None:
+            if error is not None:
+                with self._mem_lock:
+                    for i in box:
+                        self._armed.pop(i, None)
+                    self._armed.update(took or {})
+            if done is not None:
+                done(out, error)
+        return finished
+
+    def take_armed(self, job_id: int) -> bool:
+        """Take an armed job to send it now without a commit of its own; True for exactly one caller.
+
+        Only for a job read (committed) as ``printing``: its mark is durable."""
+        return self._take_armed(job_id) is not None
+
+    def _take_armed(self, job_id: int) -> Optional[str]:
+        with self._mem_lock:
+            return self._armed.pop(job_id, None)
+
+    def armed(self, printer: Optional[str] = None) -> tuple[int, ...]:
+        with self._mem_lock:
+            return tuple(i for i, p in self._armed.items() if printer is None or p == printer)
+
+    def unarm(self, printer: Optional[str] = None, ids: Iterable[int] = (), now: Optional[float] = None) -> int:
+        """Armed jobs (of ``printer``, or all) and ``ids`` (taken, but nothing of them was sent) go back
+        to ``queued``: a lazy write (nothing was sent, so losing it is harmless)."""
+        now = time.time() if now is None else now
+        with self._mem_lock:
+            mine = [i for i, p in self._armed.items() if printer is None or p == printer]
+            for i in mine:
+                del self._armed[i]
+        back = [*mine, *ids]
+        if back:
+            self.submit(lambda db: db.executemany(
+                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), updated_at=? WHERE id=? AND state='printing'",
+                [(now, i) for i in back]) and None, lazy=True)
+        return len(back)
+
+    def settling(self) -> tuple[int, ...]:
+        with self._mem_lock:
+            return tuple(self._settling)
 
     # -- printing -------------------------------------------------------
     _JOB_SQL = (
@@ -440,9 +655,11 @@ class Journal:
     def _job(row: tuple) -> Job:
         return Job(*row[:9], bool(row[9]), _unpack(row[10]))
 
-    def next_job(self, printer: str, also: tuple[str, ...] = (), skip: tuple[int, ...] = ()) -> Optional[Job]:
-        """The oldest open job of ``printer`` (or of the printers in ``also``, for a backup taking over)."""
+    def next_job(self, printer: str, also: tuple[str, ...] = (), skip: Iterable[int] = ()) -> Optional[Job]:
+        """The oldest open job of ``printer`` (or of the printers in ``also``, for a backup taking over),
+        not in ``skip`` (claimed by a worker) and not settling."""
         names = (printer, *also)
+        skip = (*skip, *self.settling())
         where = f"WHERE {self._OPEN} AND j.printer IN ({','.join('?' * len(names))})"
         if skip:
             where += f" AND j.id NOT IN ({','.join('?' * len(skip))})"
@@ -454,125 +671,122 @@ class Journal:
         rows = self._read(self._JOB_SQL + where + " ORDER BY j.id", (printer,) if printer else ())
         return [self._job(r) for r in rows]
 
-    def reassign_orphans(self, printers: list[str], to: str, now: Optional[float] = None,
-                         armed: Iterable[int] = ()) -> int:
-        """Open jobs for printers no longer configured move to ``to`` (a 'printing' one stays a reprint,
-        unless it is only ``armed``: marked by this process, nothing sent)."""
-        now = time.time() if now is None else now
-        marks = ",".join("?" * len(printers))
-        armed = tuple(armed)
-        unsent = f"id IN ({','.join('?' * len(armed))})" if armed else "0"
-
-        def tx(db: sqlite3.Connection) -> int:
-            return db.execute(
-                f"UPDATE jobs SET printer=?, updated_at=?, "
-                f"state=CASE WHEN {unsent} THEN 'queued' ELSE state END, "
-                f"reprint=CASE WHEN state='printing' AND NOT {unsent} THEN 1 ELSE reprint END "
-                f"WHERE state IN ('queued','printing') AND printer NOT IN ({marks})",
-                (to, now, *armed, *armed, *printers),
-            ).rowcount
-
-        return self._tx(tx)
-
     def open_job_counts(self) -> dict[str, int]:
         """Open jobs per printer (health and status: no payloads read)."""
         return {p: n for p, n in self._read(
             f"SELECT printer, COUNT(*) FROM jobs j WHERE {self._OPEN} GROUP BY printer")}
 
-    def begin_attempt(
-        self, job_id: int, now: Optional[float] = None, printer: Optional[str] = None, *,
-        armed: Iterable[int] = (), siblings: Iterable[str] = (), ahead: int = 0,
-    ) -> Job:
-        """Durably mark a job ``printing`` (on ``printer``, when a backup takes it over) before any byte
-        is sent; the returned job says whether it is a reprint.
-
-        ``armed``: ids whose ``printing`` state this process set without sending anything yet (not
-        an interrupted attempt: no 补打). ``siblings``: the printers whose other open jobs of the
-        same event are marked in the same commit (they print next, without a commit of their own),
-        and up to ``ahead`` jobs queued behind them; their ids are in the returned job's ``siblings``.
-        """
+    def reassign_orphans(self, printers: list[str], to: str, now: Optional[float] = None) -> int:
+        """Open jobs for printers no longer configured move to ``to`` (a 'printing' one is a reprint:
+        this runs when nothing of them is armed — at start, or after un-arming a removed printer)."""
         now = time.time() if now is None else now
-        armed = set(armed)
+        marks = ",".join("?" * len(printers))
+        return self.call(lambda db: db.execute(
+            f"UPDATE jobs SET printer=?, updated_at=? WHERE state IN ('queued','printing') AND printer NOT IN ({marks})",
+            (to, now, *printers)).rowcount)
+
+    def begin_attempt(self, job_id: int, now: Optional[float] = None, *, printer: Optional[str] = None,
+                      siblings: Iterable[str] = (), ahead: int = 0, max_uncertain: int = MAX_UNCERTAIN,
+                      on_done: Callable[[EventDone], None] = lambda done: None) -> Optional[Job]:
+        """Durably mark a job ``printing`` before any byte is sent; None when it is no longer open.
+
+        Found ``printing`` and not armed here, an earlier attempt may have reached paper: this one is a
+        reprint (补打). After ``max_uncertain`` such attempts the job fails instead (a person reprints
+        it): the returned job is ``failed`` and ``on_done`` gets its event's outcome when that was the
+        event's last open job. ``siblings``: printers whose queued jobs of the same event, and up to
+        ``ahead`` queued behind them, are armed for ``printer`` in the same commit (``Job.siblings``)."""
+        now = time.time() if now is None else now
         names = tuple(siblings)
+        outcome: list[EventDone] = []
 
-        def tx(db: sqlite3.Connection) -> Job:
-            state, attempts, reprint, owner, seq = db.execute(
-                "SELECT state, attempts, reprint, printer, event_seq FROM jobs WHERE id=?", (job_id,)
-            ).fetchone()
-            target = printer or owner
-            rows = [(job_id, state, reprint)]
-            if names:
-                # the rest of this event, and up to `ahead` more jobs queued behind it
-                rows += db.execute(
-                    f"SELECT id, state, reprint FROM jobs j WHERE id > ? AND {self._OPEN} "
+        def tx(db: sqlite3.Connection) -> Optional[Job]:
+            row = db.execute("SELECT state, attempts, reprint FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row[0] not in OPEN_JOB_STATES:
+                return None
+            state, attempts, reprint = row
+            owner = self._take_armed(job_id) if state == "printing" else None
+            if owner is not None:
+                took[job_id] = owner
+            armed_here = owner is not None
+            uncertain = state == "printing" and not armed_here
+            if uncertain and attempts >= max_uncertain:
+                db.execute("UPDATE jobs SET state='failed', error=?, updated_at=? WHERE id=? AND state='printing'",
+                           (f"sent {attempts} times without a confirmed print: check whether it came out, "
+                            "reprint it by hand if not", now, job_id))
+                outcome.extend(filter(None, [self._finish_event(db, job_id // JOB_SLOTS, now)]))
+                return self._job(db.execute(self._JOB_SQL + "WHERE j.id=?", (job_id,)).fetchone())
+            cur = db.execute(
+                "UPDATE jobs SET state='printing', attempts=attempts+?, reprint=?, updated_at=? "
+                "WHERE id=? AND state IN ('queued','printing')",
+                (0 if armed_here else 1, int(bool(reprint) or uncertain), now, job_id))
+            if cur.rowcount != 1:
+                return None
+            armed: list[int] = []
+            if names and printer:
+                seq = job_id // JOB_SLOTS
+                rows = db.execute(
+                    f"SELECT id FROM jobs j WHERE id > ? AND j.state='queued' "
                     f"AND printer IN ({','.join('?' * len(names))}) ORDER BY id LIMIT ?",
-                    (job_id, *names, JOB_SLOTS + ahead),
-                ).fetchall()
-                rows = [r for r in rows if r[0] < (seq + 1) * JOB_SLOTS] + [r for r in rows if r[0] >= (seq + 1) * JOB_SLOTS][:ahead]
-            for jid, st, rp in rows:
-                # a job already 'printing' and not armed here was interrupted after bytes may have left
-                rp = bool(rp) or (st == "printing" and jid not in armed)
-                db.execute(
-                    "UPDATE jobs SET state='printing', attempts=attempts+?, reprint=?, printer=?, updated_at=? WHERE id=?",
-                    (1 if jid == job_id else 0, int(rp), target, now, jid),
-                )
+                    (job_id, *names, JOB_SLOTS + ahead)).fetchall()
+                ids = [r[0] for r in rows if r[0] < (seq + 1) * JOB_SLOTS]
+                ids += [r[0] for r in rows if r[0] >= (seq + 1) * JOB_SLOTS][:ahead]
+                db.executemany("UPDATE jobs SET state='printing', attempts=attempts+1, updated_at=? "
+                               "WHERE id=? AND state='queued'", [(now, i) for i in ids])
+                self._arm(ids, printer, box)
+                armed = ids
             job = self._job(db.execute(self._JOB_SQL + "WHERE j.id=?", (job_id,)).fetchone())
-            return replace(job, siblings=tuple(r[0] for r in rows[1:]))
+            return Job(**{**job.__dict__, "siblings": tuple(armed)})
 
-        return self._tx(tx)
-
-    def attempt_not_sent(self, job_id: int | Iterable[int], error: str, now: Optional[float] = None) -> None:
-        """The attempt failed before any byte reached the printer: back to ``queued``, no reprint implied."""
-        now = time.time() if now is None else now
-        ids = [job_id] if isinstance(job_id, int) else list(job_id)
-        self._tx(
-            lambda db: db.executemany(
-                "UPDATE jobs SET state='queued', error=?, updated_at=? WHERE id=? AND state='printing'",
-                [(error, now, i) for i in ids],
-            )
-        )
+        box: list[int] = []
+        took: dict[int, str] = {}
+        job = self._write(tx, self._forget_on_failure(box, None, took))
+        for done in outcome:
+            on_done(done)
+        return job
 
     def note_error(self, job_id: int, error: str, now: Optional[float] = None) -> None:
         now = time.time() if now is None else now
-        self._tx(lambda db: self._lazy(db, "UPDATE jobs SET error=?, updated_at=? WHERE id=?", (error, now, job_id)),
-                 durable=False)
+        self.submit(lambda db: db.execute("UPDATE jobs SET error=?, updated_at=? WHERE id=?", (error, now, job_id)) and None,
+                    lazy=True)
 
-    def finish_job(
-        self, job_id: int, state: str, error: Optional[str] = None, now: Optional[float] = None
-    ) -> Optional[EventDone]:
-        """Mark a job ``printed`` or ``failed`` (a lazy write); returns the event outcome when this was
-        its last open job."""
+    def finish_job(self, job_id: int, state: str, error: Optional[str] = None, *, printer: Optional[str] = None,
+                   done: Optional[Callable[[Optional[EventDone]], None]] = None, now: Optional[float] = None) -> None:
+        """Mark a ``printing`` job ``printed`` or ``failed`` (lazy). ``done(EventDone)`` runs after the
+        commit when this was its event's last open job. Until then the job is settling."""
         if state not in ("printed", "failed"):
             raise ValueError(f"not a final job state: {state}")
         now = time.time() if now is None else now
 
         def tx(db: sqlite3.Connection) -> Optional[EventDone]:
-            self._lazy(
-                db,
-                "UPDATE jobs SET state=?, error=?, updated_at=?, printed_at=CASE WHEN ?='printed' THEN ? END WHERE id=?",
-                (state, error, now, state, now, job_id),
-            )
+            db.execute(
+                "UPDATE jobs SET state=?, error=?, updated_at=?, printed_at=CASE WHEN ?='printed' THEN ? END, "
+                "printed_on=COALESCE(?, printer) WHERE id=? AND state='printing'",
+                (state, error, now, state, now, printer, job_id))
             return self._finish_event(db, job_id // JOB_SLOTS, now)
 
-        return self._tx(tx, durable=False)
+        def finished(out: Optional[EventDone], err: Optional[BaseException]) -> None:
+            with self._mem_lock:
+                self._settling.discard(job_id)
+            if err is None and out is not None and done is not None:
+                done(out)
+
+        with self._mem_lock:
+            self._settling.add(job_id)
+        self.submit(tx, done=finished, lazy=True)
 
     def _finish_event(self, db: sqlite3.Connection, seq: int, now: float) -> Optional[EventDone]:
         jobs = db.execute(
-            "SELECT document, printer, state, reprint, error FROM jobs WHERE id >= ? AND id < ? ORDER BY id",
-            (seq * JOB_SLOTS, (seq + 1) * JOB_SLOTS),
-        ).fetchall()
+            "SELECT document, COALESCE(printed_on, printer), state, reprint, error FROM jobs "
+            "WHERE id >= ? AND id < ? ORDER BY id", (seq * JOB_SLOTS, (seq + 1) * JOB_SLOTS)).fetchall()
         if any(j[2] in OPEN_JOB_STATES for j in jobs):
             return None
-        event_id, order_id, status = db.execute(
-            "SELECT event_id, order_id, status FROM events WHERE seq=?", (seq,)
-        ).fetchone()
+        event_id, order_id, status = db.execute("SELECT event_id, order_id, status FROM events WHERE seq=?", (seq,)).fetchone()
         if status != "queued":
             return None
         failed = [j for j in jobs if j[2] == "failed"]
         status = "failed" if failed else "printed"
         error = "; ".join(f"{j[0]}: {j[4]}" for j in failed) or None
-        self._lazy(db, "UPDATE events SET status=?, finished_at=?, error=? WHERE seq=?", (status, now, error, seq))
-        self.lazy_events += 1
+        db.execute("UPDATE events SET status=?, finished_at=?, error=? WHERE seq=?", (status, now, error, seq))
         return _event_done(event_id, order_id, status, error, jobs)
 
     def order_payload(self, order_id: str) -> Optional[bytes]:
@@ -588,26 +802,24 @@ class Journal:
         return rows[0][0] if rows else default
 
     def mark_timer(self, key: str, fired_at: float) -> None:
-        self._tx(lambda db: db.execute(
+        self.call(lambda db: db.execute(
             "INSERT INTO timers(key, fired_at) VALUES (?,?) ON CONFLICT(key) DO UPDATE SET fired_at=excluded.fired_at",
-            (key, fired_at)))
+            (key, fired_at)) and None)
 
     def _recent(self, sql: str, params: tuple, since: float) -> list[tuple]:
         """Rows of ``sql`` (whose first column is received_at), newest first, back to ``since``.
 
         Events are stored in arrival order, so this walks back from the newest one instead of keeping a
-        time index (one page less written per order); a clock set back by up to ``CLOCK_SLACK_S`` is
-        tolerated."""
+        time index; a clock set back by up to ``CLOCK_SLACK_S`` is tolerated."""
         out = []
-        with self._lock:
-            try:
-                for row in self._db.execute(sql + " ORDER BY seq DESC", params):
-                    if row[0] <= since - CLOCK_SLACK_S:
-                        break
-                    if row[0] > since:
-                        out.append(row)
-            except sqlite3.Error as e:
-                raise JournalError(str(e)) from e
+        try:
+            for row in self._db().execute(sql + " ORDER BY seq DESC", params):
+                if row[0] <= since - CLOCK_SLACK_S:
+                    break
+                if row[0] > since:
+                    out.append(row)
+        except sqlite3.Error as e:
+            raise JournalError(str(e)) from e
         return out
 
     def recent_created(self, since: float) -> list[tuple[float, bytes, str]]:
@@ -621,15 +833,14 @@ class Journal:
         return {r[1] for r in rows if r[2] in types}
 
     # -- alerts ---------------------------------------------------------
-    def save_alert(self, alert_id: str, body: str, is_open: bool, now: Optional[float] = None) -> None:
+    def save_alert(self, alert_id: str, body: str, is_open: bool, now: Optional[float] = None,
+                   done: Optional[Done] = None) -> None:
+        """Stored with the next commit; ``done`` reports a failure (alerts never wait for the disk)."""
         now = time.time() if now is None else now
-        self._tx(
-            lambda db: db.execute(
-                "INSERT INTO alerts(id, open, updated_at, body) VALUES (?,?,?,?) "
-                "ON CONFLICT(id) DO UPDATE SET open=excluded.open, updated_at=excluded.updated_at, body=excluded.body",
-                (alert_id, int(is_open), now, body),
-            )
-        )
+        self.submit(lambda db: db.execute(
+            "INSERT INTO alerts(id, open, updated_at, body) VALUES (?,?,?,?) "
+            "ON CONFLICT(id) DO UPDATE SET open=excluded.open, updated_at=excluded.updated_at, body=excluded.body",
+            (alert_id, int(is_open), now, body)) and None, done=done)
 
     def open_alerts(self) -> list[str]:
         return [r[0] for r in self._read("SELECT body FROM alerts WHERE open=1 ORDER BY updated_at")]
@@ -639,20 +850,17 @@ class Journal:
         """The broker confirmed (PUBACK) the final results of these events (a lazy write)."""
         ids = [(e,) for e in event_ids]
         if ids:
-            self._tx(lambda db: [self._lazy(db, "UPDATE events SET reported=1 WHERE event_id=?", i) for i in ids],
-                     durable=False)
+            self.submit(lambda db: db.executemany("UPDATE events SET reported=1 WHERE event_id=?", ids) and None, lazy=True)
 
     def unreported(self, limit: int = 1000) -> list[EventDone]:
         """Finished events whose final result the broker never confirmed (e.g. the agent was killed)."""
         rows = self._read(
             "SELECT seq, event_id, order_id, status, error FROM events WHERE reported=0 "
-            "AND status IN ('printed','failed','duplicate','expired') ORDER BY seq LIMIT ?",
-            (limit,),
-        )
+            "AND status IN ('printed','failed','duplicate','expired') ORDER BY seq LIMIT ?", (limit,))
         out = []
         for seq, event_id, order_id, status, error in rows:
-            jobs = self._read("SELECT document, printer, state, reprint FROM jobs WHERE id >= ? AND id < ? ORDER BY id",
-                              (seq * JOB_SLOTS, (seq + 1) * JOB_SLOTS))
+            jobs = self._read("SELECT document, COALESCE(printed_on, printer), state, reprint FROM jobs "
+                              "WHERE id >= ? AND id < ? ORDER BY id", (seq * JOB_SLOTS, (seq + 1) * JOB_SLOTS))
             out.append(_event_done(event_id, order_id, status, error, jobs))
         return out
 
@@ -662,8 +870,7 @@ class Journal:
         return rows[0][0] if rows else None
 
     def counts(self) -> dict[str, int]:
-        rows = self._read("SELECT status, COUNT(*) FROM events GROUP BY status")
-        return {s: n for s, n in rows}
+        return {s: n for s, n in self._read("SELECT status, COUNT(*) FROM events GROUP BY status")}
 
     def oldest_open_age(self, now: Optional[float] = None) -> Optional[float]:
         now = time.time() if now is None else now
@@ -671,26 +878,28 @@ class Journal:
         return (now - rows[0][0]) if rows and rows[0][0] is not None else None
 
     def size_bytes(self) -> int:
-        (pages,), (size,), (free,) = (
-            self._read("PRAGMA page_count")[0],
-            self._read("PRAGMA page_size")[0],
-            self._read("PRAGMA freelist_count")[0],
-        )
+        (pages,), (size,), (free,) = (self._read("PRAGMA page_count")[0], self._read("PRAGMA page_size")[0],
+                                      self._read("PRAGMA freelist_count")[0])
         return (pages - free) * size
 
     # -- pruning --------------------------------------------------------
     def prune(self, keep_days: int, max_bytes: int, now: Optional[float] = None) -> int:
         """Delete finished events older than ``keep_days``, then oldest-first until under ``max_bytes``.
 
-        Events with open jobs are never deleted. Returns the number of events removed. Freed pages
-        are reused by new events (the file keeps its size).
-        """
+        Events with open jobs are never deleted; the keys of deleted events go to ``dedupe`` (kept
+        ``dedupe_days``). Returns the number of events removed. Freed pages are reused."""
         now = time.time() if now is None else now
         cutoff = now - keep_days * 86400
         final = f"status IN ({','.join(repr(s) for s in FINAL_EVENT_STATES)})"
 
         def delete_events(db: sqlite3.Connection, where: str, params: tuple) -> int:
             seqs = [r[0] for r in db.execute(f"SELECT seq FROM events WHERE {where}", params)]
+            for s in seqs:
+                db.execute("INSERT OR IGNORE INTO dedupe(key, value, at) "
+                           "SELECT 'e:' || event_id, status, ? FROM events WHERE seq=?", (now, s))
+                db.execute("INSERT OR IGNORE INTO dedupe(key, value, at) SELECT 'o:' || order_id, event_id, ? "
+                           "FROM events WHERE seq=? AND type='order.created' AND status='printed' "
+                           "AND order_id IS NOT NULL", (now, s))
             db.executemany("DELETE FROM jobs WHERE id >= ? AND id < ?", [(s * JOB_SLOTS, (s + 1) * JOB_SLOTS) for s in seqs])
             db.executemany("DELETE FROM events WHERE seq=?", [(s,) for s in seqs])
             return len(seqs)
@@ -700,9 +909,10 @@ class Journal:
             n += db.execute("DELETE FROM rejected WHERE received_at < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM alerts WHERE open=0 AND updated_at < ?", (cutoff,))
             db.execute("DELETE FROM timers WHERE fired_at < ? AND key != 'summary'", (cutoff,))
+            db.execute("DELETE FROM dedupe WHERE at < ?", (now - self.dedupe_days * 86400,))
             return n
 
-        removed = self._tx(by_age)
+        removed = self.call(by_age)
         while self.size_bytes() > max_bytes:
             total = self._read("SELECT COUNT(*) FROM events")[0][0] + self._read("SELECT COUNT(*) FROM rejected")[0][0]
             batch = max(1, total // 20)  # 5 % steps: never far below the bound
@@ -711,31 +921,77 @@ class Journal:
                 # under size pressure only events whose result HQ has confirmed go (age pruning takes any)
                 n = delete_events(
                     db, f"seq IN (SELECT seq FROM events WHERE {final} AND reported=1 ORDER BY seq LIMIT ?)", (batch,))
-                n += db.execute(
-                    "DELETE FROM rejected WHERE id IN (SELECT id FROM rejected ORDER BY id LIMIT ?)", (batch,)
-                ).rowcount
+                n += db.execute("DELETE FROM rejected WHERE id IN (SELECT id FROM rejected ORDER BY id LIMIT ?)",
+                                (batch,)).rowcount
                 return n
 
-            n = self._tx(oldest)
+            n = self.call(oldest)
             removed += n
             if n == 0:
                 break
-        with self._lock:
-            try:
-                if self._db.in_transaction:  # lazy writes since: a checkpoint cannot run inside a transaction
-                    self._commit()
-                self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # the WAL file is reused, not regrown
-            except sqlite3.Error as e:
-                log.warning("journal checkpoint failed: %s", e)
+        try:  # the WAL file is reused, not regrown
+            self._wait(self.submit(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall(), raw=True))
+        except Exception as e:  # noqa: BLE001
+            log.warning("journal checkpoint failed: %s", e)
         return removed
 
 
-def migrate_v1(path: Path) -> None:
-    """Rewrite a schema-1 journal (4 KiB pages, AUTOINCREMENT ids, plain payloads) as schema 2.
+def _create_private(path: Path) -> None:
+    """The journal holds customers' names, phones and addresses: 0600 from its first byte."""
+    try:
+        fd = os.open(str(path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        try:
+            if p.stat().st_mode & 0o077:
+                os.chmod(p, 0o600)
+        except OSError:
+            pass
 
-    The new file is built beside the old one and renamed over it; the old one is kept as
-    ``<name>.v1`` until the next migration. Open jobs keep their state (a ``printing`` one stays a
-    reprint), and an event's jobs keep their order.
+
+def _open(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=10)
+    db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # takes effect only on a new file
+    mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+        raise JournalError(f"{path}: cannot switch to WAL (got {mode})")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+def _migrate_v2(db: sqlite3.Connection) -> None:
+    """Schema 2 -> 3 in place, in one transaction: the dedupe table, ``jobs.printed_on``."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        cols = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+        if "printed_on" not in cols:
+            db.execute("ALTER TABLE jobs ADD COLUMN printed_on TEXT")
+        db.execute("CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL) WITHOUT ROWID")
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    log.warning("journal: upgraded to schema %d", SCHEMA_VERSION)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def migrate_v1(path: Path) -> None:
+    """Rewrite a schema-1 journal (4 KiB pages, AUTOINCREMENT ids, plain payloads) in the current schema.
+
+    The new file is built beside the old one. The old one stays in place until the new one is
+    complete and synced; then it is hard-linked as ``<name>.v1`` and the new one takes its name in
+    one atomic ``rename``: a power cut at any point leaves either the old journal or the new one
+    at ``path``, never neither. Open jobs keep their state (a ``printing`` one stays a reprint).
     """
     tmp = path.with_name(path.name + ".v2-tmp")
     for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
@@ -743,9 +999,11 @@ def migrate_v1(path: Path) -> None:
     old = sqlite3.connect(str(path), isolation_level=None)
     try:
         old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _create_private(tmp)
         new = sqlite3.connect(str(tmp), isolation_level=None)
         try:
             new.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            new.execute("PRAGMA synchronous=FULL")
             new.executescript(SCHEMA)
             new.execute("BEGIN")
             for seq, event_id, order_id, type_, status, received_at, finished_at, payload, error, reported in old.execute(
@@ -776,13 +1034,12 @@ def migrate_v1(path: Path) -> None:
             new.close()
     finally:
         old.close()
-    os.replace(path, path.with_name(path.name + ".v1"))
-    for suffix in ("-wal", "-shm"):
+    for suffix in ("-wal", "-shm"):  # the old file is checkpointed and closed: its WAL must not meet the new file
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    kept = path.with_name(path.name + ".v1")
+    kept.unlink(missing_ok=True)  # an earlier, interrupted migration's link (the same file)
+    os.link(path, kept)
     os.replace(tmp, path)
-    fd = os.open(str(path.parent), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_dir(path.parent)
     log.warning("journal: migrated %s to schema %d (the old file is kept as %s.v1)", path, SCHEMA_VERSION, path.name)

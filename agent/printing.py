@@ -1,9 +1,11 @@
 """One print worker per printer: FIFO from the journal, never on paho's thread.
 
-A job counts as printed only when the printer was printable before *and*
-after it. A job whose attempt may have reached paper (it was ``printing`` when
-the agent stopped, or the printer faulted during it) is printed again marked
-补打 (reprint), so a clerk never mistakes it for a second order.
+A job counts as printed only when the printer was printable before *and* after it. Before any byte
+of a job leaves, its ``printing`` mark is committed (``Journal.begin_attempt``, or the job was
+armed for it by an earlier commit and ``Journal.take_armed`` hands it over); a job whose attempt
+may have reached paper prints again marked 补打, at most once automatically (see agent/journal.py).
+What was armed but not sent goes back to ``queued`` when the printer is not ready, when a send
+fails before any byte left, and at a clean stop, so no first copy is ever marked 补打.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable, Optional
 from drivers.escpos_proto import PrinterStatus
 from drivers.printers import Printer, PrinterError, PrinterIOError
 
-from .journal import EventDone, Job, Journal, JournalError
+from .journal import MAX_UNCERTAIN, EventDone, Job, Journal, JournalError
 from .messages import OrderEvent, parse_stored
 from .preview import encode
 from .timers import context_from
@@ -24,50 +26,18 @@ from .tickets import TicketRenderer
 
 log = logging.getLogger(__name__)
 
-# With a queue (a burst, or the end of a paper-out spell), one durable commit also marks this many
+# With a queue (a burst, or the end of a paper-out spell), one durable commit also arms this many
 # jobs queued behind the current event. Bytes written per order fall; the price: after a crash in
 # such a spell, up to this many tickets that never printed come out marked 补打.
 ARM_AHEAD = 8
 
 
 class Inflight:
-    """Jobs being attempted right now, shared by all workers: a job is never on two printers at once.
-
-    Also the *armed* jobs: stored as ``printing`` by this process (at intake, or with the first job of
-    their event) although no byte of theirs has been sent yet, so their attempt needs no commit of
-    its own. After a restart nothing is armed: a ``printing`` job is then an interrupted attempt and
-    prints again marked 补打.
-    """
+    """Jobs a worker is attempting right now, shared by all workers: a job is never on two printers at once."""
 
     def __init__(self) -> None:
         self._ids: set[int] = set()
-        self._armed: dict[int, str] = {}  # job id -> the printer it was armed for
         self._lock = threading.Lock()
-
-    def arm(self, job_ids, printer: str) -> None:  # noqa: ANN001 - any iterable of ids
-        with self._lock:
-            for i in job_ids:
-                self._armed[i] = printer
-
-    def armed_for(self, job_id: int) -> Optional[str]:
-        with self._lock:
-            return self._armed.get(job_id)
-
-    def armed_ids(self) -> tuple[int, ...]:
-        with self._lock:
-            return tuple(self._armed)
-
-    def disarm(self, job_id: int) -> None:
-        with self._lock:
-            self._armed.pop(job_id, None)
-
-    def disarm_except(self, printers) -> tuple[int, ...]:  # noqa: ANN001 - any collection of names
-        """Forget the jobs armed for printers not in ``printers``; returns their ids."""
-        with self._lock:
-            gone = tuple(i for i, p in self._armed.items() if p not in printers)
-            for i in gone:
-                del self._armed[i]
-            return gone
 
     def claim(self, job_id: int) -> bool:
         with self._lock:
@@ -103,7 +73,7 @@ class PrintWorker:
         max_attempts: int = 0,
         clock: Callable[[], float] = time.time,
         takeover: Callable[[], tuple[str, ...]] = lambda: (),
-        inflight: Optional["Inflight"] = None,
+        inflight: Optional[Inflight] = None,
     ) -> None:
         self.takeover = takeover  # a backup printer: the primaries whose jobs it may print now
         self.inflight = inflight or Inflight()
@@ -115,7 +85,7 @@ class PrintWorker:
         self.qr_mode = qr_mode
         self.journal = journal
         self.renderer = renderer
-        self.on_done = on_done
+        self.on_done = on_done  # runs on the journal's writer thread, after the outcome's commit
         self.on_status = on_status
         self.retry_s = retry_s
         self.poll_s = poll_s
@@ -127,13 +97,9 @@ class PrintWorker:
         self.last_print_at: Optional[float] = None
         self.heartbeat = time.monotonic()
         self.idle = False  # nothing to print at the last look (intake may then arm a new order's jobs)
+        self.current: Optional[Job] = None  # the job whose bytes are being sent (tests, diagnostics)
+        self._finished = 0  # jobs finished since the last idle commit
         self._wake = threading.Event()
-        self._pre_lock = threading.Lock()
-        self._pre_todo: list[tuple[str, str, OrderEvent]] = []  # (event id, document, event) to render ahead
-        self._pre_done: dict[tuple[str, str], tuple[int, bytes]] = {}  # -> (id(renderer), bytes)
-        self._pre_checked: Optional[tuple[float, PrinterStatus]] = None  # (monotonic, status) checked ahead
-        self._first_sent = threading.Event()  # the ticket rendered ahead went out (or will not)
-        self._handoff: Optional[Job] = None  # an armed job intake just committed: no need to read it back
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -143,53 +109,17 @@ class PrintWorker:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the job under way; what is armed for this printer goes back to ``queued``."""
         self._stop.set()
         self._wake.set()
         if self._thread:
             self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self._unarm()
         self.printer.close()
 
     def wake(self) -> None:
         self._wake.set()
-
-    def prerender(self, event_id: str, document: str, ev: OrderEvent) -> None:
-        """Render a new order's first ticket now, while intake is still committing it: the job then
-        finds its bytes ready. Only worth it (and only asked) while this worker is idle; a render
-        nobody uses is dropped after the next few."""
-        with self._pre_lock:
-            self._pre_todo.append((event_id, document, ev))
-        self._first_sent.clear()
-        self._wake.set()
-
-    def handoff(self, job: Job) -> None:
-        """Intake, under the journal lock right after committing ``job`` armed for this idle printer."""
-        self._handoff = job
-
-    def wait_first_sent(self, timeout: float) -> bool:
-        """Intake waits (briefly) for the ticket rendered ahead to go out before its own bookkeeping:
-        on a small machine the receipt comes first."""
-        return self._first_sent.wait(timeout)
-
-    def _prerender_pending(self) -> None:
-        with self._pre_lock:
-            todo, self._pre_todo = self._pre_todo, []
-        if todo:  # the status check before the job, done while intake still commits
-            self._pre_checked = (time.monotonic(), self._quick_check())
-        for event_id, document, ev in todo:
-            try:
-                doc = self.renderer.render(document, ev, columns=self.columns, reprint=False)
-                data = encode(doc, self.render_mode, self.qr_mode)
-            except Exception:  # noqa: BLE001 - the job renders (and reports) it again
-                continue
-            with self._pre_lock:
-                self._pre_done[(event_id, document)] = (id(self.renderer), data)
-                while len(self._pre_done) > 8:
-                    del self._pre_done[next(iter(self._pre_done))]
-
-    def _prerendered(self, job: Job) -> Optional[bytes]:
-        with self._pre_lock:
-            hit = self._pre_done.pop((job.event_id, job.document), None)
-        return hit[1] if hit and hit[0] == id(self.renderer) else None
 
     # -- loop
     def _run(self) -> None:
@@ -200,23 +130,7 @@ class PrintWorker:
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
-                if self._pre_todo:
-                    self._prerender_pending()
-                with self.journal.lock:  # intake hands an armed job over under this lock
-                    job, self._handoff = self._handoff, None
-                    if job is None:
-                        job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
-                self.idle = job is None
-                if job is None:
-                    self._idle()
-                    continue
-                if not self.inflight.claim(job.id):
-                    continue
-                try:
-                    ok = self._process(job)
-                finally:
-                    self.inflight.release(job.id)
-                if not ok:
+                if not self.step():
                     self._sleep(self.retry_s)
             except JournalError as e:
                 log.error("printer %s: journal error: %s", self.name, e)
@@ -225,6 +139,20 @@ class PrintWorker:
                 log.exception("printer %s: unexpected error", self.name)
                 self._sleep(self.retry_s)
 
+    def step(self) -> bool:
+        """Print the next job, or wait for one; False means 'wait before the next attempt'."""
+        job = self.journal.next_job(self.name, self.takeover(), skip=self.inflight.ids())
+        self.idle = job is None
+        if job is None:
+            self._idle()
+            return True
+        if not self.inflight.claim(job.id):
+            return True
+        try:
+            return self._attempt(job)
+        finally:
+            self.inflight.release(job.id)
+
     def _sleep(self, seconds: float) -> None:
         self.heartbeat = time.monotonic()  # waiting for paper is not being stuck
         self._stop.wait(seconds)
@@ -232,13 +160,11 @@ class PrintWorker:
     def _idle(self) -> None:
         """Nothing to print: poll the printer's status every ``poll_s`` until woken."""
         self.heartbeat = time.monotonic()
-        if self.journal.lazy_events >= 2:
-            # the end of a burst: write its outcomes now, so a crash in the next seconds does not
-            # reprint them (a single order's outcome rides on the next order's commit instead)
-            try:
-                self.journal.flush()
-            except JournalError as e:
-                log.warning("printer %s: cannot write outcomes: %s", self.name, e)
+        if self._finished >= 2:
+            # the end of a burst: commit its outcomes now, so a crash in the next seconds does not
+            # reprint them (a single order's outcome rides on the next commit instead)
+            self.journal.commit_soon()
+        self._finished = 0
         if self._wake.wait(self.poll_s):
             self._wake.clear()
             return
@@ -275,66 +201,64 @@ class PrintWorker:
         """Idle with a printer that was ready at the last look: a new order's jobs may be armed."""
         return self.idle and self._ok_to_print(self.status) and self._thread is not None and not self._stop.is_set()
 
+    def _unarm(self, *ids: int) -> None:
+        try:
+            self.journal.unarm(self.name, ids, now=self.clock())
+        except JournalError as e:  # closed: a crash-like stop, those print marked 补打
+            log.warning("printer %s: cannot un-arm: %s", self.name, e)
+
     def _render(self, job: Job) -> bytes:
-        if not job.reprint and not job.type.startswith("agent."):
-            data = self._prerendered(job)
-            if data is not None:
-                return data
         if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
-            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=True)
-            return encode(doc, self.render_mode, self.qr_mode)
+            return self._bytes(job.document, parse_stored(job.payload), reprint=True)
         if job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
             ctx = {**context_from(job.payload), "printer": self.describe}
             doc = self.renderer.render_named(job.document, ctx, columns=self.columns)
             return encode(doc, self.render_mode, self.qr_mode)
-        ev = parse_stored(job.payload)
-        doc = self.renderer.render(job.document, ev, columns=self.columns, reprint=job.reprint)
+        return self._bytes(job.document, parse_stored(job.payload), reprint=job.reprint)
+
+    def _bytes(self, document: str, ev: OrderEvent, reprint: bool) -> bytes:
+        doc = self.renderer.render(document, ev, columns=self.columns, reprint=reprint)
         return encode(doc, self.render_mode, self.qr_mode)
 
-    def _process(self, job: Job) -> bool:
-        """One attempt at a job; False means 'wait before the next attempt'."""
-        try:
-            return self._attempt(job)
-        finally:
-            self._first_sent.set()
-
     def _attempt(self, job: Job) -> bool:
-        # armed: stored as 'printing' by this process for this printer, nothing of it sent yet
-        armed = self.inflight.armed_for(job.id) == self.name == job.printer and job.state == "printing"
-        if self.max_attempts and job.attempts - armed >= self.max_attempts:
-            self._finish(job, "failed", f"gave up after {job.attempts - armed} attempts: {self.status.state} {self.status.detail}".strip())
-            return True
-        pre, self._pre_checked = self._pre_checked, None
-        before = pre[1] if pre and armed and time.monotonic() - pre[0] < 0.05 else self._quick_check()
-        if not self._ok_to_print(before):
+        """One attempt at a claimed job; False means 'wait before the next attempt'."""
+        if not self._ok_to_print(self._quick_check()):
+            self._unarm()  # nothing of them was sent: a crash during the spell must not mark them 补打
             return False
         if job.printer != self.name:
             log.warning("printer %s: taking over %s of %s (faulted)", self.name, job.document, job.printer)
-        if not armed:
-            # one durable commit for the whole event: its other tickets on this printer print next
+        if not (job.state == "printing" and self.journal.take_armed(job.id)):
+            limit = min(self.max_attempts, MAX_UNCERTAIN) if self.max_attempts else MAX_UNCERTAIN
             job = self.journal.begin_attempt(job.id, now=self.clock(), printer=self.name,
-                                             armed=self.inflight.armed_ids(), siblings=tuple({job.printer, self.name}),
-                                             ahead=ARM_AHEAD)
-            self.inflight.arm(job.siblings, self.name)
-        self.inflight.disarm(job.id)  # from here on, 'printing' means bytes may have left
+                                             siblings=tuple({job.printer, self.name}), ahead=ARM_AHEAD,
+                                             max_uncertain=limit, on_done=self.on_done)
+            if job is None:  # finished meanwhile (by another printer)
+                return True
+            if job.state == "failed":
+                log.error("printer %s: job %s of %s not sent again: may have printed %d times already",
+                          self.name, job.id, job.event_id, job.attempts)
+                return True
         try:
             data = self._render(job)
         except Exception as e:  # noqa: BLE001 - a document that cannot render fails its job, never the agent
             log.exception("printer %s: cannot render %s for %s", self.name, job.document, job.event_id)
             self._finish(job, "failed", f"render error: {e}")
             return True
+        self.current = job
         try:
-            self.printer.send(data, on_written=self._first_sent.set)
-        except PrinterIOError as e:
+            self.printer.send(data)
+        except PrinterIOError as e:  # bytes may have left: the next attempt is a reprint
             log.warning("printer %s: job %s interrupted: %s", self.name, job.id, e)
             self.journal.note_error(job.id, str(e), now=self.clock())
             self._check()
             return False
-        except PrinterError as e:
+        except PrinterError as e:  # nothing left: back to queued, no reprint implied
             log.warning("printer %s: job %s not sent: %s", self.name, job.id, e)
-            self.journal.attempt_not_sent(job.id, str(e), now=self.clock())  # its armed siblings stay armed
+            self._unarm(job.id)
             self._check()
             return False
+        finally:
+            self.current = None
         after = self._quick_check()
         if not self._ok_to_print(after):
             log.warning("printer %s: %s after job %s; it will be reprinted", self.name, after.state, job.id)
@@ -345,7 +269,5 @@ class PrintWorker:
         return True
 
     def _finish(self, job: Job, state: str, error: Optional[str]) -> None:
-        self.inflight.disarm(job.id)  # (a job given up on before any attempt was still armed)
-        done = self.journal.finish_job(job.id, state, error, now=self.clock())
-        if done is not None:
-            self.on_done(done)
+        self._finished += 1
+        self.journal.finish_job(job.id, state, error, printer=self.name, done=self.on_done, now=self.clock())

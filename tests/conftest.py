@@ -55,6 +55,15 @@ def order(n: int, tag: str = "") -> dict[str, Any]:
     return ev
 
 
+def set_max_pages(journal, pages=None) -> int:  # noqa: ANN001 - agent.journal.Journal
+    """SQLite's own SQLITE_FULL, like a full SD card: the journal's file may not grow past ``pages``
+    (default: its size now). Set on the writer's connection, by the writer."""
+    def fn(db):  # noqa: ANN001
+        n = pages if pages is not None else db.execute("PRAGMA page_count").fetchone()[0]
+        return db.execute(f"PRAGMA max_page_count={n}").fetchone()[0]
+    return journal.submit(fn, raw=True).result()
+
+
 def wait_until(cond: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

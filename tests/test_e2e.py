@@ -7,7 +7,7 @@ import time
 import pytest
 
 from agent.messages import sha256_hex
-from conftest import example, example_events, fresh, order, wait_until
+from conftest import example, example_events, fresh, order, set_max_pages, wait_until
 from tickets_util import check_exactly_once, tickets
 
 
@@ -71,13 +71,14 @@ def test_duplicates_print_nothing_more(broker, vprinter, make_agent, hq_factory,
     ev = fresh(example("order-created-meituan.json"))
     hq.publish(ev)
     assert wait_until(lambda: "evt-0001" in hq.final())
-    hq.publish(ev)  # same event id
-    again = dict(ev, id="evt-0001-again")  # same order, new event id
+    hq.publish(ev)  # same event id: its current status again, not a duplicate (HQ's last word stays true)
+    again = dict(ev, id="evt-0001-again")  # same order, new event id: a duplicate naming the first
     hq.publish(again)
-    assert wait_until(lambda: len(hq.final("duplicate")) == 2)
+    assert wait_until(lambda: len(hq.final("duplicate")) == 1)
     dup = hq.final("duplicate")
-    assert "already received" in dup["evt-0001"]["error"]
-    assert "evt-0001" in dup["evt-0001-again"]["error"]
+    assert "evt-0001" in dup["evt-0001-again"]["error"] and not dup["evt-0001-again"]["redelivered"]
+    answers = [r for r in hq.results() if r["event_id"] == "evt-0001"]
+    assert [(r["status"], r["redelivered"]) for r in answers] == [("queued", False), ("printed", False), ("printed", True)]
     time.sleep(0.5)
     assert len(vprinter.jobs) == 2
 
@@ -190,10 +191,7 @@ def test_paper_out_mid_burst(broker, vprinter, make_agent, hq_factory, store_id)
 def test_full_journal_is_never_acked(broker, vprinter, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     agent = make_agent(broker.port, vprinter.port, store_id, intake={"redeliver_s": 1.0})
-    db = agent.journal._db
-    with agent.journal._lock:
-        pages = db.execute("PRAGMA page_count").fetchone()[0]
-        db.execute(f"PRAGMA max_page_count={pages}")  # SQLITE_FULL on the next growth
+    set_max_pages(agent.journal)  # SQLITE_FULL on the next growth
     big = fresh(example("order-created-meituan.json"))
     rng = random.Random(7)  # random characters: the journal stores payloads compressed
     big["order"]["note"] = "".join(chr(rng.randrange(0x4E00, 0x9FA5)) for _ in range(6000))  # ~18 KiB, over a free page
@@ -202,8 +200,7 @@ def test_full_journal_is_never_acked(broker, vprinter, make_agent, hq_factory, s
     assert hq.results() == [] and vprinter.jobs == []  # not stored, not acked, not answered
     alerts = lambda: [json.loads(p) for t, p, _ in list(hq.messages) if t == hq.topic("alerts")]  # noqa: E731
     assert wait_until(lambda: any(a["code"] == "agent.journal_failed" and a["state"] == "escalated" for a in alerts()), 10)
-    with agent.journal._lock:
-        db.execute("PRAGMA max_page_count=1073741823")  # space again
+    set_max_pages(agent.journal, 1073741823)  # space again
     assert wait_until(lambda: "evt-0001" in hq.final(), 30)  # the broker redelivered it
     assert agent.link.connects >= 2
     assert wait_until(lambda: any(a["code"] == "agent.journal_failed" and a["state"] == "cleared" for a in alerts()), 10)
