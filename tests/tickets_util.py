@@ -34,4 +34,6 @@ def check_exactly_once(vp: VirtualPrinter, order_ids: list[str], kind: str = "re
         "orders": len(order_ids),
         "printed": len(seen),
         "extra_marked_copies": sum(len(m) - 1 for m in seen.values()),
+        "marked": sum(m.count(True) for m in seen.values()),  # every ticket marked 补打
+        "first_copies_marked": sum(1 for m in seen.values() if m[0]),  # a false 补打: the first copy marked
     }
