@@ -110,8 +110,24 @@ SECTIONS = {
 }
 section = {k: st.one_of(leaf, st.dictionaries(st.sampled_from(v), leaf, max_size=4)) for k, v in SECTIONS.items()}
 printer = st.dictionaries(st.sampled_from(["name", "paper_width_mm", "timeout_s", *TRANSPORT]), leaf, max_size=5)
-overlays = st.fixed_dictionaries({}, optional={**section, "printers": st.lists(printer, max_size=3),
-                                               "store_id": leaf, "state_dir": leaf})
+random_overlays = st.fixed_dictionaries({}, optional={**section, "printers": st.lists(printer, max_size=3),
+                                                      "store_id": leaf, "state_dir": leaf})
+opt = lambda **kw: st.fixed_dictionaries({}, optional=kw)  # noqa: E731
+# mostly valid overlays, so that many apply, with file-only keys mixed in now and then
+plausible = opt(
+    store=opt(name=st.text(max_size=8), phone=st.text(max_size=8)),
+    sound=opt(volume=st.floats(0, 1), quiet_volume=st.floats(0, 1), enabled=st.booleans(),
+              device=st.sampled_from(["default", "hw:0", "file:'|id',raw"])),
+    timers=opt(check_s=st.integers(1, 3600)),
+    printers=st.lists(st.fixed_dictionaries({"name": st.sampled_from(["counter", "back", "usb", "x"])}, optional={
+        "paper_width_mm": st.sampled_from([58, 80]), "timeout_s": st.floats(0.1, 60),
+        "host": st.sampled_from(["127.0.0.1", "10.0.0.1"]), "port": st.sampled_from([9100, 80]),
+        "connection": st.sampled_from(["network", "serial", "file"]), "device": st.sampled_from(["/dev/ttyUSB0", "/etc/shadow"]),
+        "vendor_id": st.sampled_from([0x0416, 1])}), max_size=3, unique_by=lambda p: p["name"]),
+    mqtt=opt(host=st.sampled_from(["127.0.0.1", "evil.example"]), keepalive_s=st.integers(5, 60), ca_file=st.none()),
+    escalation=opt(renotify_s=st.integers(60, 4000), webhook_hosts=st.just(["evil.example"])),
+)
+overlays = st.one_of(random_overlays, plausible)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
