@@ -31,16 +31,18 @@ def responses(hq, command):
 
 def test_a_test_print_flood_does_not_starve_an_order(running, vprinter):
     agent, hq = running
+    began = time.monotonic()
     for i in range(500):
         hq.c.publish(hq.topic("request", "test_print"), json.dumps({"transaction": f"t{i}", "args": {}}), qos=1)
     hq.publish(order(1, "flood"))
-    sent = time.monotonic()
     assert wait_until(lambda: any(r["status"] == "printed" and r["order_id"] == "MT-flood00001" for r in hq.results()), 20)
-    latency = time.monotonic() - sent
-    print(f"order printed {latency:.2f} s after a 500 test_print flood")
-    assert latency < 5, f"the order waited {latency:.1f} s behind the flood"  # the review measured 28 s
+    print(f"order printed {time.monotonic() - began:.2f} s after a 500 test_print flood began")
     time.sleep(1)
-    pages = [j for j in vprinter.jobs if "版本:store-agent" in j.text]
+    paper = list(vprinter.jobs)
+    ahead = next(i for i, j in enumerate(paper) if "MT-flood00001" in j.text)
+    print(f"tickets printed ahead of the order: {ahead}")
+    assert ahead <= MAX_PENDING_INTERNAL, f"the order came out behind {ahead} tickets"
+    pages = [j for j in paper if "版本:store-agent" in j.text]
     assert len(pages) <= req.RATE_LIMITS["test_print"][0], f"{len(pages)} test pages printed"
     got = responses(hq, "test_print")
     ok = [r for r in got if r["status"] == "ok"]
@@ -70,14 +72,18 @@ def test_reprint_flood_queues_one_reprint_per_order(running, vprinter):
     assert wait_until(lambda: [o for o, marked in tickets(vprinter) if marked] == ["MT-rp00002"], 20)
 
 
-def test_config_set_after_a_flood_is_applied(running):
+def test_config_set_after_a_flood_is_applied(running, vprinter):
+    """diagnose waits for the printers: with a hung printer each takes its timeout, so before the fix
+    the request queue filled up and the config/set behind it was acknowledged and dropped."""
     agent, hq = running
-    for i in range(400):
-        command = ("test_print", "status", "queue", "diagnose")[i % 4]
-        hq.c.publish(hq.topic("request", command), json.dumps({"transaction": f"c{i}", "args": {}}), qos=1)
+    vprinter.set_mode("hang")
+    for i in range(300):
+        hq.c.publish(hq.topic("request", "diagnose"), json.dumps({"transaction": f"c{i}", "args": {}}), qos=1)
     hq.publish({"v": 1, "version": 1, "config": {"store": {"name": "洪水之后"}}}, topic=hq.topic("config", "set"))
-    assert wait_until(lambda: agent.remote.version == 1, 15), "the acknowledged config/set was lost"
+    assert wait_until(lambda: agent.remote.version == 1, 10), "the acknowledged config/set was lost or stuck"
     assert agent.cfg.store.name == "洪水之后"
+    vprinter.set_mode("ready")
+    assert wait_until(lambda: any("rate limited" in (r["error"] or "") for r in responses(hq, "diagnose")), 10)
 
 
 # -- the parts on their own
