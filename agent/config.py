@@ -8,6 +8,7 @@ file and an optional ``mqtt.password_file``.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
@@ -198,10 +199,16 @@ class PrintConfig(_Model):
     max_attempts: int = Field(0, ge=0, description="0 = retry until printed; N = result 'failed' after N attempts")
 
 
+def _check_alsa_device(device: str) -> str:
+    if not re.fullmatch(ALSA_DEVICE_PATTERN, device):
+        raise ValueError("only default, sysdefault[:N], hw:N[,M] or plughw:N[,M] (other ALSA names can run commands)")
+    return device
+
+
 class SoundConfig(_Model):
     enabled: bool = Field(True, json_schema_extra=RESTART)
-    device: str = Field("default", pattern=ALSA_DEVICE_PATTERN,
-                        description="ALSA device: default, sysdefault[:N], hw:N[,M] or plughw:N[,M] (nothing else reaches "
+    device: Annotated[str, AfterValidator(_check_alsa_device)] = Field(
+                        "default", description="ALSA device: default, sysdefault[:N], hw:N[,M] or plughw:N[,M] (nothing else reaches "
                         "aplay); simpleaudio plays only to 'default', others go through aplay -D", json_schema_extra=RESTART)
     volume: float = Field(0.8, ge=0, le=1)
     quiet_hours: str = Field("", pattern=r"^$|^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",

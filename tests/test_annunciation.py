@@ -112,7 +112,7 @@ def test_quiet_hours_mute_the_chime_not_the_light(noisy_agent, alsa_file):
 
 
 def test_audio_failure_is_an_alert_and_orders_keep_printing(noisy_agent, vprinter):
-    agent, hq = noisy_agent(sound={"enabled": True, "device": "no_such_alsa_device"})
+    agent, hq = noisy_agent(sound={"enabled": True, "device": "hw:63"})
     hq.publish(fresh(example("order-created-meituan.json")))
     assert wait_until(lambda: any(a["code"] == "audio.failed" and a["state"] == "raised" for a in alerts_of(hq)))
     assert vprinter.wait_jobs(2)
@@ -175,7 +175,7 @@ def test_status_led_blinks_slowly_while_the_broker_is_unreachable(own_broker, vp
 
 
 def test_audio_failure_shows_in_health(noisy_agent):
-    agent, hq = noisy_agent(sound={"enabled": True, "device": "no_such_alsa_device"})
+    agent, hq = noisy_agent(sound={"enabled": True, "device": "hw:63"})
     agent.annunciator.request("new_order")
     health = lambda: [json.loads(p) for t, p, _ in list(hq.messages) if t == hq.topic("health")]
     assert wait_until(lambda: any(h["audio"]["state"] == "failed" for h in health()), 10)
