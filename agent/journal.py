@@ -214,6 +214,7 @@ class _Writer:
         self._lazy_since: Optional[float] = None
         self._closing = False
         self._crashed = False
+        self._busy = False  # a batch is being applied
         self.thread = threading.Thread(target=self._loop, name=f"journal-{name}", daemon=True)
 
     def submit(self, op: _Op) -> None:
@@ -251,6 +252,7 @@ class _Writer:
                 batch.append(self._ops.popleft())
             if not any(op.lazy for op in self._ops):
                 self._lazy_since = None
+            self._busy = True
             return batch
 
     def _loop(self) -> None:
@@ -268,6 +270,21 @@ class _Writer:
                 for op in batch:
                     if not op.future.done():
                         self._fail(op, e)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def wait_quiet(self, timeout: float = 10.0) -> bool:
+        """Wait until nothing but lazy operations is queued and no batch is being applied."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self._busy or any(not op.lazy for op in self._ops):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cv.wait(left)
+            return True
 
     def _run_raw(self, op: _Op) -> None:
         try:
@@ -468,6 +485,10 @@ class Journal:
     def flush(self) -> None:
         """Commit whatever is queued (lazy writes included) now, and wait for it."""
         self.call(lambda db: None)
+
+    def wait_quiet(self, timeout: float = 10.0) -> bool:
+        """Tests and diagnostics: wait until the writer has applied everything but lazy writes."""
+        return self._writer.wait_quiet(timeout)
 
     def commit_soon(self) -> None:
         """Commit the lazy writes with the next batch, without waiting (the end of a burst)."""
