@@ -409,5 +409,47 @@ def printers(config_path: str | None, as_json: bool) -> None:
                    f"  {'rw ok' if r['writable'] else 'NO PERMISSION (udev rule?)'}  {'configured' if r['configured'] else 'not configured'}")
 
 
+
+@main.group("journal")
+def journal_group() -> None:
+    """The order journal (state_dir/journal.sqlite3)."""
+
+
+@journal_group.command("salvage")
+@config_option
+@json_option
+def journal_salvage(config_path: str | None, as_json: bool) -> None:
+    """Copy every unfinished order out of a damaged journal into a fresh one (the agent must be stopped).
+
+    Never delete a journal: orders in it were acknowledged and the broker will not send them again.
+    The damaged file is kept beside the new one as journal.sqlite3.damaged-<time>."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from .control import ControlError, call  # noqa: PLC0415
+    from .salvage import SalvageError, salvage  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    try:
+        call(cfg.state_dir, "status", {})
+    except ControlError:
+        pass  # not running: good
+    else:
+        click.echo("error: the agent is running: stop it first (sudo systemctl stop store-agent)", err=True)
+        sys.exit(1)
+    path = Path(cfg.state_dir) / "journal.sqlite3"
+    try:
+        report = salvage(path)
+    except SalvageError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(asdict(report), ensure_ascii=False, indent=2))
+        return
+    click.echo(f"{path}: salvaged {report.unfinished_events} unfinished order event(s), {report.jobs_copied} ticket(s) "
+               f"({report.printing_jobs} will print marked 补打); {report.events_read} event(s) read, "
+               f"{report.unreadable_rows} unreadable row(s); {report.dedupe_keys} id(s) kept against re-sends")
+    click.echo(f"the damaged file is kept as {report.kept_as}; start the agent: sudo systemctl start store-agent")
+
+
 if __name__ == "__main__":
     main()

@@ -33,6 +33,11 @@ def _cert_days_left(path: str) -> Optional[float]:
         return None
 
 
+# never "move it aside": acknowledged orders that did not print are only in the journal
+SALVAGE_FIX = ("sudo systemctl stop store-agent; sudo store-agent journal salvage (copies every unprinted order "
+               "into a fresh journal and keeps the damaged file); sudo systemctl start store-agent. Never delete the journal")
+
+
 def run_checks(cfg: Config) -> list[Check]:
     from .remote import RemoteConfig  # noqa: PLC0415
 
@@ -156,9 +161,9 @@ def run_checks(cfg: Config) -> list[Check]:
         try:
             with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
                 res = db.execute("PRAGMA quick_check").fetchone()[0]
-            out.append(Check("journal", res == "ok", f"{journal}: {res}", "stop the agent, move the journal aside, restart (orders re-arrive from the broker)"))
+            out.append(Check("journal", res == "ok", f"{journal}: {res}", SALVAGE_FIX))
         except sqlite3.Error as e:
-            out.append(Check("journal", False, f"{journal}: {e}", "stop the agent, move the journal aside, restart"))
+            out.append(Check("journal", False, f"{journal}: {e}", SALVAGE_FIX))
     else:
         out.append(Check("journal", None, f"{journal} not created yet"))
     return out
