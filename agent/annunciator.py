@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Optional
 
@@ -182,3 +182,36 @@ class Annunciator:
                 self.exception_led.show("off")
         if self.status_led is not None:
             self.status_led.show("on" if self.link_up() else "slow_blink")
+
+
+@dataclass
+class Hardware:
+    chime: Optional[Chime] = None
+    exception_led: Optional[Indicator] = None
+    status_led: Optional[Indicator] = None
+    devices: list = field(default_factory=list)  # to close at stop
+    pin_factory: object = None
+
+
+def build_hardware(cfg, on_press: Callable[[], object], on_hold: Callable[[], object]) -> Hardware:  # noqa: ANN001 - Config
+    """The chime, the LEDs and the acknowledge button of a config (GPIO missing: logged, run without)."""
+    from drivers.audio import make_chime  # noqa: PLC0415
+
+    hw = Hardware()
+    if cfg.gpio.enabled:
+        from drivers.gpio import AckButton, GpioError, Led, make_pin_factory  # noqa: PLC0415
+
+        try:
+            factory = make_pin_factory(cfg.gpio.pin_factory)
+            if cfg.gpio.exception_led is not None:
+                hw.exception_led = Led(cfg.gpio.exception_led, factory)
+            if cfg.gpio.status_led is not None:
+                hw.status_led = Led(cfg.gpio.status_led, factory)
+            if cfg.gpio.button is not None:
+                hw.devices.append(AckButton(cfg.gpio.button, factory, on_press=on_press, on_hold=on_hold, hold_s=cfg.gpio.hold_s))
+            hw.devices += [d for d in (hw.exception_led, hw.status_led) if d is not None]
+            hw.pin_factory = factory
+        except GpioError as e:
+            log.error("GPIO unavailable, running without LEDs and button: %s", e)
+    hw.chime = make_chime(cfg.sound.device) if cfg.sound.enabled else None
+    return hw

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -64,10 +65,11 @@ def main(ctx: click.Context, debug: bool) -> None:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: str | None, log_level: str) -> None:
     """Run the agent in the foreground (systemd Type=notify). SIGTERM stops it cleanly."""
-    from .app import run_supervised  # noqa: PLC0415
+    from .daemon import run_supervised  # noqa: PLC0415
 
     cfg = load_config(config_path)
     setup_logging(log_level)
+    os.umask(0o077)  # the journal, remote config and spool hold customers' data: private, outside systemd too
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -198,11 +200,10 @@ def preview(event_file: str, template: str | None, width: str, out: str | None, 
 
 
 def _daemon(config_path: str | None, command: str, args: dict, as_json: bool, show) -> None:  # noqa: ANN001
-    from .control import ControlError, call  # noqa: PLC0415
+    from .control import ControlError, call, state_dir_for  # noqa: PLC0415
 
-    cfg = load_config(config_path)
-    try:
-        out = call(cfg.state_dir, command, args)
+    try:  # a technician in store-agent-cli may not read config.toml: the socket is found anyway
+        out = call(state_dir_for(config_path), command, args)
     except ControlError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -98,7 +98,7 @@ def run_checks(cfg: Config) -> list[Check]:
         st = states.get(p.name)
         if st is None:
             from drivers.printers import make_printer  # noqa: PLC0415
-            from .app import printer_settings  # noqa: PLC0415
+            from .printing import printer_settings  # noqa: PLC0415
 
             s = make_printer(p.connection, p.name, **printer_settings(cfg, cfg.printers.index(p))).status()
             st = {"state": s.state, "detail": s.detail}

@@ -684,7 +684,8 @@ class Journal:
         where = f"WHERE {self._OPEN} AND j.printer IN ({','.join('?' * len(names))})"
         if skip:
             where += f" AND j.id NOT IN ({','.join('?' * len(skip))})"
-        rows = self._read(self._JOB_SQL + where + " ORDER BY j.id LIMIT 1", (*names, *skip))
+        # orders first: agent-made tickets (test pages, reminders, reprints asked for) never overtake one
+        rows = self._read(self._JOB_SQL + where + " ORDER BY e.type LIKE 'agent.%', j.id LIMIT 1", (*names, *skip))
         return self._job(rows[0]) if rows else None
 
     def open_jobs(self, printer: Optional[str] = None) -> list[Job]:

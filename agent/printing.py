@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
 from drivers.escpos_proto import PrinterStatus
-from drivers.printers import Printer, PrinterError, PrinterIOError
+from drivers.printers import Printer, PrinterError, PrinterIOError, make_printer
 
+from .config import Config
 from .journal import MAX_UNCERTAIN, EventDone, Job, Journal, JournalError
 from .messages import OrderEvent, parse_stored
 from .preview import encode
@@ -271,3 +273,19 @@ class PrintWorker:
     def _finish(self, job: Job, state: str, error: Optional[str]) -> None:
         self._finished += 1
         self.journal.finish_job(job.id, state, error, printer=self.name, done=self.on_done, now=self.clock())
+
+
+# -- the printers of a config (drivers built from it)
+def printer_settings(cfg: Config, index: int) -> dict:
+    p = cfg.printers[index]
+    settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role", "render", "qr"})
+    if p.connection in ("file", "virtual"):
+        settings.pop("confirm", None)
+    if p.connection == "virtual":
+        settings["spool_dir"] = p.spool_dir or str(Path(cfg.state_dir) / "spool" / p.name)
+        settings["columns"] = p.columns
+    return settings
+
+
+def build_printers(cfg: Config) -> dict[str, Printer]:
+    return {p.name: make_printer(p.connection, p.name, **printer_settings(cfg, i)) for i, p in enumerate(cfg.printers)}

@@ -7,7 +7,8 @@ import time
 import jsonschema
 import pytest
 
-from agent.app import Agent, run_supervised
+from agent.app import Agent
+from agent.daemon import run_supervised
 from agent.config import ConfigError, merge_patch, parse_config, restart_needed
 from agent.schema import schemas
 from agent.remote import STATE_FILE, RemoteConfig
