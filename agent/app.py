@@ -168,6 +168,13 @@ class Agent:
             return tuple(w.name for w in primaries)
         return ()
 
+    def adopt_orphans(self) -> None:
+        """Open jobs for printers no longer configured move to the default printer."""
+        names = [p.name for p in self.cfg.printers]
+        if self.journal.orphaned(names):
+            moved = self.journal.reassign_orphans(names, self._default_printer(), now=self.clock())
+            log.warning("%d unfinished job(s) were for printers no longer configured: moved to %s", moved, self._default_printer())
+
     def _printer_ready(self, name: str) -> bool:
         w = self.workers.get(name)
         return w is not None and w.ready()
@@ -280,9 +287,7 @@ class Agent:
     # -- lifecycle
     def start(self) -> None:
         log.info("store-agent %s starting for store %s (state in %s)", __version__, self.cfg.store_id, self.cfg.state_dir)
-        moved = self.journal.reassign_orphans([p.name for p in self.cfg.printers], self._default_printer(), now=self.clock())
-        if moved:
-            log.warning("%d unfinished job(s) were for printers no longer configured: moved to %s", moved, self._default_printer())
+        self.adopt_orphans()
         open_jobs = self.journal.open_jobs()
         if open_jobs:
             log.info("resuming %d unfinished print job(s)", len(open_jobs))
@@ -347,9 +352,7 @@ class Agent:
                     self.alerts.clear(a.id, f"打印机 {a.printer} 已从配置中移除")
             for name in set(old) - set(self.workers):
                 self.journal.unarm(name)  # armed for a removed printer: nothing of them was sent
-            moved = self.journal.reassign_orphans(list(self.workers), self._default_printer(), now=self.clock())
-            if moved:
-                log.warning("%d job(s) of removed printers moved to %s", moved, self._default_printer())
+            self.adopt_orphans()
         except Exception:  # noqa: BLE001 - e.g. a full disk: orphans move at the next start; printing goes on
             log.exception("cannot move the jobs of removed printers now")
         finally:

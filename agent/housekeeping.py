@@ -73,6 +73,7 @@ class Housekeeper:
         if time.monotonic() - self._last_timers >= a.cfg.timers.check_s:
             self._last_timers = time.monotonic()
             a.timers.tick()
+            a.adopt_orphans()  # an order planned for a printer that a live config change removed
         if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = time.monotonic()
             self.prune()

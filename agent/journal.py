@@ -11,18 +11,21 @@ The four rules, and the code that enforces each
 2. **Sent => a durable ``printing`` mark first.** A job's bytes leave only after a committed
    ``printing`` state: ``begin_attempt`` (a durable operation the worker waits for), or an *armed*
    job, whose ``printing`` state was committed by an earlier operation of this process (at intake,
-   or beside its event's first job) and which nobody has sent since. ``take_armed`` hands such a
-   job to exactly one sender; it is the only way to send without waiting for a commit.
-3. **No unmarked double.** A job found in ``printing`` that is not armed by this process may have
-   reached paper: ``begin_attempt`` marks its next attempt ``reprint`` (补打), in SQL. Job states
-   only move forward (``queued -> printing -> printed | failed``), checked by the ``WHERE state``
-   of every ``UPDATE``; the one step back, ``printing -> queued``, is ``unarm`` and only for armed
-   jobs nothing was sent of (``take_armed`` and ``unarm`` pop from one set under one lock).
-   Automatic attempts stop after two that may have reached paper (``MAX_UNCERTAIN``): a person asks
-   for more (``reprint``).
+   or beside its event's first job) and which nobody has sent since. An arming becomes takeable only
+   in the completion of its commit (``_arming_done``), and ``take_armed`` hands it to exactly one
+   sender: the only way to send without waiting for a commit.
+3. **No unmarked double.** A job found in ``printing`` that this process did not mark with nothing
+   sent (``_take_fresh``: armed, being armed, or on its way back) may have reached paper:
+   ``begin_attempt`` marks its next attempt ``reprint`` (补打), in SQL. Job states only move forward
+   (``queued -> printing -> printed | failed``), checked by the ``WHERE state`` of every ``UPDATE``;
+   the one step back, ``printing -> queued``, is ``unarm``: only for jobs nothing was sent of, and its
+   write touches only the ids still on their way back when it is applied (an attempt begun meanwhile
+   keeps its job). Automatic attempts stop after two that may have reached paper (``MAX_UNCERTAIN``):
+   a person asks for more (``reprint``).
 4. **No false 补打.** ``printing`` after a restart is the only source of 补打, so nothing is left
-   ``printing`` that was not sent: a clean ``close()`` un-arms every armed job first, and a worker
-   whose printer is not ready (or whose send failed before any byte left) un-arms its own.
+   ``printing`` that was not sent: a clean ``close()`` stops arming, commits what was queued and
+   un-arms every armed job; a worker whose printer is not ready (or whose send failed before any byte
+   left) un-arms its own; an idle printer gets at most one order armed at a time (``PrintWorker.ready``).
 
 How writes work
 ---------------
@@ -324,28 +327,29 @@ class _Writer:
             log.error("journal: a commit of %d operation(s) failed: %s", len(batch), lost)
             bugs = {id(op) for op, _, err in results if err is not None and not isinstance(err, sqlite3.Error)}
             self._report(str(lost))
+            self._retry([op for op in batch if op.lazy and id(op) not in bugs])
             for op in batch:
-                if op.lazy and id(op) not in bugs:
-                    self._retry(op)
-                else:
+                if not op.lazy or id(op) in bugs:
                     self._fail(op, lost if id(op) not in bugs else next(e for o, _, e in results if o is op))
             return
         self._report(None)
+        self._retry([op for op, _, err in results if err is not None and op.lazy and isinstance(err, sqlite3.Error)])
         for op, out, err in results:
             if err is None:
                 self._complete(op, out)
-            elif op.lazy and isinstance(err, sqlite3.Error):
-                self._retry(op)
-            else:
+            elif not (op.lazy and isinstance(err, sqlite3.Error)):
                 self._fail(op, err)
 
-    def _retry(self, op: _Op) -> None:
-        """A lazy operation whose write failed is tried again with a later batch (not at close)."""
+    def _retry(self, ops: list[_Op]) -> None:
+        """Lazy operations whose write failed are tried again first, in their order (not at close)."""
+        if not ops:
+            return
         with self._cv:
             if self._closing:
-                self._fail(op, JournalError("not stored before the journal closed"))
+                for op in ops:
+                    self._fail(op, JournalError("not stored before the journal closed"))
                 return
-            self._ops.append(op)
+            self._ops.extendleft(reversed(ops))
             if self._lazy_since is None:
                 self._lazy_since = time.monotonic()
                 self._cv.notify()
@@ -421,7 +425,10 @@ class Journal:
         self.max_rejected_bytes = max_rejected_bytes
         self.dedupe_days = dedupe_days
         self.on_commit = on_commit  # told after every commit: None (ok) or the error
+        self._arming: dict[int, str] = {}  # job id -> printer: armed by the batch being applied
         self._armed: dict[int, str] = {}  # job id -> the printer it was armed for; see take_armed
+        self._unarming: set[int] = set()  # un-armed, their way back to queued not yet committed
+        self._no_arming = False  # closing: nothing more is armed
         self._settling: set[int] = set()  # jobs whose outcome is queued but not committed yet
         self._mem_lock = threading.Lock()
         self._local = threading.local()
@@ -518,7 +525,10 @@ class Journal:
         """A clean stop: armed jobs nothing was sent of go back to ``queued``, everything queued is
         committed, then the connections close."""
         try:
-            self.unarm()
+            with self._mem_lock:
+                self._no_arming = True
+            self.flush()  # armings already queued are committed (and become armed) ...
+            self.unarm()  # ... so that they go back to queued here
             self.flush()
         except (JournalError, RuntimeError) as e:
             log.warning("journal: final commit failed: %s", e)
@@ -587,18 +597,19 @@ class Journal:
             if status != "queued":
                 return Intake(status, seq, reason)
             ids = tuple(seq * JOB_SLOTS + n for n in range(len(documents)))
-            state, attempts = ("printing", 1) if arm_for else ("queued", 0)
+            arm = arm_for if not self._no_arming else None
+            state, attempts = ("printing", 1) if arm else ("queued", 0)
             db.executemany(
                 "INSERT INTO jobs(id, event_seq, document, printer, state, attempts, reprint, created_at, updated_at) "
                 "VALUES (?,?,?,?,?,?,?,?,?)",
                 [(i, seq, doc, printer, state, attempts, int(reprint), now, now) for i, (doc, printer) in zip(ids, documents)],
             )
-            if arm_for:
-                self._arm(ids, arm_for, box)
-            return Intake(status, seq, reason, ids if arm_for else ())
+            if arm:
+                self._arm(ids, arm, box)
+            return Intake(status, seq, reason, ids if arm else ())
 
-        box: list[int] = []  # ids armed by this operation: forgotten if its commit fails
-        return self._write(tx, self._forget_on_failure(box, done), wait=done is None)
+        box: list[int] = []  # ids armed by this operation: takeable after its commit, forgotten if it fails
+        return self._write(tx, self._arming_done(box, done), wait=done is None)
 
     def record_rejected(self, sha256: str, reason: str, payload: bytes, *, done: Optional[Done] = None,
                         now: Optional[float] = None) -> None:
@@ -610,24 +621,33 @@ class Journal:
             (now, sha256, reason, len(payload), kept)) and None, done, wait=done is None)
 
     # -- armed jobs (in memory: this process marked them printing and sent nothing of them) ------
+    #
+    # An id is in at most one of: _arming (its printing mark is in the batch being applied), _armed
+    # (committed, nothing sent: takeable) and _unarming (on its way back to queued). All three change
+    # under _mem_lock only. A job in none of them that is found printing may have reached paper.
+
     def _arm(self, ids: Iterable[int], printer: str, box: list[int]) -> None:
-        """Writer thread, inside the operation that stores their ``printing`` state (before its commit:
-        no reader can see them before they are armed)."""
+        """Writer thread, inside the operation that stores their ``printing`` state. They become takeable
+        (``_armed``) only in the completion of its commit, and are forgotten if it fails."""
         with self._mem_lock:
             for i in ids:
-                self._armed[i] = printer
+                self._arming[i] = printer
                 box.append(i)
 
-    def _forget_on_failure(self, box: list[int], done: Optional[Done],
-                           took: Optional[dict[int, str]] = None) -> Done:
-        """The completion of an arming operation: if its commit failed, the jobs it armed are not
-        armed (their ``printing`` state was never stored) and the ones it took are armed again."""
+    def _arming_done(self, box: list[int], done: Optional[Done], took: Optional[dict[int, tuple[str, Optional[str]]]] = None) -> Done:
+        """The completion of an arming operation (writer thread, after its commit or its failure)."""
         def finished(out: Any, error: Optional[BaseException]) -> None:
-            if error is not None:
-                with self._mem_lock:
-                    for i in box:
-                        self._armed.pop(i, None)
-                    self._armed.update(took or {})
+            with self._mem_lock:
+                for i in box:
+                    printer = self._arming.pop(i, None)
+                    if printer is not None and error is None:
+                        self._armed[i] = printer
+                if error is not None:  # what this operation took is as it was
+                    for i, (source, printer) in (took or {}).items():
+                        if source == "armed":
+                            self._armed[i] = printer
+                        elif source == "unarming":
+                            self._unarming.add(i)
             if done is not None:
                 done(out, error)
         return finished
@@ -636,29 +656,54 @@ class Journal:
         """Take an armed job to send it now without a commit of its own; True for exactly one caller.
 
         Only for a job read (committed) as ``printing``: its mark is durable."""
-        return self._take_armed(job_id) is not None
-
-    def _take_armed(self, job_id: int) -> Optional[str]:
         with self._mem_lock:
-            return self._armed.pop(job_id, None)
+            return self._armed.pop(job_id, None) is not None
+
+    def _take_fresh(self, job_id: int) -> Optional[tuple[str, Optional[str]]]:
+        """In ``begin_attempt``'s transaction: was this ``printing`` job marked by this process with
+        nothing sent (armed, being armed in this batch, or being un-armed)? Takes it if so."""
+        with self._mem_lock:
+            if job_id in self._armed:
+                return "armed", self._armed.pop(job_id)
+            if job_id in self._arming:
+                return "arming", self._arming.pop(job_id)
+            if job_id in self._unarming:
+                self._unarming.discard(job_id)
+                return "unarming", None
+        return None
 
     def armed(self, printer: Optional[str] = None) -> tuple[int, ...]:
+        """Jobs armed (or being armed) for ``printer`` (or any)."""
         with self._mem_lock:
-            return tuple(i for i, p in self._armed.items() if printer is None or p == printer)
+            return tuple(i for d in (self._armed, self._arming) for i, p in d.items() if printer is None or p == printer)
 
     def unarm(self, printer: Optional[str] = None, ids: Iterable[int] = (), now: Optional[float] = None) -> int:
         """Armed jobs (of ``printer``, or all) and ``ids`` (taken, but nothing of them was sent) go back
-        to ``queued``: a lazy write (nothing was sent, so losing it is harmless)."""
+        to ``queued``: a lazy write (nothing was sent, so losing it is harmless). The write touches
+        only what is still on its way back when it is applied: an attempt begun meanwhile keeps it."""
         now = time.time() if now is None else now
         with self._mem_lock:
-            mine = [i for i, p in self._armed.items() if printer is None or p == printer]
-            for i in mine:
+            back = [i for i, p in self._armed.items() if printer is None or p == printer]
+            for i in back:
                 del self._armed[i]
-        back = [*mine, *ids]
-        if back:
-            self.submit(lambda db: db.executemany(
-                "UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), updated_at=? WHERE id=? AND state='printing'",
-                [(now, i) for i in back]) and None, lazy=True)
+            back += list(ids)
+            self._unarming.update(back)
+        if not back:
+            return 0
+        applied: list[int] = []
+
+        def tx(db: sqlite3.Connection) -> None:
+            with self._mem_lock:
+                applied[:] = [i for i in back if i in self._unarming]
+            db.executemany("UPDATE jobs SET state='queued', attempts=MAX(attempts-1, 0), updated_at=? "
+                           "WHERE id=? AND state='printing'", [(now, i) for i in applied])
+
+        def finished(_: Any, error: Optional[BaseException]) -> None:
+            if error is None:
+                with self._mem_lock:
+                    self._unarming.difference_update(applied)
+
+        self.submit(tx, done=finished, lazy=True)
         return len(back)
 
     def settling(self) -> tuple[int, ...]:
@@ -707,6 +752,11 @@ class Journal:
             f"UPDATE jobs SET printer=?, updated_at=? WHERE state IN ('queued','printing') AND printer NOT IN ({marks})",
             (to, now, *printers)).rowcount)
 
+    def orphaned(self, printers: list[str]) -> int:
+        """Open jobs whose printer is not among ``printers`` (a read: nothing is written when there are none)."""
+        return self._read(f"SELECT COUNT(*) FROM jobs j WHERE {self._OPEN} AND printer NOT IN "
+                          f"({','.join('?' * len(printers))})", printers)[0][0]
+
     def begin_attempt(self, job_id: int, now: Optional[float] = None, *, printer: Optional[str] = None,
                       siblings: Iterable[str] = (), ahead: int = 0, max_uncertain: int = MAX_UNCERTAIN,
                       on_done: Callable[[EventDone], None] = lambda done: None) -> Optional[Job]:
@@ -726,10 +776,10 @@ class Journal:
             if row is None or row[0] not in OPEN_JOB_STATES:
                 return None
             state, attempts, reprint = row
-            owner = self._take_armed(job_id) if state == "printing" else None
-            if owner is not None:
-                took[job_id] = owner
-            armed_here = owner is not None
+            fresh = self._take_fresh(job_id) if state == "printing" else None
+            if fresh is not None:
+                took[job_id] = fresh
+            armed_here = fresh is not None
             uncertain = state == "printing" and not armed_here
             if uncertain and attempts >= max_uncertain:
                 db.execute("UPDATE jobs SET state='failed', error=?, updated_at=? WHERE id=? AND state='printing'",
@@ -744,7 +794,7 @@ class Journal:
             if cur.rowcount != 1:
                 return None
             armed: list[int] = []
-            if names and printer:
+            if names and printer and not self._no_arming:
                 seq = job_id // JOB_SLOTS
                 rows = db.execute(
                     f"SELECT id FROM jobs j WHERE id > ? AND j.state='queued' "
@@ -760,8 +810,8 @@ class Journal:
             return Job(**{**job.__dict__, "siblings": tuple(armed)})
 
         box: list[int] = []
-        took: dict[int, str] = {}
-        job = self._write(tx, self._forget_on_failure(box, None, took))
+        took: dict[int, tuple[str, Optional[str]]] = {}
+        job = self._write(tx, self._arming_done(box, None, took))
         for done in outcome:
             on_done(done)
         return job

@@ -200,8 +200,10 @@ class PrintWorker:
         return st.printable or (not self.printer.queryable and st.state == "unknown")
 
     def ready(self) -> bool:
-        """Idle with a printer that was ready at the last look: a new order's jobs may be armed."""
-        return self.idle and self._ok_to_print(self.status) and self._thread is not None and not self._stop.is_set()
+        """Idle with a printer that was ready at the last look, and nothing armed for it yet: a new
+        order's jobs may be armed (at most one order's wait to be sent; a crash marks no more 补打)."""
+        return (self.idle and self._ok_to_print(self.status) and self._thread is not None and not self._stop.is_set()
+                and not self.journal.armed(self.name))
 
     def _unarm(self, *ids: int) -> None:
         try:

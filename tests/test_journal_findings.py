@@ -11,6 +11,7 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -19,6 +20,7 @@ from agent.journal import SCHEMA_VERSION, Journal, JournalError
 from agent.printing import PrintWorker
 from agent.tickets import TicketRenderer
 from conftest import order, set_max_pages, wait_until
+from drivers.escpos_proto import PrinterStatus
 from drivers.printers import make_printer
 
 DOCS = [("receipt", "counter"), ("warm_tip", "counter")]
@@ -329,3 +331,115 @@ def test_attempts_never_print_one_job_more_than_twice_unasked(j):
     c = j.begin_attempt(a.id, on_done=outcomes.append)
     assert c.state == "failed" and outcomes[0].status == "failed" and "reprint it by hand" in outcomes[0].error
     assert j.open_jobs() == []
+
+
+# The independent review of the rewrite (interleavings the property test does not reach: an operation
+# submitted while a batch is being applied).
+def test_review_1_an_unarm_retried_after_a_lost_batch_never_undoes_a_later_attempt(j):
+    """B, D, forward-only: the un-arm touches only what is still on its way back when it is applied."""
+    job_id = j.record_event("e1", "o1", "order.created", b'{"x":1}', [("receipt", "P")], arm_for="P").armed[0]
+    j.unarm("P")  # the printer is not ready (a lazy write)
+    gate, started = threading.Event(), threading.Event()
+
+    def lose_later(db):
+        started.set()
+        gate.wait(10)
+        lose_transaction(db)
+
+    j.submit(lose_later)  # the batch carrying the un-arm fails ...
+    assert started.wait(5)
+    assert not j.take_armed(job_id)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("job", j.begin_attempt(job_id, printer="P", siblings=("P",))))
+    t.start()  # ... while the printer, ready again, asks for an attempt
+    time.sleep(0.2)
+    gate.set()
+    t.join(10)
+    job = out["job"]
+    assert (job.state, job.reprint, job.attempts) == ("printing", False, 1)  # a first copy: nothing was sent
+    settle(j)
+    assert j._read("SELECT state FROM jobs") == [("printing",)]  # what is being sent stays printing
+    j.finish_job(job_id, "printed", printer="P")
+    settle(j)
+    assert j._read("SELECT state, reprint FROM jobs") == [("printed", 0)] and j.next_job("P") is None
+
+
+def test_review_1b_an_arming_is_takeable_only_after_its_commit(j):
+    """B, C: a job armed by a batch that then fails was never marked printing: nobody may send it."""
+    j.record_event("e0", "o0", "order.created", b"{}", [("receipt", "P")])
+    sib = j.record_event("e1", "o1", "order.created", b"{}", [("receipt", "P")]).seq * 64
+    gate, started = threading.Event(), threading.Event()
+    j.submit(lambda db: (started.set(), gate.wait(10)) and None)
+    assert started.wait(5)
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", _try(lambda: j.begin_attempt(64, printer="B", siblings=("P", "B"), ahead=8))))
+    t.start()
+    time.sleep(0.1)
+    seen = []
+
+    def primary_tries_then_batch_fails(db):  # runs after the backup's attempt, in the same batch
+        seen.append(j.take_armed(sib))  # the primary, which read the sibling earlier, tries to take it
+        lose_transaction(db)  # ... and then the batch fails
+
+    j.submit(primary_tries_then_batch_fails)
+    gate.set()
+    t.join(10)
+    assert isinstance(out["r"], JournalError) and seen == [False] and j.armed() == ()
+    assert j._read("SELECT state FROM jobs ORDER BY id") == [("queued",), ("queued",)]
+
+
+def _try(fn):
+    try:
+        return fn()
+    except JournalError as e:
+        return e
+
+
+def test_review_2_nothing_is_armed_after_a_clean_close_begins(tmp_path):
+    """D: an arming still queued when close() starts is committed queued, or un-armed: never left printing."""
+    j = Journal(tmp_path / "j.sqlite3")
+    gate, started = threading.Event(), threading.Event()
+    j.submit(lambda db: (started.set(), gate.wait(10)) and None)
+    assert started.wait(5)
+    j.record_event("e1", "o1", "order.created", b"{}", [("receipt", "P")], arm_for="P", done=lambda r, e: None)
+    closer = threading.Thread(target=j.close)
+    closer.start()
+    time.sleep(0.1)
+    gate.set()
+    closer.join(10)
+    j = Journal(tmp_path / "j.sqlite3")
+    try:
+        assert j._read("SELECT state FROM jobs") == [("queued",)]
+        assert not j.begin_attempt(j.next_job("P").id).reprint
+    finally:
+        j.close()
+
+
+def test_review_3_an_idle_printer_has_at_most_one_order_armed(j):
+    """D after a crash: only the order waiting to be sent is armed; the next ones queue."""
+
+    class Slow:  # a printer whose status poll is slow: the worker stays "idle" meanwhile
+        name, queryable = "P", True
+
+        def status(self):
+            return PrinterStatus("ready", "")
+
+        def close(self):
+            pass
+
+    w = PrintWorker(Slow(), columns=32, journal=j, renderer=TicketRenderer(store_name="店", store_phone="1"),
+                    on_done=lambda d: None)
+    w.idle, w._thread, w.status = True, object(), PrinterStatus("ready", "")
+    hq = Hq(j)
+    hq.intake.ready = lambda p: w.ready()
+    hq.intake.plan = lambda t: [("receipt", "P")]
+    for i in range(12):
+        hq.send(i)
+        j.flush()
+    assert len(j.armed("P")) == 1 and len(hq.acked) == 12
+    j.crash()
+    j2 = Journal(j.path)
+    try:
+        assert j2._read("SELECT COUNT(*) FROM jobs WHERE state='printing'") == [(1,)]
+    finally:
+        j2.close()
