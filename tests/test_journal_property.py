@@ -202,6 +202,34 @@ class OrderPath(RuleBasedStateMachine):
         self.printers[name].send_mode = mode
 
     # -- the disk
+    @rule(name=st.sampled_from(["counter", "backup"]), other=st.sampled_from(["counter", "backup"]),
+          what=st.sampled_from(["fail", "unarm", "both"]))
+    def overlap(self, name, other, what):
+        """A worker's attempt submitted while a batch is being applied, with another worker's un-arm
+        and/or a write that loses the transaction in the same batch (the review's interleavings)."""
+        import threading
+        gate, started = threading.Event(), threading.Event()
+        self.j.submit(lambda db: (started.set(), gate.wait(10)) and None)
+        started.wait(5)
+        queued = len(self.j._writer._ops)
+        t = threading.Thread(target=self._step_quietly, args=(name,))
+        t.start()
+        while t.is_alive() and len(self.j._writer._ops) == queued:  # until its attempt is queued (or it needed none)
+            t.join(0.001)
+        if what in ("unarm", "both"):
+            self.workers[other]._unarm()
+        if what in ("fail", "both"):
+            self.j.submit(_lose)
+        gate.set()
+        t.join(10)
+        self._settle()
+
+    def _step_quietly(self, name):
+        try:
+            self.workers[name].step()
+        except JournalError:
+            pass
+
     @rule(what=st.sampled_from(["commit", "fail", "full", "space", "space"]))
     def disk(self, what):
         """A commit (carrying the lazy writes), a write that loses the transaction, the card full or not."""
