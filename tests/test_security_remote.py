@@ -258,6 +258,52 @@ def alerts_of(hq):
 
 def test_e2e_exploits_fail_orders_print_and_the_refusals_say_why(setup, vprinter, tmp_path):
     agent, hq = setup
+    exploits_fail(agent, hq, vprinter, tmp_path)
+
+
+class KitHQ:
+    """HQ on the shipped broker kit (TLS, client certificates, the kit's ACL): the same calls as conftest's HQ."""
+
+    def __init__(self, kit, store):
+        self.prefix, self.store = "stores", store
+        self.peer = kit.peer("hq")
+        self.peer.subscribe(f"stores/{store}/#")
+
+    def topic(self, *parts):
+        return "/".join([self.prefix, self.store, *parts])
+
+    def publish(self, payload, topic=None):
+        self.peer.publish(topic or self.topic("orders"), payload)
+
+    @property
+    def messages(self):
+        return [(t, p, False) for t, p in self.peer.got(f"stores/{self.store}/")]
+
+    def final(self, status="printed"):
+        rs = [json.loads(p) for t, p, _ in self.messages if t == self.topic("orders", "result")]
+        return {r["event_id"]: r for r in rs if r["status"] == status}
+
+    def close(self):
+        self.peer.close()
+
+
+def test_e2e_exploits_fail_on_the_shipped_kit_broker(vprinter, make_agent, tmp_path_factory, tmp_path):
+    """The same exploits as HQ's certificate login on the kit's broker (TLS, certificates, ACL)."""
+    from test_broker_kit import Kit  # noqa: PLC0415
+    kit = Kit("cert", tmp_path_factory.mktemp("kit-sec"), stores=("kit-a",))
+    hq = None
+    try:
+        hq = KitHQ(kit, "kit-a")
+        agent = make_agent(kit.port, vprinter.port, "kit-a", mqtt=kit.store_mqtt("kit-a"))
+        wait_state(hq, lambda s: s["version"] == 0)
+        exploits_fail(agent, hq, vprinter, tmp_path, host="127.0.0.1", secret=None)
+    finally:
+        if hq is not None:
+            hq.close()
+        kit.stop()
+
+
+def exploits_fail(agent, hq, vprinter, tmp_path, host="127.0.0.1", secret="s3cret-pw"):
     canary = tmp_path / "pwned"
     # finding 3: redirect the store to another broker, TLS off, CA removed
     set_config(hq, 1, {"mqtt": {"host": "10.9.9.9", "tls": False, "ca_file": None}})
@@ -287,5 +333,6 @@ def test_e2e_exploits_fail_orders_print_and_the_refusals_say_why(setup, vprinter
                                   for a in alerts_of(hq)))
     time.sleep(0.3)
     assert not canary.exists()
-    assert agent.cfg.mqtt.host == "127.0.0.1" and agent.cfg.sound.device == "default" and agent.link.connected
-    assert "s3cret-pw" not in json.dumps(states(hq))
+    assert agent.cfg.mqtt.host == host and agent.cfg.sound.device == "default" and agent.link.connected
+    if secret:
+        assert secret not in json.dumps(states(hq))
