@@ -25,7 +25,7 @@ from .intake import OrderIntake
 from .journal import Journal
 from .messages import OrderEvent
 from .mqtt import Inbound, MqttLink, MqttSettings
-from .notify import Notifier, Webhook
+from .notify import Notifier, Webhook, md_text
 from .outbox import INTERNAL_PREFIX, Outbox
 from .printing import Inflight, PrintWorker, build_printers
 from .remote import RemoteConfig
@@ -203,8 +203,9 @@ class Agent:
         self.link.publish(self.topics.alerts, alert.payload())
         if alert.audience == "infodept" or (alert.state == "cleared" and alert.details.get("escalated")):
             title = f"[{self.cfg.store_id}] {alert.code} {alert.state}"
-            lines = [f"### {title}", f"- 门店: {self.cfg.store.name} {self.cfg.store.phone}", f"- {alert.message}"]
-            lines += [f"- {k}: {v}" for k, v in alert.details.items()]
+            lines = [f"### {title}", f"- 门店: {md_text(self.cfg.store.name)} {md_text(self.cfg.store.phone)}",
+                     f"- {md_text(alert.message)}"]
+            lines += [f"- {md_text(k)}: {md_text(v)}" for k, v in alert.details.items()]
             self.notifier.send(title, "\n".join(lines))
 
     def acknowledge(self, alert_id: Optional[str] = None) -> list[Alert]:

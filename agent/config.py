@@ -195,7 +195,8 @@ class IntakeConfig(_Model):
 
 
 class PrintConfig(_Model):
-    retry_s: float = Field(2.0, gt=0, le=30, description="wait between attempts while a printer is not ready")
+    retry_s: float = Field(2.0, ge=0.05, le=30, description="wait between attempts while a printer is not ready "
+                                                           "(from HQ: at least 0.5)")
     max_attempts: int = Field(0, ge=0, description="0 = retry until printed; N = result 'failed' after N attempts")
 
 

@@ -149,3 +149,13 @@ class Notifier:
                 self.sleep(self.backoff_s * 2 ** (attempt - 1))
         log.error("%s notification gave up after %d attempts: %s", hook.kind, self.attempts, title)
         return False
+
+
+_MD = str.maketrans({"[": "［", "]": "］", "(": "（", ")": "）", "!": "！", "<": "＜", ">": "＞", "`": "｀",
+                     "\\": "＼", "\n": " ", "\r": " "})
+
+
+def md_text(value: object) -> str:
+    """A value as plain text inside DingTalk/WeCom markdown: no link, image, HTML or line of its own
+    (order data from the OMS reaches the info department's group chat through it)."""
+    return str(value).translate(_MD)

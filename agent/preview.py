@@ -27,10 +27,17 @@ def save_png(doc: Document, path: Path) -> None:
     preview_image(doc).save(path, optimize=True)
 
 
+STRIP_LINES = 32  # image mode draws and converts this many lines at a time: memory stays that of a strip
+
+
 def to_escpos_image(doc: Document) -> bytes:
-    """Image mode: the whole ticket as a raster image, for printers without a Chinese font."""
-    img = lines_image(document_lines(doc), doc.columns, margin=False)
-    return ESC_INIT + image_to_escpos(img) + b"\n" + CUT
+    """Image mode: the ticket as raster images, for printers without a Chinese font. Drawn strip by
+    strip, so a long ticket costs paper, never the memory of one page-sized image."""
+    lines = document_lines(doc)
+    out = bytearray(ESC_INIT)
+    for i in range(0, max(len(lines), 1), STRIP_LINES):
+        out += image_to_escpos(lines_image(lines[i : i + STRIP_LINES], doc.columns, margin=False))
+    return bytes(out + b"\n" + CUT)
 
 
 def qr_as_image(qr: QR) -> bytes:

@@ -114,11 +114,42 @@ def outside_allow_list(overlay: dict[str, Any], base: Config) -> list[str]:
 
 
 def _expand_printers(overlay: dict[str, Any], base: Config) -> dict[str, Any]:
-    """``printers`` entries name a file printer and the keys to change: complete them from the file."""
+    """``printers`` entries name a file printer and the keys to change: merged into the file's printers
+    by name. Every printer of the file stays (HQ cannot remove one), in the file's order."""
     if not isinstance(overlay.get("printers"), list):
         return overlay
-    file_printers = {p.name: config_data(base)["printers"][i] for i, p in enumerate(base.printers)}
-    return {**overlay, "printers": [{**file_printers[e["name"]], **e} for e in overlay["printers"]]}
+    changes = {e["name"]: e for e in overlay["printers"]}
+    return {**overlay, "printers": [{**p, **changes.get(p["name"], {})} for p in config_data(base)["printers"]]}
+
+
+# What HQ may set, within these bounds (the file may go lower: tests, a technician on site). A
+# value below them from HQ would print a slip, sound a chime or spin a thread every second.
+REMOTE_MINIMUMS: tuple[tuple[str, float, bool], ...] = (
+    # (dotted key, minimum, 0 allowed = off)
+    ("timers.summary_every_s", 600, True),
+    ("timers.check_s", 10, False),
+    ("timers.prep_before_s", 60, True),
+    ("health.publish_s", 10, False),
+    ("health.printer_poll_s", 1, False),
+    ("print.retry_s", 0.5, False),
+)
+RULE_REPEAT_MIN_S = 30
+
+
+def below_remote_minimums(cfg: Config, base: Config) -> list[str]:
+    """Values HQ changed to below ``REMOTE_MINIMUMS`` (a value the file itself sets is never refused)."""
+    new, old = config_data(cfg), config_data(base)
+    bad = []
+    for key, low, zero_ok in REMOTE_MINIMUMS:
+        section, name = key.split(".")
+        v = new.get(section, {}).get(name)
+        if v != old.get(section, {}).get(name) and v is not None and v < low and not (zero_ok and v == 0):
+            bad.append(f"{key}: at least {low:g}{' (or 0: off)' if zero_ok else ''} when set remotely")
+    for t, rule in (new.get("rules") or {}).items():
+        v = (rule or {}).get("repeat_s")
+        if v and v < RULE_REPEAT_MIN_S and v != ((old.get("rules") or {}).get(t) or {}).get("repeat_s"):
+            bad.append(f"rules.{t}.repeat_s: at least {RULE_REPEAT_MIN_S} (or 0: off) when set remotely")
+    return bad
 
 
 class ConfigSet(BaseModel):
@@ -262,7 +293,11 @@ class RemoteConfig:
         fixed = outside_allow_list(overlay, self.base)
         if fixed:
             raise ConfigError("; ".join(f"{k}: set in the config file only, not remotely" for k in fixed))
-        return parse_config(merge_patch(config_data(self.base), _expand_printers(overlay, self.base)))
+        cfg = parse_config(merge_patch(config_data(self.base), _expand_printers(overlay, self.base)))
+        low = below_remote_minimums(cfg, self.base)
+        if low:
+            raise ConfigError("; ".join(low))
+        return cfg
 
     def effective(self, boot: bool = False) -> Config:
         """At boot: the file plus the stored overlay; the file alone if the overlay no longer fits it.

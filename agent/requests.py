@@ -111,7 +111,8 @@ class RequestDesk:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
         self.limits = RateLimits()
-        self._configs: "collections.deque[Inbound]" = collections.deque()  # never bounded: each was acked
+        self._configs: "collections.deque[Inbound]" = collections.deque()  # at most the newest (acked) one
+        self.superseded = 0
         self._requests: "collections.deque[Inbound]" = collections.deque()
         self._refusals: "collections.deque[tuple[str, bytes, str]]" = collections.deque()
         self._refusals_dropped = 0
@@ -137,18 +138,26 @@ class RequestDesk:
         a.link.ack(msg)
         if msg.topic == a.topics.config_set:
             with self._cv:
+                # each config/set carries HQ's whole overlay: only the newest waiting one matters
+                if self._configs:
+                    self._configs.clear()
+                    self.superseded += 1
+                    log.warning("config/set superseded by a newer one before it was applied (%d so far)", self.superseded)
                 self._configs.append(msg)
                 self._cv.notify()
             return
         command = msg.topic[len(a.topics.request("")):]
         why = self.limits.check(command)
+        if why is None and len(msg.payload) > MAX_REQUEST_BYTES:  # refused at once: never kept in memory
+            why = f"bad request: payload too large ({len(msg.payload)} bytes, limit {MAX_REQUEST_BYTES})"
+            msg = Inbound(msg.topic, b"", msg.mid, msg.qos, msg.dup)
         with self._cv:
             if why is None and len(self._requests) >= QUEUE_SIZE:
                 why = f"busy: {QUEUE_SIZE} requests are waiting; try again later"
             if why is None:
                 self._requests.append(msg)
             elif len(self._refusals) < REFUSALS_SIZE:
-                self._refusals.append((command, msg.payload, why))
+                self._refusals.append((command, msg.payload if len(msg.payload) <= MAX_REQUEST_BYTES else b"", why))
             else:
                 self._refusals_dropped += 1
                 if self._refusals_dropped in (1, 10, 100) or self._refusals_dropped % 1000 == 0:

@@ -321,12 +321,28 @@ def _text_blocks(styles: set[str], content: str, columns: int) -> list[Block]:
     ]
 
 
+MAX_TICKET_LINES = 1000  # about 300 items on a receipt; beyond it a ticket is a roll of paper, or an attack
+MAX_QR_BYTES = 700  # what the native QR command stores; an image QR of it always fits (version <= 40)
+MAX_BARCODE_CHARS = 253  # CODE128 set B: the length byte holds len + 2
+
+
+def _paper_lines(blocks: list[Block]) -> int:
+    """Lines of paper the blocks take (a QR code about 12, a barcode about 6)."""
+    n = 0
+    for b in blocks:
+        n += (b.height if isinstance(b, Text) else b.lines if isinstance(b, Feed)
+              else 12 if isinstance(b, QR) else 6 if isinstance(b, Barcode) else 0)
+    return n
+
+
 def parse_markup(name: str, markup: str, columns: int) -> Document:
     blocks: list[Block] = []
+    paper = 0
     for lineno, raw in enumerate(markup.split("\n"), 1):  # not splitlines(): U+2028 & co. are not line ends here
         line = raw.rstrip()
         if not line.strip():
             continue
+        before = len(blocks)
         try:
             if not line.startswith("@"):
                 blocks += _text_blocks(set(), line, columns)
@@ -352,16 +368,24 @@ def parse_markup(name: str, markup: str, columns: int) -> Document:
                 blocks.append(Feed(max(0, min(int(rest or "1"), 10))))
             elif head == "qr":
                 if rest.strip():
+                    if len(rest.strip().encode("utf-8")) > MAX_QR_BYTES:
+                        raise TemplateFailure(f"@qr data longer than {MAX_QR_BYTES} bytes")
                     blocks.append(QR(rest.strip()))
             elif head == "barcode":
                 if rest.strip():
-                    blocks.append(Barcode(rest.strip()))
+                    data = rest.strip()
+                    if len(data) > MAX_BARCODE_CHARS or not all(" " <= c <= "~" and c != "{" for c in data):
+                        raise TemplateFailure(f"@barcode takes up to {MAX_BARCODE_CHARS} printable ASCII characters (no '{{')")
+                    blocks.append(Barcode(data))
             elif head == "cut":
                 blocks.append(Cut())
             else:
                 raise TemplateFailure(f"unknown directive @{head}")
         except (ValueError, TemplateFailure) as e:
             raise TemplateFailure(f"{name} line {lineno}: {e}") from None
+        paper += _paper_lines(blocks[before:])
+        if paper > MAX_TICKET_LINES:
+            raise TemplateFailure(f"{name}: a ticket longer than {MAX_TICKET_LINES} lines (paper and, in image mode, memory)")
     if not blocks or not isinstance(blocks[-1], Cut):
         blocks.append(Cut())
     return Document(name, columns, tuple(blocks))

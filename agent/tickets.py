@@ -165,7 +165,7 @@ class TicketRenderer:
                     self._killed.pop(name, None)
                     return doc
                 except TemplateFailure as e:
-                    if "template process" in str(e) or "took longer" in str(e):
+                    if any(w in str(e) for w in ("template process", "took longer", "out of memory")):
                         self._killed[name] = self._killed.get(name, 0) + 1
                     self.on_fallback(name, str(e))
             if not self._builtin_exists(name):

@@ -81,7 +81,8 @@ def test_remote_keys_still_apply(rc_cfg):
     d = propose(rc, cfg, overlay)
     assert d.kind == "apply", d.message
     assert d.cfg.printers[0].paper_width_mm == 58 and d.cfg.printers[0].host == "127.0.0.1"
-    assert [p.name for p in d.cfg.printers] == ["counter", "back"] and d.cfg.printers[1].device == "/dev/ttyUSB0"
+    # merged by name: the file's printers all stay (HQ cannot remove one: the security review's finding 6)
+    assert [p.name for p in d.cfg.printers] == ["counter", "back", "usb"] and d.cfg.printers[1].device == "/dev/ttyUSB0"
     assert d.cfg.mqtt == cfg.mqtt
 
 
