@@ -226,10 +226,10 @@ class _Writer:
                 raise JournalError("the journal is closed")
             self._ops.append(op)
             if not op.lazy:
-                self._cv.notify()
+                self._cv.notify_all()  # (wait_quiet may wait on the same condition)
             elif self._lazy_since is None:
                 self._lazy_since = time.monotonic()
-                self._cv.notify()  # the writer now waits at most LAZY_S
+                self._cv.notify_all()  # the writer now waits at most LAZY_S
 
     def _take(self) -> Optional[list[_Op]]:
         """Wait for work: a durable operation, due lazy ones, or the end. None = the thread ends."""
@@ -352,7 +352,7 @@ class _Writer:
             self._ops.extendleft(reversed(ops))
             if self._lazy_since is None:
                 self._lazy_since = time.monotonic()
-                self._cv.notify()
+                self._cv.notify_all()  # (wait_quiet may wait on the same condition)
 
     def _undo_one(self) -> bool:
         """Undo the failed operation only; False when the transaction itself is gone."""
@@ -404,7 +404,7 @@ class _Writer:
         with self._cv:
             self._closing = True
             self._crashed = crash
-            self._cv.notify()
+            self._cv.notify_all()  # (wait_quiet may wait on the same condition)
         if threading.current_thread() is not self.thread:
             self.thread.join(30)
         with self._cv:
