@@ -100,7 +100,7 @@ class PrintWorker:
         self.heartbeat = time.monotonic()
         self.idle = False  # nothing to print at the last look (intake may then arm a new order's jobs)
         self.current: Optional[Job] = None  # the job whose bytes are being sent (tests, diagnostics)
-        self._finished = 0  # jobs finished since the last idle commit
+        self._finished: set[int] = set()  # events (seq) whose jobs this worker finished since it was last idle
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -162,11 +162,11 @@ class PrintWorker:
     def _idle(self) -> None:
         """Nothing to print: poll the printer's status every ``poll_s`` until woken."""
         self.heartbeat = time.monotonic()
-        if self._finished >= 2:
+        if len(self._finished) >= 2:
             # the end of a burst: commit its outcomes now, so a crash in the next seconds does not
             # reprint them (a single order's outcome rides on the next commit instead)
             self.journal.commit_soon()
-        self._finished = 0
+        self._finished.clear()
         if self._wake.wait(self.poll_s):
             self._wake.clear()
             return
@@ -273,7 +273,7 @@ class PrintWorker:
         return True
 
     def _finish(self, job: Job, state: str, error: Optional[str]) -> None:
-        self._finished += 1
+        self._finished.add(job.event_seq)
         self.journal.finish_job(job.id, state, error, printer=self.name, done=self.on_done, now=self.clock())
 
 
