@@ -268,7 +268,12 @@ class KitHQ:
     def __init__(self, kit, store):
         self.prefix, self.store = "stores", store
         self.peer = kit.peer("hq")
+        self.c = self.peer.c  # raw publishes (floods)
+        self._lock = threading.RLock()
         self.peer.subscribe(f"stores/{store}/#")
+
+    def results(self):
+        return [json.loads(p) for t, p, _ in self.messages if t == self.topic("orders", "result")]
 
     def topic(self, *parts):
         return "/".join([self.prefix, self.store, *parts])

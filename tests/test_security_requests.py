@@ -29,6 +29,23 @@ def responses(hq, command):
         return [json.loads(p) for t, p, _ in hq.messages if t == hq.topic("response", command)]
 
 
+@pytest.fixture
+def on_the_kit(vprinter, make_agent, tmp_path_factory):
+    """The same agent as HQ's certificate login sees it on the shipped kit broker (TLS, certificates, ACL)."""
+    from test_broker_kit import Kit  # noqa: PLC0415
+    from test_security_remote import KitHQ  # noqa: PLC0415
+    kit = Kit("cert", tmp_path_factory.mktemp("kit-flood"), stores=("kit-a",))
+    hq = KitHQ(kit, "kit-a")
+    agent = make_agent(kit.port, vprinter.port, "kit-a", mqtt=kit.store_mqtt("kit-a"))
+    yield agent, hq
+    hq.close()
+    kit.stop()
+
+
+def test_a_test_print_flood_does_not_starve_an_order_on_the_kit_broker(on_the_kit, vprinter):
+    test_a_test_print_flood_does_not_starve_an_order(on_the_kit, vprinter)
+
+
 def test_a_test_print_flood_does_not_starve_an_order(running, vprinter):
     agent, hq = running
     began = time.monotonic()
