@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import random
-import select
 import socket
 import ssl
 import threading
@@ -224,19 +223,6 @@ class MqttLink:
             except Exception:  # noqa: BLE001
                 log.exception("delivery callback failed")
         return len(done)
-
-    def more_pending(self) -> bool:
-        """Are more bytes already waiting on the connection (the rest of a burst)? Intake then batches
-        the commit. paho reads packet by packet, so the socket (and TLS's buffer) tell."""
-        sock = self._client.socket()
-        if sock is None:
-            return False
-        try:
-            if isinstance(sock, ssl.SSLSocket) and sock.pending():
-                return True
-            return bool(select.select([sock], [], [], 0)[0])
-        except (OSError, ValueError, TypeError):
-            return False
 
     def ack(self, msg: Inbound) -> None:
         if msg.qos > 0:
