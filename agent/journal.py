@@ -521,18 +521,25 @@ class Journal:
         except sqlite3.Error as e:
             raise JournalError(str(e)) from e
 
-    def close(self) -> None:
+    def close(self) -> bool:
         """A clean stop: armed jobs nothing was sent of go back to ``queued``, everything queued is
-        committed, then the connections close."""
-        try:
-            with self._mem_lock:
-                self._no_arming = True
-            self.flush()  # armings already queued are committed (and become armed) ...
-            self.unarm()  # ... so that they go back to queued here
-            self.flush()
-        except (JournalError, RuntimeError) as e:
-            log.warning("journal: final commit failed: %s", e)
+        committed, then the connections close. False when the last commit failed (a full or failing
+        card): then the stop is, for the journal, a crash, and armed tickets print marked 补打."""
+        with self._mem_lock:
+            self._no_arming = True
+        ok = True
+        for step in ("flush", "unarm", "flush"):  # armings queued are committed (and become armed), then un-armed
+            try:
+                getattr(self, step)()
+                ok = True
+            except (JournalError, RuntimeError) as e:
+                ok = False
+                log.warning("journal: %s at close failed: %s", step, e)
+        if not ok:
+            log.error("journal: closed without its last commit: tickets marked for printing but not sent will "
+                      "print marked 补打 after the restart")
         self._shutdown(crash=False)
+        return ok
 
     def crash(self) -> None:
         """Tests: stop as a killed process would: nothing queued is committed, nothing un-armed."""

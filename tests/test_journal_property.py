@@ -246,7 +246,8 @@ class OrderPath(RuleBasedStateMachine):
         self._settle()
         for w in self.workers.values():
             w._unarm()
-        self.j.close()
+        if not self.j.close():  # its last commit failed (a full disk): for the journal, a crash
+            self.printing_at_crash |= {r[0] for r in self._db_rows("SELECT id FROM jobs WHERE state='printing'")}
         self._open()
 
     @rule()
