@@ -245,14 +245,13 @@ class _Writer:
                     return None
                 wait = None if self._lazy_since is None else max(0.0, LAZY_S - (time.monotonic() - self._lazy_since))
                 self._cv.wait(wait)
-            batch: list[_Op] = []
-            while self._ops:
-                op = self._ops[0]
-                if op.raw:  # outside any transaction, alone
-                    if not batch:
-                        batch.append(self._ops.popleft())
-                    break
-                batch.append(self._ops.popleft())
+            raw = next((op for op in self._ops if op.raw), None)
+            if raw is not None:  # outside any transaction, alone, ahead of the rest (lazy writes that keep
+                self._ops.remove(raw)  # failing on a full card must never hold it back: no busy loop)
+                batch = [raw]
+            else:
+                batch = list(self._ops)
+                self._ops.clear()
             if not any(op.lazy for op in self._ops):
                 self._lazy_since = None
             self._busy = True
