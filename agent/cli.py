@@ -67,8 +67,17 @@ def run(config_path: str | None, log_level: str) -> None:
     """Run the agent in the foreground (systemd Type=notify). SIGTERM stops it cleanly."""
     from .daemon import run_supervised  # noqa: PLC0415
 
+    from .filecheck import check_files  # noqa: PLC0415
+
     cfg = load_config(config_path)
     setup_logging(log_level)
+    problems = check_files(cfg)
+    for p in problems:
+        logging.getLogger("agent.cli").log(logging.ERROR if p.fatal else logging.WARNING, "config: %s", p)
+    fatal = [p for p in problems if p.fatal]
+    if fatal:  # the key and the path, not a bare FileNotFoundError from deep inside the TLS setup
+        click.echo("config error: " + "; ".join(map(str, fatal)), err=True)
+        sys.exit(2)
     os.umask(0o077)  # the journal, remote config and spool hold customers' data: private, outside systemd too
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,6 +149,18 @@ def config_check(file: str | None, config_path: str | None, as_json: bool) -> No
             click.echo(json.dumps({"ok": False, "file": str(path), "error": str(e)}, ensure_ascii=False))
         else:
             click.echo(f"config error: {e}", err=True)
+        sys.exit(2)
+    from .filecheck import check_files, state_dir_problem  # noqa: PLC0415
+
+    problems = check_files(cfg) + [p for p in [state_dir_problem(cfg)] if p]
+    if problems:  # the files it names: what run would otherwise fail on, naming no path
+        if as_json:
+            click.echo(json.dumps({"ok": False, "file": str(path), "error": "; ".join(map(str, problems)),
+                                   "problems": [{"key": p.key, "path": p.path, "reason": p.reason} for p in problems]},
+                                  ensure_ascii=False))
+        else:
+            for p in problems:
+                click.echo(f"config error: {p}", err=True)
         sys.exit(2)
     if as_json:
         click.echo(json.dumps({"ok": True, "file": str(path), "store_id": cfg.store_id, "printers": [p.name for p in cfg.printers]}, ensure_ascii=False))

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import ssl
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
 from .config import Config
 from .control import SOCKET_NAME, ControlError, call
+from .filecheck import cert_days_left
 
 
 @dataclass
@@ -22,15 +21,6 @@ class Check:
     ok: Optional[bool]  # None = not applicable / skipped
     detail: str
     fix: str = ""
-
-
-def _cert_days_left(path: str) -> Optional[float]:
-    try:
-        info = ssl._ssl._test_decode_cert(path)  # noqa: SLF001 - the only stdlib way to read notAfter from a file
-        not_after = datetime.strptime(info["notAfter"], "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
-        return (not_after - datetime.now(timezone.utc)).total_seconds() / 86400
-    except (OSError, ValueError, KeyError, ssl.SSLError):
-        return None
 
 
 # never "move it aside": acknowledged orders that did not print are only in the journal
@@ -82,7 +72,7 @@ def run_checks(cfg: Config) -> list[Check]:
                          "check mqtt.host/port, the network, TLS files and credentials (mqtt.username / password_file)"))
     for label, path in (("ca_file", m.ca_file), ("cert_file", m.cert_file)):
         if m.tls and path:
-            days = _cert_days_left(path)
+            days = cert_days_left(path)
             if days is None:
                 out.append(Check(f"tls {label}", False, f"cannot read {path}", "install the certificate from the info department"))
             else:

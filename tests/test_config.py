@@ -5,6 +5,7 @@ import pytest
 
 from agent.config import ConfigError, load_config, parse_config
 from conftest import DATA, ROOT
+from test_filecheck import with_real_files
 
 
 def test_sample_config_loads():
@@ -66,8 +67,10 @@ def test_cli_config_check_exit_codes(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('store_id = "x"\n[mqtt]\nhots = "y"\n[[printers]]\nname = "v"\nconnection = "virtual"\n')
     run = lambda *a: subprocess.run([sys.executable, "-m", "agent.cli", *a], capture_output=True, text=True, cwd=ROOT)
-    ok = run("config", "check", str(good))
-    assert ok.returncode == 0 and "ok" in ok.stdout
+    ok = run("config", "check", str(with_real_files(good, tmp_path)))
+    assert ok.returncode == 0 and "ok" in ok.stdout, ok.stderr
+    missing = run("config", "check", str(good))  # the shipped example names files this machine does not have
+    assert missing.returncode == 2 and "mqtt.ca_file: /etc/store-agent/ca.pem: does not exist" in missing.stderr
     no = run("config", "check", str(bad))
     assert no.returncode == 2 and "mqtt.hots: unknown key" in no.stderr
     j = run("config", "check", "--json", str(bad))

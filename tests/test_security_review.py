@@ -2,17 +2,16 @@
 the finding is end to end: the dev broker, a running agent, the virtual printer)."""
 
 import json
-import resource
-import time
+import subprocess
+import sys
 
 import pytest
 
 from agent.config import parse_config
 from agent.notify import md_text
-from agent.preview import encode
 from agent.remote import RemoteConfig
 from agent.templating import MAX_TICKET_LINES, TemplateFailure, parse_markup
-from conftest import agent_config, order, wait_until
+from conftest import ROOT, agent_config, order, wait_until
 from test_remote_config import set_config, wait_state
 
 
@@ -28,11 +27,17 @@ def msg(version, overlay):
 def test_1_a_ticket_longer_than_the_bound_is_refused_and_image_mode_draws_in_strips():
     with pytest.raises(TemplateFailure, match="longer than"):
         parse_markup("receipt", "@feed 10\n" * 300 + "@cut\n", 48)
-    doc = parse_markup("receipt", "行\n" * (MAX_TICKET_LINES - 5) + "@cut\n", 48)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    data = encode(doc, render="image")
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
-    assert data.count(b"\x1dv0") >= (MAX_TICKET_LINES - 5) // 32 and grown_mb < 60, grown_mb
+    # in a fresh process, its own peak (VmHWM): the longest ticket allowed, drawn in image mode
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from agent.preview import encode\nfrom agent.templating import parse_markup, MAX_TICKET_LINES\n"
+            "base = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "doc = parse_markup('receipt', '行\\n' * (MAX_TICKET_LINES - 5) + '@cut\\n', 48)\n"
+            "data = encode(doc, render='image')\n"
+            "peak = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+            "print(data.count(b'\\x1dv0'), (peak - base) // 1024)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    strips, grown_mb = map(int, out.stdout.split())
+    assert strips >= (MAX_TICKET_LINES - 5) // 32 and grown_mb < 60, (strips, grown_mb)
 
 
 # 2. QR / barcode data the printer commands cannot hold: a template failure (fallback + alert), not a failed receipt
