@@ -1063,6 +1063,26 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def build_journal_file(tmp: Path, fill: Callable[[sqlite3.Connection], None]) -> None:
+    """A new journal file at ``tmp`` (0600, the current schema and page size, WAL), filled by ``fill``
+    in one synced transaction; the caller renames it into place (migration, salvage)."""
+    for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        p.unlink(missing_ok=True)
+    _create_private(tmp)
+    new = sqlite3.connect(str(tmp), isolation_level=None)
+    try:
+        new.execute(f"PRAGMA page_size={PAGE_SIZE}")
+        new.execute("PRAGMA synchronous=FULL")
+        new.executescript(SCHEMA)
+        new.execute("BEGIN")
+        fill(new)
+        new.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        new.execute("COMMIT")
+        new.execute("PRAGMA journal_mode=WAL")
+    finally:
+        new.close()
+
+
 def migrate_v1(path: Path) -> None:
     """Rewrite a schema-1 journal (4 KiB pages, AUTOINCREMENT ids, plain payloads) in the current schema.
 
@@ -1072,18 +1092,11 @@ def migrate_v1(path: Path) -> None:
     at ``path``, never neither. Open jobs keep their state (a ``printing`` one stays a reprint).
     """
     tmp = path.with_name(path.name + ".v2-tmp")
-    for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        p.unlink(missing_ok=True)
     old = sqlite3.connect(str(path), isolation_level=None)
     try:
         old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        _create_private(tmp)
-        new = sqlite3.connect(str(tmp), isolation_level=None)
-        try:
-            new.execute(f"PRAGMA page_size={PAGE_SIZE}")
-            new.execute("PRAGMA synchronous=FULL")
-            new.executescript(SCHEMA)
-            new.execute("BEGIN")
+
+        def fill(new: sqlite3.Connection) -> None:
             for seq, event_id, order_id, type_, status, received_at, finished_at, payload, error, reported in old.execute(
                 "SELECT seq, event_id, order_id, type, status, received_at, finished_at, payload, error, reported "
                 "FROM events ORDER BY seq"
@@ -1105,11 +1118,8 @@ def migrate_v1(path: Path) -> None:
                                 ("rejected", "id, received_at, sha256, reason, size, payload")):
                 rows = old.execute(f"SELECT {cols} FROM {table}").fetchall()
                 new.executemany(f"INSERT INTO {table}({cols}) VALUES ({','.join('?' * len(cols.split(',')))})", rows)
-            new.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            new.execute("COMMIT")
-            new.execute("PRAGMA journal_mode=WAL")
-        finally:
-            new.close()
+
+        build_journal_file(tmp, fill)
     finally:
         old.close()
     for suffix in ("-wal", "-shm"):  # the old file is checkpointed and closed: its WAL must not meet the new file

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .journal import JOB_SLOTS, OPEN_JOB_STATES, SCHEMA, SCHEMA_VERSION, _create_private, _fsync_dir
+from .journal import JOB_SLOTS, OPEN_JOB_STATES, _fsync_dir, build_journal_file
 
 log = logging.getLogger(__name__)
 
@@ -119,28 +119,22 @@ def salvage(path: str | Path, now: float | None = None) -> SalvageReport:
     report.dedupe_keys = len(dedupe)
 
     fresh = path.with_name(path.name + ".salvage-tmp")
-    for p in (fresh, Path(f"{fresh}-wal"), Path(f"{fresh}-shm")):
-        p.unlink(missing_ok=True)
-    _create_private(fresh)
-    new = sqlite3.connect(str(fresh), isolation_level=None)
-    try:
-        new.execute("PRAGMA page_size=1024")
-        new.execute("PRAGMA synchronous=FULL")
-        new.executescript(SCHEMA)
-        new.execute("BEGIN")
+
+    def fill(new: sqlite3.Connection) -> None:
         new.executemany(f"INSERT INTO events({EVENT_COLS}) VALUES ({','.join('?' * 10)})", keep)
         new.executemany(f"INSERT INTO jobs({JOB_COLS}) VALUES ({','.join('?' * 11)})", jobs)
         new.executemany("INSERT OR IGNORE INTO alerts(id, open, updated_at, body) VALUES (?,?,?,?)", alerts)
         new.executemany("INSERT OR IGNORE INTO timers(key, fired_at) VALUES (?,?)", timers)
         new.executemany("INSERT OR IGNORE INTO dedupe(key, value, at) VALUES (?,?,?)", dedupe)
-        new.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        new.execute("COMMIT")
-        new.execute("PRAGMA journal_mode=WAL")
-        ok = new.execute("PRAGMA integrity_check").fetchone()[0]
-        if ok != "ok":
-            raise SalvageError(f"the fresh journal does not check out ({ok}); nothing was replaced")
+
+    build_journal_file(fresh, fill)
+    check = sqlite3.connect(str(fresh))
+    try:
+        ok = check.execute("PRAGMA integrity_check").fetchone()[0]
     finally:
-        new.close()
+        check.close()
+    if ok != "ok":
+        raise SalvageError(f"the fresh journal does not check out ({ok}); nothing was replaced")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
     aside = path.with_name(f"{path.name}.damaged-{stamp}")
     for suffix in ("", "-wal", "-shm"):  # the damaged file and its WAL stay together, beside it

@@ -64,6 +64,14 @@ def set_max_pages(journal, pages=None) -> int:  # noqa: ANN001 - agent.journal.J
     return journal.submit(fn, raw=True).result()
 
 
+def lose_transaction(db) -> None:  # noqa: ANN001 - the journal writer's connection
+    """A journal operation that does what SQLite does on IOERR/FULL/NOMEM: roll the whole transaction
+    back by itself, then report the error."""
+    import sqlite3  # noqa: PLC0415
+    db.execute("ROLLBACK")
+    raise sqlite3.OperationalError("disk I/O error")
+
+
 def wait_until(cond: Callable[[], bool], timeout: float = 15.0, interval: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

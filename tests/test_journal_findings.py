@@ -19,7 +19,7 @@ from agent.intake import OrderIntake
 from agent.journal import SCHEMA_VERSION, Journal, JournalError
 from agent.printing import PrintWorker
 from agent.tickets import TicketRenderer
-from conftest import order, set_max_pages, wait_until
+from conftest import lose_transaction, order, set_max_pages
 from drivers.escpos_proto import PrinterStatus
 from drivers.printers import make_printer
 
@@ -64,12 +64,6 @@ def settle(j):
             return
         except JournalError:
             pass
-
-
-def lose_transaction(db):
-    """What SQLite does on IOERR/FULL/NOMEM: roll the whole transaction back, then report the error."""
-    db.execute("ROLLBACK")
-    raise sqlite3.OperationalError("disk I/O error")
 
 
 @pytest.fixture

@@ -29,19 +29,13 @@ from agent.intake import OrderIntake
 from agent.journal import Journal, JournalError
 from agent.printing import Inflight, PrintWorker
 from agent.tickets import TicketRenderer
-from conftest import order
+from conftest import lose_transaction, order
 from drivers.escpos_proto import PrinterStatus
 from drivers.printers import PrinterError, PrinterIOError
 
 EXAMPLES = int(os.environ.get("PROPERTY_EXAMPLES", "100"))
 STEPS = int(os.environ.get("PROPERTY_STEPS", "50"))
 RENDERER = TicketRenderer(store_name="店", store_phone="1")
-
-
-def _lose(db):
-    """What SQLite does on IOERR/FULL/NOMEM: roll the whole transaction back, then report the error."""
-    db.execute("ROLLBACK")
-    raise sqlite3.OperationalError("disk I/O error")
 
 
 class Paper:
@@ -170,7 +164,7 @@ class OrderPath(RuleBasedStateMachine):
         started.wait(5)
         for i in range(n):
             if fail_at == i:
-                self.j.submit(_lose)
+                self.j.submit(lose_transaction)
             self._deliver(self.next_event)
             self.next_event += 1
         gate.set()
@@ -219,7 +213,7 @@ class OrderPath(RuleBasedStateMachine):
         if what in ("unarm", "both"):
             self.workers[other]._unarm()
         if what in ("fail", "both"):
-            self.j.submit(_lose)
+            self.j.submit(lose_transaction)
         gate.set()
         t.join(10)
         self._settle()
@@ -234,7 +228,7 @@ class OrderPath(RuleBasedStateMachine):
     def disk(self, what):
         """A commit (carrying the lazy writes), a write that loses the transaction, the card full or not."""
         if what == "fail":
-            self.j.submit(_lose)
+            self.j.submit(lose_transaction)
         elif what in ("full", "space"):
             self.full = what == "full"
             self._set_full(self.full)
