@@ -164,7 +164,8 @@ class Agent:
         """For a backup printer: every primary, while every primary is faulted; else nothing."""
         workers = self.workers
         primaries = [workers[p.name] for p in self.cfg.printers if p.role == "primary" and p.name in workers]
-        if primaries and all(not w.status.printable and w.printer.queryable and w.status.state != "unknown" for w in primaries):
+        if primaries and all(w.status.error or (not w.status.printable and w.printer.queryable and w.status.state != "unknown")
+                                  for w in primaries):
             return tuple(w.name for w in primaries)
         return ()
 

@@ -22,7 +22,9 @@ class PrinterFaults:
         a = self.agent
         alerts = a.alerts
         now = a.clock()
-        faulted = st.state not in ("ready", "paper_low", "unknown") or (st.state == "unknown" and a.printers[name].queryable)
+        faulted = (st.error or st.state not in ("ready", "paper_low", "unknown")
+                   or (st.state == "unknown" and a.printers[name].queryable))
+        kind = "error" if st.error else st.state
         low_id = f"printer:{name}:paper_low"
         if st.state == "paper_low":
             alerts.raise_(low_id, "printer.paper_low", f"打印机 {name} 纸将用完,请备纸", severity="warning",
@@ -32,12 +34,12 @@ class PrinterFaults:
         open_faults = [x for x in alerts.open_alerts() if x.printer == name and x.code != "printer.paper_low"]
         if faulted:
             self._ok_since.pop(name, None)
-            aid = f"printer:{name}:{st.state}"
+            aid = f"printer:{name}:{kind}"
             if alerts.get(aid) is None:
                 for x in open_faults:  # the cause changed (cover closed, now paper out): one open fault per printer
-                    alerts.clear(x.id, f"打印机 {name}: {st.state}")
+                    alerts.clear(x.id, f"打印机 {name}: {kind}")
                 a.annunciator.request("device_fault")
-                alerts.raise_(aid, f"printer.{st.state}", f"打印机 {name}: {st.state} {st.detail}".strip(),
+                alerts.raise_(aid, f"printer.{kind}", f"打印机 {name}: {kind} {st.detail}".strip(),
                               severity="critical", printer=name, needs_ack=False, sound="device_fault",
                               escalate_after_s=max(a.cfg.escalation.printer_fault_after_s, 1))
         elif open_faults:

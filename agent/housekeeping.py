@@ -109,7 +109,7 @@ class Housekeeper:
         return Health(
             store_id=a.cfg.store_id, at=utc(now),
             agent={"version": __version__, "uptime_s": int(now - a.started_at)},
-            mqtt={"connected": a.link.connected},
+            mqtt={"connected": a.link.connected, "last_error": a.link.error_info()},
             printers=printers,
             audio={"state": a.annunciator.audio_state},
             queue={"pending": sum(waiting.values()), "oldest_s": round(oldest, 1) if oldest is not None else None},
@@ -121,7 +121,7 @@ class Housekeeper:
         """Retained health: whenever something a person would care about changes, and every publish_s."""
         a = self.agent
         signature = (
-            tuple((w.name, w.status.state) for w in a.workers.values()),
+            tuple((w.name, w.status.state, w.status.error) for w in a.workers.values()),
             a.annunciator.audio_state, a.link.connected, len(a.alerts.open_alerts()),
         )
         due = time.monotonic() - self._health_sent >= a.cfg.health.publish_s

@@ -127,8 +127,8 @@ class PrintWorker:
     def _run(self) -> None:
         try:  # connect and learn the printer's state before the first order needs it
             self._check()
-        except Exception:  # noqa: BLE001
-            log.exception("printer %s: first status check failed", self.name)
+        except Exception as e:  # noqa: BLE001
+            self._fault(e)
         while not self._stop.is_set():
             self.heartbeat = time.monotonic()
             try:
@@ -137,9 +137,24 @@ class PrintWorker:
             except JournalError as e:
                 log.error("printer %s: journal error: %s", self.name, e)
                 self._sleep(self.retry_s)
-            except Exception:  # noqa: BLE001 - a print thread must not die
-                log.exception("printer %s: unexpected error", self.name)
+            except Exception as e:  # noqa: BLE001 - a print thread must not die
+                self._fault(e)
                 self._sleep(self.retry_s)
+
+    def _fault(self, e: Exception) -> None:
+        """An unexpected error in this worker is a device fault like any other: health shows the printer
+        ``unknown`` with the error, the store is alerted and IT escalated; a later good status clears it."""
+        detail = f"agent error: {type(e).__name__}: {e}".replace("\n", " ")[:300]
+        if detail != self.status.detail:  # the traceback once per distinct error, not every retry
+            log.exception("printer %s: unexpected error", self.name)
+            self.status_since = self.clock()
+        else:
+            log.debug("printer %s: %s (again)", self.name, detail)
+        self.status = PrinterStatus("unknown", detail, error=True)
+        try:
+            self.on_status(self.name, self.status)
+        except Exception:  # noqa: BLE001
+            log.exception("printer %s: status handler failed", self.name)
 
     def step(self) -> bool:
         """Print the next job, or wait for one; False means 'wait before the next attempt'."""

@@ -34,6 +34,7 @@ class PrinterStatus:
     state: str
     detail: str = ""
     raw: tuple[Optional[int], ...] = ()
+    error: bool = False  # the agent failed here, not the printer: a fault whatever the state says
 
     @property
     def printable(self) -> bool:

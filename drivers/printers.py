@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
+from .escpos_caps import CapabilitiesError, prepare_pickle_dir
 from .escpos_proto import TRANSMIT_PAPER_STATUS, EscPosParser, ParsedJob, PrinterStatus, dle_eot, fixed_bits_ok, interpret_status, transmit_status_ok
 
 log = logging.getLogger(__name__)
@@ -46,10 +48,14 @@ _escpos_lock = threading.Lock()
 
 
 def import_escpos_printers() -> Any:
-    """Import ``escpos.printer`` without its side effects on logging and /tmp."""
+    """Import ``escpos.printer`` without its side effects on logging and /tmp, its capability pickle made
+    whole first (see drivers/escpos_caps.py); ``PrinterError`` when that cannot be done."""
     with _escpos_lock:
-        os.environ.setdefault("ESCPOS_CAPABILITIES_PICKLE_DIR", os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "store-agent-escpos"))
-        os.makedirs(os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"], exist_ok=True)
+        if "escpos.capabilities" not in sys.modules:  # its import reads (or writes) the pickle: make it whole first
+            try:
+                os.environ["ESCPOS_CAPABILITIES_PICKLE_DIR"] = prepare_pickle_dir(os.environ.get("ESCPOS_CAPABILITIES_PICKLE_DIR"))
+            except CapabilitiesError as e:
+                raise PrinterError(str(e)) from e
         root = logging.getLogger()
         before = list(root.handlers)
         import escpos.printer as ep  # noqa: PLC0415 - lazy on purpose

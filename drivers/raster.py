@@ -6,7 +6,6 @@ framing is written here because ``Escpos.image()`` prints warnings to stdout wit
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 FRAGMENT_ROWS = 960  # printers buffer a limited image height: send tall images in slices
@@ -14,7 +13,6 @@ FRAGMENT_ROWS = 960  # printers buffer a limited image height: send tall images 
 
 def image_to_escpos(img: Any) -> bytes:
     """A Pillow image (any mode) as ``GS v 0`` raster bit-image bytes; black where the image is dark."""
-    os.environ.setdefault("ESCPOS_CAPABILITIES_PICKLE_DIR", os.path.expanduser("~/.cache/store-agent-escpos"))
     from .printers import import_escpos_printers  # noqa: PLC0415 - neutralise escpos' import side effects first
 
     import_escpos_printers()

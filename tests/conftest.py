@@ -241,8 +241,8 @@ def write_toml(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def spawn_agent(config_path: Path, log_path: Path) -> subprocess.Popen:
-    env = dict(os.environ)
+def spawn_agent(config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "run", "--config", str(config_path), "--log-level", "info"],
         stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
