@@ -50,6 +50,7 @@ import threading
 import time
 import weakref
 from datetime import date, datetime
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
@@ -67,7 +68,7 @@ from jinja2.runtime import LoopContext
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import Cycler, Joiner, Namespace
 
-from .render import Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, money, printable, wrap
+from .render import Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, money, printable, width_of, wrap
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +114,27 @@ def to_plain(value: Any) -> Any:
     raise TypeError(f"not template data: {type(value).__name__}")
 
 
+# Memoised layout (issue 17): most of a ticket's values and lines are the same on every order (the
+# store, the wording, headings, rules), and printable()/wrap() go character by character. Only short
+# strings are kept (MEMO_CHARS), so the caches stay small (a few hundred KiB) whatever arrives.
+MEMO_CHARS = 200
+MEMO_ENTRIES = 4096
+
+
+@lru_cache(maxsize=MEMO_ENTRIES)
+def _printable_memo(text: str) -> str:
+    return printable(text)
+
+
+def _printable(text: str) -> str:
+    return _printable_memo(text) if len(text) <= MEMO_CHARS else printable(text)
+
+
 def _flatten(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, str):
-        text = printable(value)  # newlines -> spaces, controls dropped, unprintable -> fallback glyph
+        text = _printable(value)  # newlines -> spaces, controls dropped, unprintable -> fallback glyph
         if len(text) > MAX_VALUE_CHARS:  # a 10 000-character note must not empty the paper roll
             text = text[: MAX_VALUE_CHARS - 1] + "…"
         # a value at the start of a line must not become a directive: "@cut" -> "＠cut"
@@ -308,17 +325,44 @@ def check_source(name: str, source: str) -> None:
 # ------------------------------------------------------------------ markup -> document
 
 
-def _text_blocks(styles: set[str], content: str, columns: int) -> list[Block]:
+def _lines(content: str, columns: int) -> tuple[str, ...]:
+    """``wrap(content, columns)``; a line that fits is returned as it is, without the walk of ``wrap``."""
+    text = printable(content)
+    if width_of(text) <= columns:
+        return (text.rstrip(),)  # what wrap() returns for it
+    return tuple(wrap(text, columns))
+
+
+@lru_cache(maxsize=MEMO_ENTRIES)
+def _text_blocks_memo(styles: frozenset[str], content: str, columns: int) -> tuple[Block, ...]:
     unknown = styles - STYLES
     if unknown:
         raise TemplateFailure(f"unknown style(s): {', '.join(sorted(unknown))}")
     width = 2 if styles & {"big", "wide"} else 1
     height = 2 if styles & {"big", "tall"} else 1
     align = "center" if "center" in styles else "right" if "right" in styles else "left"
-    return [
+    return tuple(
         Text(line, align=align, bold="bold" in styles, width=width, height=height)
-        for line in wrap(content.strip(), columns // width)
-    ]
+        for line in _lines(content.strip(), columns // width)
+    )
+
+
+def _text_blocks(styles: set[str], content: str, columns: int) -> tuple[Block, ...]:
+    """The Text blocks of one styled line (frozen dataclasses: a memoised tuple is shared safely)."""
+    if len(content) > MEMO_CHARS:
+        return _text_blocks_memo.__wrapped__(frozenset(styles), content, columns)
+    return _text_blocks_memo(frozenset(styles), content, columns)
+
+
+@lru_cache(maxsize=MEMO_ENTRIES)
+def _row_memo(left: str, right: str, columns: int, bold: bool) -> tuple[Block, ...]:
+    return tuple(Text(x, bold=bold) for x in columns_row(left, right, columns))
+
+
+def _row_blocks(left: str, right: str, columns: int, bold: bool) -> tuple[Block, ...]:
+    if len(left) + len(right) > MEMO_CHARS:
+        return _row_memo.__wrapped__(left, right, columns, bold)
+    return _row_memo(left, right, columns, bold)
 
 
 MAX_TICKET_LINES = 1000  # about 300 items on a receipt; beyond it a ticket is a roll of paper, or an attack
@@ -358,7 +402,7 @@ def parse_markup(name: str, markup: str, columns: int) -> Document:
                 left, bar, right = rest.rpartition("|")
                 if not bar:
                     raise TemplateFailure("@row needs 'left | right'")
-                blocks += [Text(x, bold="bold" in styles) for x in columns_row(left.strip(), right.strip(), columns)]
+                blocks += _row_blocks(left.strip(), right.strip(), columns, "bold" in styles)
             elif head == "rule":
                 ch = (rest.strip() or "-")[0]
                 blocks.append(Text(ch * columns))

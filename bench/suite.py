@@ -74,6 +74,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from conftest import HQ, agent_config, order, spawn_agent, write_toml  # noqa: E402
 
 from agent.devbroker import DevBroker  # noqa: E402
+from quota import CpuQuota  # noqa: E402  (bench/quota.py)
 from drivers.vprinter import VirtualPrinter  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -185,6 +186,25 @@ def machine() -> dict[str, str]:
         "mosquitto": mosq,
         "libs": f"paho-mqtt {ver('paho-mqtt')}, python-escpos {ver('python-escpos')}",
     }
+
+
+# ------------------------------------------------------------------ the agent process (another checkout, a CPU quota)
+
+def spawn_agent_from(root: Path, config_path: Path, log_path: Path, *, wrapper: Optional[list[str]] = None,
+                     quota: Optional["CpuQuota"] = None) -> subprocess.Popen:
+    """``store-agent run`` from the checkout at ``root`` (tests/conftest.py ``spawn_agent`` for another
+    tree: its ``agent`` package comes first on sys.path), optionally under ``wrapper`` (a script run
+    with the agent's argv after it) and inside ``quota`` (joined before exec, so every thread and
+    child of the agent is in it)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    argv = ["-m", "agent.cli", "run", "--config", str(config_path), "--log-level", "info"]
+    cmd = [sys.executable] + (wrapper + argv if wrapper else argv)
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=str(root),
+                            preexec_fn=quota.enter if quota else None)
+    if quota:
+        quota.watch(proc.pid)
+    return proc
 
 
 # ------------------------------------------------------------------ observers
