@@ -38,6 +38,9 @@ from .topics import Topics
 log = logging.getLogger(__name__)
 
 JOURNAL_ALERT = "agent:journal"
+# At start, `online` waits this long at most for the printers' first status (issue 17: start ->
+# subscribed stays well under 1 s; a printer answers a status query in milliseconds).
+WARM_PRINTER_WAIT_S = 0.5
 
 
 
@@ -294,9 +297,9 @@ class Agent:
         if open_jobs:
             log.info("resuming %d unfinished print job(s)", len(open_jobs))
         self.housekeeper.prune()
-        self.renderer.warm()
         for w in self.workers.values():
-            w.start()
+            w.start()  # each connects to its printer and asks its status while the rest starts
+        self.renderer.warm(self._formats())
         self.annunciator.start()
         self.notifier.start()
         try:
@@ -304,8 +307,27 @@ class Agent:
         except OSError as e:  # e.g. a state_dir path too long for a Unix socket
             log.error("control socket unavailable (%s): the CLI cannot reach this agent", e)
         self.desk.start()
-        self.link.start()
+        self._await_printers(WARM_PRINTER_WAIT_S)
+        self.link.start()  # `online` follows the subscription: the first order finds all of the above done
         self.housekeeper.start()
+
+    def _formats(self) -> set[tuple[int, str, str]]:
+        """(columns, render, qr) of each printer: what the warm-up renders a sample order for."""
+        return {(p.columns, p.render, p.qr) for p in self.cfg.printers}
+
+    def _await_printers(self, budget_s: float) -> None:
+        """Warm start (issue 17): wait, at most ``budget_s``, for each printer's first status answer,
+        so the first order finds the printer's state known (and an idle, ready printer lets intake
+        arm its jobs in the order's own commit). A printer that does not answer in time is left to
+        its worker (its state shows in health once known); the subscription does not wait for it."""
+        deadline = time.monotonic() + budget_s
+        waiting = [w for w in self.workers.values() if w.printer.queryable]
+        while waiting and time.monotonic() < deadline:
+            waiting = [w for w in waiting if w.status.state == "unknown"]
+            if waiting:
+                time.sleep(0.005)
+        if waiting:
+            log.info("printer(s) %s not answered yet after %.1f s: subscribing anyway", ", ".join(w.name for w in waiting), budget_s)
 
     def apply_live(self, cfg: Config) -> None:
         """Swap in a config that needs no restart; queued jobs stay in the journal and print afterwards."""
@@ -317,7 +339,7 @@ class Agent:
     def _apply_live(self, cfg: Config) -> None:
         old, self.cfg = self.cfg, cfg
         old_renderer, self.renderer = self.renderer, self._make_renderer(cfg)
-        self.renderer.warm()
+        self.renderer.warm({(p.columns, p.render, p.qr) for p in cfg.printers})
         for a in self.alerts.open_alerts():
             if a.code == "agent.template_failed":  # new templates: a failure will be raised again if it recurs
                 self.alerts.clear(a.id, "模板已更新")

@@ -14,18 +14,21 @@ again by this renderer (a new config makes a new renderer), so later orders do n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from jinja2 import meta
 
 from . import __version__
-from .messages import OrderEvent
+from .messages import OrderEvent, parse_event
+from .preview import encode
 from .render import Document, Text
 from .rules import DEFAULT_RULES, Rule
+from .samples import sample_events
 from .templating import (
     SandboxProcess,
     TemplateFailure,
@@ -114,19 +117,43 @@ class TicketRenderer:
         specific = "slip_" + ev.type.replace(".", "_")
         return specific if self._is_custom(specific) or self._builtin_exists(specific) else "slip"
 
-    def warm(self) -> None:
-        """Compile the common built-in templates now, not while the first order waits, and start the
-        child process for custom ones (without waiting for it: nothing untrusted compiles here)."""
-        for name in ("receipt", "warm_tip", "slip"):
+    def warm(self, formats: Iterable[tuple[int, str, str]] = ()) -> int:
+        """Pay now, before the agent says ``online``, what the first order would otherwise pay (issue 17).
+
+        Compiles every built-in template; then, for each printer format ``(columns, render, qr)``,
+        takes a sample order through the path of a real one: parsed from JSON (pydantic), its
+        receipt and warm-tip card rendered (Jinja2, layout) and encoded (ESC/POS; in image mode
+        the font and, with ``qr = "image"``, the QR code machinery get loaded). Starts the child
+        process for custom templates without waiting for it (nothing untrusted compiles here).
+        Returns the number of tickets rendered. Nothing here fails the start: a problem is logged
+        and the first order meets it again."""
+        for path in sorted(builtin_dir().glob("*.j2")):
             try:
-                self.builtin.get_template(f"{name}.j2")
+                self.builtin.get_template(path.name)
+                self._untrusted(path.stem)  # which custom templates it pulls in: worked out once, here
             except Exception as e:  # noqa: BLE001 - shipped templates; a test would have caught it
-                log.warning("built-in template %s does not load: %s", name, e)
+                log.warning("built-in template %s does not load: %s", path.stem, e)
         if self.sandbox is not None:
             try:
                 self.sandbox.start()
             except OSError as e:
                 log.error("cannot start the template process (custom templates fall back): %s", e)
+        rendered = 0
+        formats = sorted(set(formats))
+        if not formats:
+            return rendered
+        try:
+            payload = json.dumps(sample_events(datetime.now(timezone.utc), tag="warm")[0], ensure_ascii=False).encode()
+            ev = parse_event(payload, len(payload))
+            if not isinstance(ev, OrderEvent):
+                raise ValueError(ev.reason)
+            for columns, render_mode, qr_mode in formats:
+                for document in ("receipt", "warm_tip"):
+                    encode(self.render(document, ev, columns=columns), render_mode, qr_mode)
+                    rendered += 1
+        except Exception:  # noqa: BLE001 - the first order will show what is wrong, with the order's own data
+            log.exception("warm-up: the sample order did not render")
+        return rendered
 
     def close(self) -> None:
         """Stop the template process (it also stops when this renderer is garbage-collected)."""

@@ -1,0 +1,104 @@
+"""Issue 17: warm start and no per-order compiles or imports. Behaviour only: counts, never milliseconds
+(bench/suite.py and bench/profile.py measure the time)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from agent.app import Agent
+from agent.config import parse_config
+from agent.templating import builtin_dir
+from agent.tickets import TicketRenderer
+from conftest import agent_config, order, wait_until
+from drivers.escpos_proto import PrinterStatus
+
+
+class SlowToAnswerPrinter:
+    """A printer whose status answer takes 0.2 s (a stand-in: the test is about the agent's start)."""
+
+    queryable = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.jobs: list[bytes] = []
+
+    def status(self) -> PrinterStatus:
+        time.sleep(0.2)
+        return PrinterStatus("ready", "")
+
+    def online(self) -> bool:
+        return True
+
+    def send(self, data: bytes, on_written=lambda: None) -> None:  # noqa: ANN001
+        self.jobs.append(data)
+        on_written()
+
+    def close(self) -> None:
+        pass
+
+
+def count_compiles(renderer: TicketRenderer) -> list[str]:
+    """Every template the renderer's environment compiles from now on, by name."""
+    env = renderer.builtin
+    compiled: list[str] = []
+    original = env.compile
+
+    def compile(source, name=None, filename=None, raw=False, defer_init=False):  # noqa: ANN001, A001
+        compiled.append(name)
+        return original(source, name, filename, raw, defer_init)
+
+    env.compile = compile  # type: ignore[method-assign]
+    return compiled
+
+
+def test_warm_compiles_every_builtin_template_and_renders_a_sample():
+    r = TicketRenderer(store_name="店", store_phone="1")
+    compiled = count_compiles(r)
+    rendered = r.warm({(48, "text", "native"), (32, "image", "image")})
+    assert sorted(compiled) == sorted(p.name for p in builtin_dir().glob("*.j2"))
+    assert rendered == 4  # receipt and warm-tip card, for each format
+
+
+def test_online_comes_after_the_warm_up(broker, tmp_path, store_id):
+    cfg = parse_config(agent_config(tmp_path / "state", broker.port, 9, store_id))
+    agent = Agent(cfg, printers={"counter": SlowToAnswerPrinter("counter")})
+    compiled = count_compiles(agent.renderer)
+    renders: list[str] = []
+    render = agent.renderer.render
+
+    def counting_render(document, ev, **kw):  # noqa: ANN001
+        renders.append(document)
+        return render(document, ev, **kw)
+
+    agent.renderer.render = counting_render  # type: ignore[method-assign]
+    at_link_start: dict = {}
+    link_start = agent.link.start
+
+    def start() -> None:  # what had happened when the agent began to connect (it reports `online` after)
+        at_link_start.update(compiled=list(compiled), renders=list(renders),
+                             states={n: w.status.state for n, w in agent.workers.items()})
+        link_start()
+
+    agent.link.start = start  # type: ignore[method-assign]
+    agent.start()
+    try:
+        assert wait_until(lambda: agent.link.subscribed, 10)
+    finally:
+        agent.stop()
+    assert set(at_link_start["compiled"]) >= {"receipt.j2", "warm_tip.j2", "slip.j2", "test_page.j2"}
+    assert at_link_start["renders"] == ["receipt", "warm_tip"]  # one sample order, before any real one
+    assert at_link_start["states"] == {"counter": "ready"}  # the printer's status known
+
+
+def test_second_order_compiles_and_imports_nothing(broker, vprinter, make_agent, hq_factory, store_id):
+    agent = make_agent(broker.port, vprinter.port, store_id)
+    compiled = count_compiles(agent.renderer)
+    hq = hq_factory(broker.port, store_id)
+    hq.publish(order(1, "warm"))
+    assert wait_until(lambda: len(hq.final()) == 1, 15)
+    modules = set(sys.modules)
+    hq.publish(order(2, "warm"))
+    assert wait_until(lambda: len(hq.final()) == 2, 15)
+    assert compiled == []  # not even the first order compiled: the warm-up did
+    assert set(sys.modules) - modules == set()  # nothing imported for the second order
