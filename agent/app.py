@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from drivers.escpos_proto import PrinterStatus
 from drivers.printers import Printer
 
 from . import __version__
@@ -27,6 +28,7 @@ from .messages import OrderEvent
 from .mqtt import Inbound, MqttLink, MqttSettings
 from .notify import Notifier, Webhook, md_text
 from .outbox import INTERNAL_PREFIX, Outbox
+from .printerfacts import PrinterFacts
 from .printing import Inflight, PrintWorker, build_printers
 from .remote import RemoteConfig
 from .requests import RequestDesk
@@ -93,6 +95,7 @@ class Agent:
         self.faults = PrinterFaults(self)
         self.renderer = self._make_renderer(cfg)
         self.inflight = Inflight()  # claims: a job is never on two printers at once
+        self.printer_facts = PrinterFacts(self)  # probe, layout, paper left, speed
         self.workers = {p.name: self._make_worker(p) for p in cfg.printers}
         self.rules = effective_rules(cfg.rules)
         self.alerts = AlertBook(self.journal, self._publish_alert, clock, details_for=self.faults.escalation_details,
@@ -130,7 +133,7 @@ class Agent:
         )
 
     def _make_worker(self, p) -> PrintWorker:  # noqa: ANN001 - any printer config
-        return PrintWorker(
+        w = PrintWorker(
             self.printers[p.name],
             columns=p.columns,
             describe={"name": p.name, "connection": describe(p), "paper_width_mm": p.paper_width_mm},
@@ -139,7 +142,9 @@ class Agent:
             journal=self.journal,
             renderer=self.renderer,
             on_done=self.outbox.on_done,
-            on_status=self.faults.on_status,
+            on_status=self._on_printer_status,
+            on_printed=self.printer_facts.on_printed,
+            on_uncertain=self.printer_facts.on_uncertain,
             retry_s=self.cfg.print.retry_s,
             poll_s=self.cfg.health.printer_poll_s,
             max_attempts=self.cfg.print.max_attempts,
@@ -147,6 +152,12 @@ class Agent:
             takeover=self._takeover if p.role == "backup" else (lambda: ()),
             inflight=self.inflight,
         )
+        self.printer_facts.attach(p, w)
+        return w
+
+    def _on_printer_status(self, name: str, st: PrinterStatus) -> None:
+        self.printer_facts.on_status(name, st)
+        self.faults.on_status(name, st)
 
     def _build_annunciator(self, cfg: Config) -> Annunciator:
         hw = build_hardware(cfg, on_press=self.acknowledge, on_hold=self.test_print)

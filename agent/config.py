@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.audio import ALSA_DEVICE_PATTERN
 
@@ -80,13 +80,41 @@ class _PrinterBase(_Model):
     role: Literal["primary", "backup"] = "primary"
     timeout_s: float = Field(3.0, gt=0, le=60, description="I/O timeout for writes and status answers")
     status_query: bool = Field(True, description="ask DLE EOT status around every job; false for write-only ports")
-    confirm: bool = Field(True, description="wait for GS r 1 after each job: the printer's word that it printed")
+    confirm: Literal["auto", "gs_r", "none"] = Field(
+        "auto", description="auto: wait for GS r 1 after each job where the printer answers it (probed), else print "
+                            "unconfirmed; gs_r: always (true is the same); none: never (false)")
     render: Literal["text", "image"] = Field("text", description="image: print tickets as raster images (printers without a Chinese font)")
-    qr: Literal["native", "image"] = Field("native", description="image: QR codes as raster images (printers without native QR)")
+    qr: Literal["auto", "native", "image"] = Field("auto", description="auto: from the profile; image: QR codes as raster images")
+    cut: Literal["auto", "cut", "feed"] = Field("auto", description="auto: from the probe (GS I 2) or the profile; feed: feed to the tear bar")
+    profile: str = Field("", description="an escpos-printer-db profile (store-agent printers profiles); "
+                                         "default: from the probe, else generic for the paper width")
+    charset: Literal["gb18030", "gbk", "gb2312", "big5"] = Field(
+        "gb18030", description="the characters the printer's font holds; others are printed as small images")
+    paper_roll_m: float = Field(0, ge=0, le=500, description="roll length for the paper-left forecast; 0: 50 m (80 mm), 30 m (58 mm)")
+
+    @field_validator("confirm", mode="before")
+    @classmethod
+    def _confirm_bool(cls, v: Any) -> Any:
+        return {True: "gs_r", False: "none"}.get(v, v) if isinstance(v, bool) else v
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str) -> str:
+        if v:
+            from drivers.escpos_caps import profiles  # noqa: PLC0415
+
+            names = sorted(profiles())
+            if v not in names:
+                raise ValueError(f"unknown profile {v!r}; one of: {', '.join(names)}")
+        return v
 
     @property
     def columns(self) -> int:
         return 32 if self.paper_width_mm == 58 else 48
+
+    @property
+    def roll_m(self) -> float:
+        return self.paper_roll_m or (30.0 if self.paper_width_mm == 58 else 50.0)
 
 
 class NetworkPrinterConfig(_PrinterBase):
@@ -105,6 +133,8 @@ class SerialPrinterConfig(_PrinterBase):
     connection: Literal["serial"]
     device: str
     baudrate: int = 19200
+    flow_control: Literal["none", "rtscts", "xonxoff", "dsrdtr"] = Field(
+        "none", description="how the printer says its buffer is full, so a burst cannot overrun it")
 
 
 class FilePrinterConfig(_PrinterBase):

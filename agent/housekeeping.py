@@ -98,9 +98,13 @@ class Housekeeper:
             w = workers.get(p.name)
             if w is None:  # printers being reopened
                 continue
+            facts = a.printer_facts.view(p.name)
             printers.append(PrinterHealth(
                 name=p.name, role=p.role, state=w.status.state, since=utc(w.status_since), detail=w.status.detail,
-                last_print_at=utc(w.last_print_at), queue=waiting.get(p.name, 0)))
+                last_print_at=utc(w.last_print_at), queue=waiting.get(p.name, 0),
+                capabilities={k: facts[k] for k in ("confirm", "status_answers", "cutter", "model", "profile",
+                                                    "profile_source", "columns", "qr", "cut")},
+                paper=facts["paper"], print_s=facts["print_s"]))
         try:
             free_mb = shutil.disk_usage(a.cfg.state_dir).free // 2**20
         except OSError:
@@ -121,7 +125,7 @@ class Housekeeper:
         """Retained health: whenever something a person would care about changes, and every publish_s."""
         a = self.agent
         signature = (
-            tuple((w.name, w.status.state, w.status.error) for w in a.workers.values()),
+            tuple((w.name, w.status.state, w.status.error, w.output) for w in a.workers.values()),
             a.annunciator.audio_state, a.link.connected, len(a.alerts.open_alerts()),
         )
         due = time.monotonic() - self._health_sent >= a.cfg.health.publish_s

@@ -50,6 +50,7 @@ Dedupe: an event id, and the order id of a printed ``order.created``, are kept i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
@@ -64,7 +65,7 @@ from typing import Any, Callable, Iterable, Optional
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 PAGE_SIZE = 1024  # small pages: a commit appends whole pages to the WAL (bytes written per order)
 JOB_SLOTS = 64  # a job's id is its event's seq * JOB_SLOTS + n: an event's jobs are one rowid range
 MAX_UNCERTAIN = 2  # automatic attempts that may have reached paper (the first copy and one 补打)
@@ -122,12 +123,20 @@ CREATE TABLE IF NOT EXISTS dedupe (
     value        TEXT NOT NULL,
     at           REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS printers (
+    name         TEXT PRIMARY KEY,     -- what is known of each printer across restarts
+    caps         TEXT,                 -- the last probe's result (JSON)
+    paper_mm     REAL NOT NULL DEFAULT 0,  -- paper used since the roll was loaded
+    loaded_at    REAL,                 -- when the roll was loaded (NULL: not known)
+    mm_per_roll  REAL,                 -- learnt: paper used when the near-end sensor last tripped
+    updated_at   REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 OPEN_JOB_STATES = ("queued", "printing")
 CLOCK_SLACK_S = 3600.0
 FINAL_EVENT_STATES = ("printed", "failed", "duplicate", "expired")
-TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe"}
+TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe", "printers"}
 
 
 class JournalError(Exception):
@@ -447,8 +456,8 @@ class Journal:
                 migrate_v1(self.path)
                 db = _open(self.path)
                 version = SCHEMA_VERSION
-            if version == 2 and "events" in tables:
-                _migrate_v2(db)
+            if version in (2, 3) and "events" in tables:
+                _upgrade(db)
             elif not TABLES <= tables:
                 db.executescript(SCHEMA)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -743,6 +752,56 @@ class Journal:
         where = f"WHERE {self._OPEN}" + (" AND j.printer=?" if printer else "")
         rows = self._read(self._JOB_SQL + where + " ORDER BY j.id", (printer,) if printer else ())
         return [self._job(r) for r in rows]
+
+    # -- what is known of each printer (probe, paper) -------------------
+    def _printer_row(self, db: sqlite3.Connection, name: str, now: float) -> None:
+        db.execute("INSERT OR IGNORE INTO printers(name, updated_at) VALUES (?, ?)", (name, now))
+
+    def save_caps(self, name: str, caps: dict, now: Optional[float] = None) -> None:
+        """A probe's result (lazy: it is found again at the next start if lost)."""
+        now = time.time() if now is None else now
+        text = json.dumps(caps, ensure_ascii=False, sort_keys=True)
+
+        def tx(db: sqlite3.Connection) -> None:
+            self._printer_row(db, name, now)
+            db.execute("UPDATE printers SET caps=?, updated_at=? WHERE name=?", (text, now, name))
+        self.submit(tx, lazy=True)
+
+    def add_paper(self, name: str, mm: float, now: Optional[float] = None) -> None:
+        """Paper a printed job used (lazy: a crash loses at most a few seconds of the count)."""
+        now = time.time() if now is None else now
+
+        def tx(db: sqlite3.Connection) -> None:
+            self._printer_row(db, name, now)
+            db.execute("UPDATE printers SET paper_mm=paper_mm+?, updated_at=? WHERE name=?", (mm, now, name))
+        self.submit(tx, lazy=True)
+
+    def paper_loaded(self, name: str, *, near_end: bool = False, now: Optional[float] = None) -> float:
+        """A new roll: the count starts again. ``near_end``: the near-end sensor tripped, so what was
+        used so far is (nearly) a roll: it is kept as the learnt roll length. Returns the mm counted."""
+        now = time.time() if now is None else now
+
+        def tx(db: sqlite3.Connection) -> float:
+            self._printer_row(db, name, now)
+            used = db.execute("SELECT paper_mm FROM printers WHERE name=?", (name,)).fetchone()[0]
+            if near_end:
+                db.execute("UPDATE printers SET mm_per_roll=?, updated_at=? WHERE name=?", (used, now, name))
+            else:
+                db.execute("UPDATE printers SET paper_mm=0, loaded_at=?, updated_at=? WHERE name=?", (now, now, name))
+            return used
+        return self.call(tx)
+
+    def printer_facts(self) -> dict[str, dict]:
+        """Per printer: ``caps`` (dict or None), ``paper_mm``, ``loaded_at``, ``mm_per_roll``."""
+        out = {}
+        for name, caps, mm, loaded, per_roll in self._read(
+                "SELECT name, caps, paper_mm, loaded_at, mm_per_roll FROM printers"):
+            try:
+                c = json.loads(caps) if caps else None
+            except ValueError:
+                c = None
+            out[name] = {"caps": c, "paper_mm": mm, "loaded_at": loaded, "mm_per_roll": per_roll}
+        return out
 
     def open_job_counts(self) -> dict[str, int]:
         """Open jobs per printer (health and status: no payloads read)."""
@@ -1039,14 +1098,27 @@ def _open(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _migrate_v2(db: sqlite3.Connection) -> None:
-    """Schema 2 -> 3 in place, in one transaction: the dedupe table, ``jobs.printed_on``."""
+def _statements(script: str) -> list[str]:
+    """A script's statements one by one (``executescript`` would commit the open transaction first)."""
+    out, cur = [], ""
+    for line in script.splitlines(keepends=True):
+        cur += line
+        if sqlite3.complete_statement(cur):
+            out.append(cur.strip())
+            cur = ""
+    return out
+
+
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Schema 2 or 3 -> 4 in place, in one transaction: the dedupe table and ``jobs.printed_on`` (3), the
+    printers table (4). Every step is additive: an older agent's rows are kept as they are."""
     db.execute("BEGIN IMMEDIATE")
     try:
         cols = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
         if "printed_on" not in cols:
             db.execute("ALTER TABLE jobs ADD COLUMN printed_on TEXT")
-        db.execute("CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, value TEXT NOT NULL, at REAL NOT NULL) WITHOUT ROWID")
+        for stmt in _statements(SCHEMA):  # CREATE ... IF NOT EXISTS: only what is missing
+            db.execute(stmt)
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:

@@ -217,6 +217,38 @@ class PrinterHealth(BaseModel):
     detail: str = ""
     last_print_at: Optional[datetime] = None
     queue: int = 0
+    capabilities: Optional["PrinterCapabilities"] = None
+    paper: Optional["PaperForecast"] = None
+    print_s: Optional[float] = Field(None, description="seconds per ticket, send to the printer's confirmation (confirming printers)")
+
+
+class PrinterCapabilities(BaseModel):
+    """What the printer does (probed) and how the agent lays tickets out for it."""
+
+    confirm: Literal["gs_r", "unsupported", "off", "unprobed"] = Field(
+        description="gs_r: each ticket confirmed by GS r 1; unsupported: confirm=auto and the printer does not answer "
+                    "GS r 1, tickets print unconfirmed; off: confirm=none or a write-only printer; unprobed: not asked yet")
+    status_answers: Optional[bool] = Field(None, description="answers DLE EOT status queries (None: not probed)")
+    cutter: Optional[bool] = Field(None, description="GS I 2 type id says it has an autocutter (None: not said)")
+    model: Optional[str] = Field(None, description="maker and model as the printer reports them (GS I 66/67)")
+    profile: Optional[str] = Field(None, description="the escpos-printer-db profile in use")
+    profile_source: Optional[Literal["config", "probe", "paper width"]] = None
+    columns: Optional[int] = None
+    qr: Optional[Literal["native", "image"]] = None
+    cut: Optional[bool] = Field(None, description="false: tickets are fed to the tear bar")
+
+
+class PaperForecast(BaseModel):
+    """Paper left on the roll, counted from the tickets printed since it was loaded."""
+
+    used_m: float
+    left_m: float
+    tickets_left: int
+    roll_m: float = Field(description="the roll's usable length: learnt from the near-end sensor, else paper_roll_m")
+    learnt: bool = False
+
+
+PrinterHealth.model_rebuild()
 
 
 class Health(BaseModel):
@@ -226,7 +258,8 @@ class Health(BaseModel):
     store_id: str
     at: datetime
     agent: dict[str, Any]
-    mqtt: dict[str, bool]
+    mqtt: dict[str, Any] = Field(description="connected; last_error: the last connection problem (error, fix, at, "
+                                        "failed_attempts, failing_now) or null")
     printers: list[PrinterHealth]
     audio: dict[str, str]
     queue: dict[str, Optional[float]]

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from drivers.escpos_proto import ParsedJob
+from drivers.escpos_proto import FEED_TO_TEAR, Line, ParsedJob
 from drivers.preview import job_text, lines_image, _qr_image, DOT
 from drivers.raster import image_to_escpos
 
-from .render import CUT, ESC_INIT, QR, Document, document_lines, to_escpos
+from .render import _ALIGN, CUT, ESC_INIT, QR, Document, Text, document_lines, printable, to_escpos
 
 
 def preview_text(doc: Document) -> str:
@@ -30,22 +30,33 @@ def save_png(doc: Document, path: Path) -> None:
 STRIP_LINES = 32  # image mode draws and converts this many lines at a time: memory stays that of a strip
 
 
-def to_escpos_image(doc: Document) -> bytes:
+def to_escpos_image(doc: Document, cut: bool = True) -> bytes:
     """Image mode: the ticket as raster images, for printers without a Chinese font. Drawn strip by
     strip, so a long ticket costs paper, never the memory of one page-sized image."""
     lines = document_lines(doc)
     out = bytearray(ESC_INIT)
     for i in range(0, max(len(lines), 1), STRIP_LINES):
         out += image_to_escpos(lines_image(lines[i : i + STRIP_LINES], doc.columns, margin=False))
-    return bytes(out + b"\n" + CUT)
+    return bytes(out + b"\n" + (CUT if cut else FEED_TO_TEAR))
 
 
 def qr_as_image(qr: QR) -> bytes:
     return image_to_escpos(_qr_image(qr.data, 16 * DOT))
 
 
-def encode(doc: Document, render: str = "text", qr: str = "native") -> bytes:
-    """Bytes for a printer configured with ``render`` (text | image) and ``qr`` (native | image)."""
+def _line_as_image(columns: int):  # noqa: ANN202
+    def draw(t: Text) -> bytes:
+        """A text line the printer's font cannot hold, drawn as a raster image the width of the paper
+        (so alignment and size stay those of the line)."""
+        line = Line(printable(t.text), _ALIGN[t.align], t.width, t.height, t.bold)
+        return image_to_escpos(lines_image([line], columns, margin=False)) + b"\x1ba\x00"
+    return draw
+
+
+def encode(doc: Document, render: str = "text", qr: str = "native", *, cut: bool = True, charset: str = "gb18030") -> bytes:
+    """Bytes for a printer with ``render`` (text | image), ``qr`` (native | image), a cutter or not, and a
+    font holding ``charset``: in text mode, a line the font cannot hold is drawn as an image."""
     if render == "image":
-        return to_escpos_image(doc)
-    return to_escpos(doc, qr_encoder=qr_as_image if qr == "image" else None)
+        return to_escpos_image(doc, cut)
+    return to_escpos(doc, qr_encoder=qr_as_image if qr == "image" else None, cut=cut, charset=charset,
+                     line_encoder=_line_as_image(doc.columns))

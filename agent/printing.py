@@ -16,13 +16,15 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from drivers.escpos_proto import PrinterStatus
+from drivers.escpos_proto import PrinterStatus, paper_mm
 from drivers.printers import Printer, PrinterError, PrinterIOError, make_printer
 
 from .config import Config
 from .journal import MAX_UNCERTAIN, EventDone, Job, Journal, JournalError
 from .messages import OrderEvent, parse_stored
 from .preview import encode
+from .profiles import Output
+from .render import document_lines
 from .timers import context_from
 from .tickets import TicketRenderer
 
@@ -66,10 +68,14 @@ class PrintWorker:
         describe: Optional[dict] = None,
         render_mode: str = "text",
         qr_mode: str = "native",
+        cut: bool = True,
+        charset: str = "gb18030",
         journal: Journal,
         renderer: TicketRenderer,
         on_done: Callable[[EventDone], None],
         on_status: Callable[[str, PrinterStatus], None] = lambda name, st: None,
+        on_printed: Callable[[str, float], None] = lambda name, mm: None,
+        on_uncertain: Callable[[Job], None] = lambda job: None,
         retry_s: float = 2.0,
         poll_s: float = 5.0,
         max_attempts: int = 0,
@@ -85,10 +91,16 @@ class PrintWorker:
         self.render_mode = render_mode
         self.describe = describe or {"name": printer.name, "connection": "", "paper_width_mm": 80}
         self.qr_mode = qr_mode
+        self.cut, self.charset = cut, charset
+        self.output: Optional[Output] = None  # the profile-driven layout in use (set by apply())
+        self.paper_mm = 0.0  # paper used since the roll was loaded (kept in the journal)
+        self.print_s: Optional[float] = None  # seconds per ticket, send to confirmation (confirming printers)
         self.journal = journal
         self.renderer = renderer
         self.on_done = on_done  # runs on the journal's writer thread, after the outcome's commit
         self.on_status = on_status
+        self.on_printed = on_printed  # (printer, mm of paper) after each printed ticket
+        self.on_uncertain = on_uncertain  # a job sent twice unconfirmed: a person must look
         self.retry_s = retry_s
         self.poll_s = poll_s
         self.max_attempts = max_attempts
@@ -122,6 +134,12 @@ class PrintWorker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def apply(self, out: Output) -> None:
+        """Lay tickets out as ``out`` says from the next job on (a probe can change it)."""
+        self.output = out
+        self.columns, self.render_mode, self.qr_mode = out.columns, out.render, out.qr
+        self.cut, self.charset = out.cut, out.charset
 
     # -- loop
     def _run(self) -> None:
@@ -226,18 +244,17 @@ class PrintWorker:
         except JournalError as e:  # closed: a crash-like stop, those print marked 补打
             log.warning("printer %s: cannot un-arm: %s", self.name, e)
 
-    def _render(self, job: Job) -> bytes:
+    def _render(self, job: Job) -> tuple[bytes, float]:
+        """The job's bytes, and the paper it will use (mm)."""
         if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
-            return self._bytes(job.document, parse_stored(job.payload), reprint=True)
-        if job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
-            ctx = {**context_from(job.payload), "printer": self.describe}
+            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=True)
+        elif job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
+            ctx = {**context_from(job.payload), "printer": {**self.describe, "output": self.output.as_dict() if self.output else None}}
             doc = self.renderer.render_named(job.document, ctx, columns=self.columns)
-            return encode(doc, self.render_mode, self.qr_mode)
-        return self._bytes(job.document, parse_stored(job.payload), reprint=job.reprint)
-
-    def _bytes(self, document: str, ev: OrderEvent, reprint: bool) -> bytes:
-        doc = self.renderer.render(document, ev, columns=self.columns, reprint=reprint)
-        return encode(doc, self.render_mode, self.qr_mode)
+        else:
+            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=job.reprint)
+        data = encode(doc, self.render_mode, self.qr_mode, cut=self.cut, charset=self.charset)
+        return data, paper_mm(document_lines(doc), self.cut)
 
     def _attempt(self, job: Job) -> bool:
         """One attempt at a claimed job; False means 'wait before the next attempt'."""
@@ -256,14 +273,19 @@ class PrintWorker:
             if job.state == "failed":
                 log.error("printer %s: job %s of %s not sent again: may have printed %d times already",
                           self.name, job.id, job.event_id, job.attempts)
+                try:
+                    self.on_uncertain(job)
+                except Exception:  # noqa: BLE001 - alerting must never break the print loop
+                    log.exception("printer %s: uncertain-job handler failed", self.name)
                 return True
         try:
-            data = self._render(job)
+            data, mm = self._render(job)
         except Exception as e:  # noqa: BLE001 - a document that cannot render fails its job, never the agent
             log.exception("printer %s: cannot render %s for %s", self.name, job.document, job.event_id)
             self._finish(job, "failed", f"render error: {e}")
             return True
         self.current = job
+        t0 = time.monotonic()
         try:
             self.printer.send(data)
         except PrinterIOError as e:  # bytes may have left: the next attempt is a reprint
@@ -283,8 +305,17 @@ class PrintWorker:
             log.warning("printer %s: %s after job %s; it will be reprinted", self.name, after.state, job.id)
             self.journal.note_error(job.id, f"printer {after.state} after sending", now=self.clock())
             return False
+        if getattr(self.printer, "confirm", False):  # the printer's own word that it printed: its speed
+            took = time.monotonic() - t0
+            self.print_s = took if self.print_s is None else 0.8 * self.print_s + 0.2 * took
         self.last_print_at = self.clock()
+        self.paper_mm += mm
+        self.journal.add_paper(self.name, mm, now=self.clock())
         self._finish(job, "printed", None)
+        try:
+            self.on_printed(self.name, mm)
+        except Exception:  # noqa: BLE001
+            log.exception("printer %s: printed handler failed", self.name)
         return True
 
     def _finish(self, job: Job, state: str, error: Optional[str]) -> None:
@@ -295,7 +326,8 @@ class PrintWorker:
 # -- the printers of a config (drivers built from it)
 def printer_settings(cfg: Config, index: int) -> dict:
     p = cfg.printers[index]
-    settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role", "render", "qr"})
+    settings = p.model_dump(exclude={"name", "connection", "paper_width_mm", "role", "render", "qr", "cut", "profile",
+                                     "charset", "paper_roll_m"})
     if p.connection in ("file", "virtual"):
         settings.pop("confirm", None)
     if p.connection == "virtual":

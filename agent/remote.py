@@ -67,7 +67,8 @@ REMOTE_KEYS: dict[str, Any] = {
     "printers": "printers",  # see PRINTER_REMOTE_KEYS
 }
 # Of a printer the file defines (by name): these. Its transport keys may be repeated, unchanged.
-PRINTER_REMOTE_KEYS = frozenset({"paper_width_mm", "role", "timeout_s", "status_query", "confirm", "render", "qr"})
+PRINTER_REMOTE_KEYS = frozenset({"paper_width_mm", "role", "timeout_s", "status_query", "confirm", "render", "qr",
+                                 "cut", "profile", "charset", "paper_roll_m"})
 
 
 def _printers_outside(value: Any, base: Config) -> list[str]:

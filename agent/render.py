@@ -14,6 +14,8 @@ from typing import Callable, Literal, Union
 
 from wcwidth import wcwidth
 
+from drivers.escpos_proto import FEED_TO_TEAR
+
 FALLBACK = "□"  # U+25A1, in GB2312 (A1F5): every Chinese printer font has it
 
 Align = Literal["left", "center", "right"]
@@ -164,16 +166,42 @@ def _qr_bytes(data: str, size: int) -> bytes:
     )
 
 
-def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None) -> bytes:
-    """Text-mode bytes. ``qr_encoder`` replaces the native ``GS ( k`` QR (for printers without it)."""
+def missing_in(text: str, charset: str) -> str:
+    """The characters of already ``printable()`` text that a ``charset`` font does not hold."""
+    if charset == "gb18030" or text.isascii():
+        return ""
+    out = []
+    for ch in text:
+        if not ch.isascii() and ch not in out:
+            try:
+                ch.encode(charset)
+            except UnicodeEncodeError:
+                out.append(ch)
+    return "".join(out)
+
+
+def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, *, cut: bool = True,
+              charset: str = "gb18030", line_encoder: "Callable[[Text], bytes] | None" = None) -> bytes:
+    """Text-mode bytes. ``qr_encoder`` replaces the native ``GS ( k`` QR (for printers without it).
+    ``cut=False``: feed to the tear bar instead (no cutter). ``charset``: what the printer's font holds
+    (Chinese goes as that encoding); a line with characters outside it goes to ``line_encoder`` (drawn
+    as an image) when given, else those characters print as ``FALLBACK``."""
+    codec = "big5" if charset == "big5" else "gb18030"
     out = bytearray(ESC_INIT + CHINESE_ON)
     for b in doc.blocks:
         if isinstance(b, Text):
+            text = printable(b.text)
+            missing = missing_in(text, charset)
+            if missing and line_encoder is not None:
+                out += line_encoder(b)
+                continue
+            for ch in missing:
+                text = text.replace(ch, FALLBACK)
             size = ((b.width - 1) << 4) | (b.height - 1)
             out += b"\x1ba" + bytes((_ALIGN[b.align],))
             out += b"\x1d!" + bytes((size,))
             out += b"\x1bE" + bytes((1 if b.bold else 0,))
-            out += encode_text(b.text) + b"\n"
+            out += text.encode(codec, errors="replace") + b"\n"
         elif isinstance(b, Feed):
             out += b"\x1bd" + bytes((max(0, min(b.lines, 255)),))
         elif isinstance(b, QR):
@@ -182,7 +210,7 @@ def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None) 
             data = b.data.encode("ascii", errors="replace")[:255]
             out += b"\x1ba\x01\x1dh\x50\x1dw\x02\x1dH\x02" + b"\x1dkI" + bytes((len(data) + 2,)) + b"{B" + data + b"\n"
         elif isinstance(b, Cut):
-            out += b"\x1ba\x00\x1d!\x00\x1bE\x00" + CUT
+            out += b"\x1ba\x00\x1d!\x00\x1bE\x00" + (CUT if cut else FEED_TO_TEAR)
     return bytes(out)
 
 

@@ -72,6 +72,49 @@ def interpret_status(answers: dict[int, Optional[int]]) -> PrinterStatus:
 
 
 TRANSMIT_PAPER_STATUS = b"\x1dr\x01"  # GS r 1: paper sensor status, answered in sequence
+TEAR_DOTS = 128  # ESC J n with n >= this: the feed to the tear bar that ends a ticket on a printer without a cutter
+FEED_TO_TEAR = bytes((ESC, ord("J"), 160))  # 160 dots = 20 mm at 203 dpi: the ticket's end clears the tear bar
+
+
+LINE_MM = 3.75  # one text line at the default 30-dot line spacing, 203 dpi
+QR_MM, BARCODE_MM, CUT_FEED_MM, TEAR_FEED_MM = 25.0, 12.0, 3 * LINE_MM, 20.0
+
+
+def paper_mm(lines: "list[Line]", cut: bool) -> float:
+    """The paper a ticket of these lines uses: lines (double height counts twice), codes, images (their
+    dots at 203 dpi), and the feed to the cutter or to the tear bar."""
+    mm = 0.0
+    for line in lines:
+        if line.kind == "qr":
+            mm += QR_MM
+        elif line.kind == "barcode":
+            mm += BARCODE_MM
+        elif line.kind == "image":
+            try:
+                mm += int(line.text.rstrip("]").split("x")[-1]) / 203 * 25.4
+            except ValueError:
+                mm += LINE_MM
+        else:
+            mm += LINE_MM * line.height
+    return mm + (CUT_FEED_MM if cut else TEAR_FEED_MM)
+
+
+def identify(n: int) -> bytes:
+    """``GS I n``: 1 model id, 2 type id, 3 firmware id (one byte each); 65..69 firmware version, maker,
+    model, serial number, font (``_`` + text + NUL, where supported)."""
+    return bytes((GS, ord("I"), n))
+
+
+# type id (GS I 2) bits
+TYPE_MULTIBYTE, TYPE_CUTTER = 0x01, 0x02
+
+
+def _in_font(ch: str, font: str) -> bool:
+    try:
+        ch.encode(font)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def transmit_status_ok(b: int) -> bool:
@@ -144,16 +187,27 @@ class EscPosParser:
         on_job: Callable[[ParsedJob], None],
         on_status: Callable[[int], Optional[int]] | None = None,
         on_transmit_status: Callable[[int], Optional[int]] | None = None,
+        on_identify: Callable[[int], Optional[bytes]] | None = None,
+        *,
+        font: str = "gb18030",
+        cutter: bool = True,
     ):
         """``on_transmit_status(n)`` answers ``GS r n``, which (unlike DLE EOT) runs in order, after
-        everything before it has printed; None = no answer."""
+        everything before it has printed; None = no answer. ``on_identify(n)`` answers ``GS I n``.
+        ``font``: the Chinese characters the printer's font holds (gb18030, gbk, gb2312, big5); others
+        come out as ``?``. Without a ``cutter``, cuts are ignored (counted) and a job ends at the
+        feed-to-tear (``ESC J n``, n >= 128) the agent sends instead."""
         self._buf = b""
         self._on_job = on_job
         self._on_status = on_status or (lambda n: None)
         self._on_gs_r = on_transmit_status or (lambda n: None)
+        self._on_gs_i = on_identify or (lambda n: None)
+        self.font, self.cutter = font, cutter
+        self.cuts_ignored = 0
         self._reset_job()
         self.answers: bytearray = bytearray()
         self._cut_pending = False
+        self._tear = False
         self._skip_raw = False
         self._qr = ""
 
@@ -169,10 +223,13 @@ class EscPosParser:
     # -- text assembly: a line takes the style in force at its first character
     def _decode(self) -> None:
         if self._text:
-            codec = "gb18030" if self._chinese else "cp437"
+            codec = ("big5" if self.font == "big5" else "gb18030") if self._chinese else "cp437"
             if self._cur is None:
                 self._cur = Line("", self._align, self._w, self._h, self._bold)
-            self._cur.text += bytes(self._text).decode(codec, errors="replace")
+            text = bytes(self._text).decode(codec, errors="replace")
+            if self._chinese and self.font != "gb18030":
+                text = "".join(c if c.isascii() or _in_font(c, self.font) else "?" for c in text)
+            self._cur.text += text
             self._text.clear()
 
     def _end_line(self) -> None:
@@ -221,7 +278,8 @@ class EscPosParser:
             self._buf = self._buf[used:]
             if self._cut_pending:
                 self._cut_pending = False
-                self._finish(True)
+                self._finish(not self._tear)
+                self._tear = False
 
     def _step(self, b: bytes) -> int:
         c = b[0]
@@ -288,6 +346,9 @@ class EscPosParser:
         elif cmd == b"d" and arg is not None:
             for _ in range(arg):
                 self._end_line()
+        elif cmd == b"J" and arg is not None and arg >= TEAR_DOTS and not self.cutter:
+            self._cut_pending = True  # fed to the tear bar: the clerk tears the ticket off here
+            self._tear = True
         return n
 
     def _gs(self, b: bytes) -> int:
@@ -301,7 +362,10 @@ class EscPosParser:
             n = 3 if m in (0, 1, 48, 49) else 4
             if len(b) < n:
                 return 0
-            self._cut_pending = True
+            if self.cutter:
+                self._cut_pending = True
+            else:
+                self.cuts_ignored += 1
             return n
         if cmd == b"(":  # GS ( fn pL pH ...
             if len(b) < 5:
@@ -342,6 +406,12 @@ class EscPosParser:
             self._special("image", f"[IMAGE {width_bytes * 8}x{height}]")
             return size
         n = self._fixed(_GS_ARGS, b, "GS")
+        if n and cmd == b"I" and n >= 3:
+            self._decode()
+            ident = self._on_gs_i(b[2])
+            if ident is not None:
+                self.answers.extend(ident)
+            self._skip_raw = True
         if n and cmd == b"r" and n >= 3:
             self._decode()
             ans = self._on_gs_r(b[2])

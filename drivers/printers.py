@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from .escpos_caps import CapabilitiesError, prepare_pickle_dir
-from .escpos_proto import TRANSMIT_PAPER_STATUS, EscPosParser, ParsedJob, PrinterStatus, dle_eot, fixed_bits_ok, interpret_status, transmit_status_ok
+from .escpos_proto import (TRANSMIT_PAPER_STATUS, TYPE_CUTTER, EscPosParser, ParsedJob, PrinterStatus, dle_eot, fixed_bits_ok,
+                           identify, interpret_status, transmit_status_ok)
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,53 @@ class StreamPrinter:
 
     CHUNK = 4096
     CONFIRM_BYTES_PER_S = 4096  # how long a job may take to print, at worst, before GS r must answer
+    PROBE_WAIT_S = 1.0  # how long a probe waits for each answer (an idle printer answers in milliseconds)
 
-    def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True, confirm: bool = True) -> None:
+    def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True, confirm: "str | bool" = "auto") -> None:
         self.name = name
         self.timeout_s = timeout_s
         self.queryable = status_query
-        self.confirm = confirm and status_query
+        self.confirm_mode = {True: "gs_r", False: "none"}.get(confirm, confirm)  # type: ignore[call-overload]
+        if self.confirm_mode not in CONFIRM_MODES:
+            raise ValueError(f"confirm must be one of {', '.join(CONFIRM_MODES)}, not {confirm!r}")
+        self.caps: Optional[dict[str, Any]] = None  # what the last probe found (see probe())
+        self.on_probe: Callable[[dict[str, Any]], None] = lambda caps: None
         self._t: Optional[_Transport] = None
         self._lock = threading.Lock()
+
+    @property
+    def confirm(self) -> bool:
+        """Wait for ``GS r 1`` after each job: always with ``gs_r``, never with ``none``, and with ``auto``
+        where the probe found the printer answers it (and until it could be probed)."""
+        if not self.queryable or self.confirm_mode == "none":
+            return False
+        if self.confirm_mode == "gs_r" or self.caps is None:  # not probed yet: ask, as the careful default
+            return True
+        return bool(self.caps.get("gs_r"))
+
+    def probe(self) -> dict[str, Any]:
+        """Ask the printer what it does (``DLE EOT``, ``GS r 1``, ``GS I``); see ``probe_transport``."""
+        with self._lock:
+            try:
+                t = self._transport()
+            except PrinterError as e:
+                return {"reachable": False, "error": str(e)}
+            return self._probe(t)
+
+    def _probe(self, t: _Transport) -> dict[str, Any]:
+        try:
+            caps = probe_transport(t, min(self.timeout_s, self.PROBE_WAIT_S))
+        except (OSError, PrinterError) as e:
+            self._drop()
+            return {"reachable": False, "error": f"probe failed: {e}"}
+        if caps.get("deferred"):
+            return caps  # not idle and printable: asked again next time
+        self.caps = caps
+        try:
+            self.on_probe(caps)
+        except Exception:  # noqa: BLE001 - a listener must not break the driver
+            log.exception("printer %s: probe listener failed", self.name)
+        return caps
 
     def _connect(self) -> _Transport:
         raise PrinterError(f"{type(self).__name__} cannot connect")
@@ -139,6 +179,8 @@ class StreamPrinter:
             st = interpret_status(answers)
             if st.state in ("unreachable", "unknown"):
                 self._drop()  # a silent or garbled link is re-made next time
+            elif self.caps is None and st.printable:
+                self._probe(t)  # once per run, while it is idle and can print (a held GS r proves nothing)
             return st
 
     def online(self) -> Optional[bool]:
@@ -170,6 +212,9 @@ class StreamPrinter:
         """
         with self._lock:
             t = self._transport()  # PrinterError: nothing sent
+            if self.caps is None and self.confirm_mode == "auto" and self.queryable:
+                self._probe(t)  # whether it can confirm, before the first job relies on it
+                t = self._transport()
             try:
                 for i in range(0, len(data), self.CHUNK):  # the timeout applies per chunk, not per job
                     t.write(data[i : i + self.CHUNK])
@@ -194,6 +239,72 @@ class StreamPrinter:
     def close(self) -> None:
         with self._lock:
             self._drop()
+
+
+CONFIRM_MODES = ("auto", "gs_r", "none")
+IDENT_NUMBERS = {1: "model_id", 2: "type_id", 3: "firmware_id"}
+IDENT_STRINGS = {65: "firmware", 66: "maker", 67: "model", 68: "serial", 69: "font"}
+
+
+def _read_block(t: _Transport, wait: float) -> Optional[str]:
+    """A ``GS I 65..69`` answer: ``_``, text, NUL. None when the printer said nothing."""
+    b = t.read1(wait)
+    if b is None:
+        return None
+    if b != 0x5F:
+        return ""
+    data = bytearray()
+    while len(data) < 80:
+        b = t.read1(wait)
+        if b is None or b == 0:
+            break
+        data.append(b)
+    return "".join(c for c in data.decode("ascii", errors="replace") if c.isprintable()).strip()
+
+
+def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
+    """What a printer does, asked in an order that never makes a simple one print garbage:
+
+    * ``DLE EOT 1`` answered (fixed bits right)? If not, nothing more is asked: silence is never
+      taken for a capability (a silent printer is configured ``status_query = false`` by a person).
+    * ``GS r 1`` answered? Then jobs can be confirmed (``confirm = "auto"``).
+    * ``GS I 1/2/3`` (model, type, firmware ids; type bit 1 = autocutter), and where those are
+      answered ``GS I 65..69`` (firmware, maker, model, serial, font strings).
+    """
+    caps: dict[str, Any] = {"reachable": True, "dle_eot": False, "gs_r": False, "ident": {}, "cutter": None,
+                            "probed_at": time.time()}
+    t.drain()
+    t.write(dle_eot(1))
+    b = t.read1(wait)
+    caps["dle_eot"] = b is not None and fixed_bits_ok(b)
+    if not caps["dle_eot"]:
+        return caps
+    if b & 0x08:  # offline (cover, paper, error): it would hold GS r, which then proves nothing
+        return {**caps, "gs_r": None, "deferred": "printer offline"}
+    t.write(TRANSMIT_PAPER_STATUS)
+    b = t.read1(wait)
+    caps["gs_r"] = b is not None and transmit_status_ok(b)
+    ident: dict[str, Any] = {}
+    for n, key in IDENT_NUMBERS.items():
+        t.write(identify(n))
+        b = t.read1(wait)
+        if b is None:
+            break
+        ident[key] = b
+    if ident:
+        for n, key in IDENT_STRINGS.items():
+            t.write(identify(n))
+            text = _read_block(t, wait)
+            if text is None:
+                break
+            if text:
+                ident[key] = text
+    if "type_id" in ident:
+        caps["cutter"] = bool(ident["type_id"] & TYPE_CUTTER)
+    caps["ident"] = ident
+    time.sleep(0.05)
+    t.drain()  # a late answer must never pass for the confirmation of a job
+    return caps
 
 
 # ------------------------------------------------------------------ network
@@ -332,7 +443,7 @@ class UsbPrinter(StreamPrinter):
             raise PrinterError(f"{ident}: {e}") from e
         if not in_ep and self.queryable:
             log.warning("%s has no IN endpoint: it cannot answer status queries; printing unconfirmed", ident)
-            self.queryable = self.confirm = False
+            self.queryable = False
         return _UsbTransport(dev, in_ep, int(self.timeout_s * 1000))
 
 
@@ -359,16 +470,24 @@ class _SerialTransport:
         self.dev.close()
 
 
+FLOW_CONTROLS = ("none", "rtscts", "xonxoff", "dsrdtr")  # how the printer says "my buffer is full": a burst cannot overrun it
+
+
 class SerialPrinter(StreamPrinter):
-    def __init__(self, name: str, device: str, baudrate: int = 19200, **kw: Any) -> None:
+    def __init__(self, name: str, device: str, baudrate: int = 19200, flow_control: str = "none", **kw: Any) -> None:
         super().__init__(name, **kw)
-        self.device, self.baudrate = device, baudrate
+        if flow_control not in FLOW_CONTROLS:
+            raise ValueError(f"flow_control must be one of {', '.join(FLOW_CONTROLS)}, not {flow_control!r}")
+        self.device, self.baudrate, self.flow_control = device, baudrate, flow_control
 
     def _connect(self) -> _Transport:
         ep = import_escpos_printers()
         try:
-            dev = ep.Serial(devfile=self.device, baudrate=self.baudrate, timeout=self.timeout_s)
+            # escpos' Serial turns on DSR/DTR handshaking by default and has no RTS/CTS: set all three here
+            dev = ep.Serial(devfile=self.device, baudrate=self.baudrate, timeout=self.timeout_s,
+                            xonxoff=self.flow_control == "xonxoff", dsrdtr=self.flow_control == "dsrdtr")
             dev.open()
+            dev.device.rtscts = self.flow_control == "rtscts"
             dev.device.write_timeout = self.timeout_s
         except Exception as e:
             raise PrinterError(f"{self.device}: {e}") from e
@@ -478,13 +597,13 @@ class SpoolPrinter:
 def make_printer(connection: str, name: str, **settings: Any) -> Printer:
     """The one factory: ``connection`` is network | usb | serial | file | virtual."""
     kw = {"timeout_s": settings.pop("timeout_s", 3.0), "status_query": settings.pop("status_query", True),
-          "confirm": settings.pop("confirm", True)}
+          "confirm": settings.pop("confirm", "auto")}
     if connection == "network":
         return NetworkPrinter(name, settings["host"], settings.get("port", 9100), **kw)
     if connection == "usb":
         return UsbPrinter(name, settings["vendor_id"], settings["product_id"], **kw)
     if connection == "serial":
-        return SerialPrinter(name, settings["device"], settings.get("baudrate", 19200), **kw)
+        return SerialPrinter(name, settings["device"], settings.get("baudrate", 19200), settings.get("flow_control", "none"), **kw)
     if connection == "file":
         return FilePrinter(name, settings["path"])
     if connection == "virtual":

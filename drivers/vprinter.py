@@ -1,7 +1,8 @@
 """A virtual network receipt printer: a TCP server that speaks ESC/POS.
 
-It parses what it receives, records jobs (split at cuts), answers ``DLE EOT``
-and can be switched to ``paper_low``, ``paper_out``, ``cover_open``,
+It parses what it receives, records jobs (split at cuts), answers ``DLE EOT``,
+``GS r`` and ``GS I`` as its ``personality`` does (see ``PERSONALITIES``), counts
+the paper it uses, and can be switched to ``paper_low``, ``paper_out``, ``cover_open``,
 ``offline``, ``hang`` (accepts, never reads) and ``down`` (refuses
 connections). Used by the tests and by ``store-agent demo``; run alone with
 ``python -m drivers.vprinter --port 9100 --spool DIR``.
@@ -22,10 +23,35 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .escpos_proto import PRINTABLE_STATES, EscPosParser, ParsedJob, status_bytes, transmit_status_byte
+from .escpos_proto import PRINTABLE_STATES, EscPosParser, ParsedJob, paper_mm, status_bytes, transmit_status_byte
 
 log = logging.getLogger(__name__)
 MODES = ("ready", "paper_low", "paper_out", "cover_open", "offline", "hang", "down")
+
+
+@dataclass(frozen=True)
+class Personality:
+    """What kind of printer the virtual printer plays (the ones stores actually buy)."""
+
+    name: str
+    dle_eot: bool = True  # answers DLE EOT 1..4
+    gs_r: bool = True  # answers GS r 1 (in sequence, after what came before has printed)
+    ident: tuple[int, int, int] | None = (0x20, 0x02, 0x40)  # GS I 1/2/3 (2: type id, bit 1 = cutter)
+    strings: dict[int, str] | None = None  # GS I 65..69
+    cutter: bool = True
+    font: str = "gb18030"
+    speed_mm_s: float = 0.0  # 0: instant; else GS r answers once the paper before it has come out
+
+
+PERSONALITIES = {
+    "generic": Personality("generic"),  # answers DLE EOT, GS r, GS I 1..3 (cutter); no model string
+    "epson": Personality("epson", strings={65: "30.02 ESC/POS", 66: "EPSON", 67: "TM-T88V", 68: "VP0000001", 69: "CHINA GB18030"}),
+    "clone": Personality("clone", gs_r=False, ident=(0x20, 0x02, 0x10)),
+    "write_only": Personality("write_only", dle_eot=False, gs_r=False, ident=None),
+    "no_cutter": Personality("no_cutter", gs_r=False, ident=(0x20, 0x00, 0x10), cutter=False),
+    "gbk": Personality("gbk", gs_r=False, ident=(0x20, 0x03, 0x10), font="gbk"),
+    "slow": Personality("slow", speed_mm_s=25.0, strings={66: "EPSON", 67: "TM-T20II"}),
+}
 
 
 @dataclass
@@ -47,6 +73,7 @@ class VirtualPrinter:
     spool_dir: Optional[Path] = None
     columns: int = 48
     png: bool = False
+    personality: str = "generic"
     jobs: list[PrintedJob] = field(default_factory=list)
     discarded: list[PrintedJob] = field(default_factory=list)
     incomplete: list[PrintedJob] = field(default_factory=list)
@@ -61,6 +88,12 @@ class VirtualPrinter:
         self.status_queries = 0
         self.paper_left: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
+        if self.personality not in PERSONALITIES:
+            raise ValueError(f"unknown personality {self.personality!r}; one of {', '.join(PERSONALITIES)}")
+        self.kind = PERSONALITIES[self.personality]
+        self.paper_mm = 0.0  # paper used since start (the paper counter the forecast is checked against)
+        self.cuts_ignored = 0
+        self._busy_until = 0.0  # slow printers: monotonic time the buffered paper is out by
 
     # -- lifecycle
     def start(self) -> "VirtualPrinter":
@@ -155,8 +188,18 @@ class VirtualPrinter:
 
     def _answer(self, n: int) -> Optional[int]:
         self.status_queries += 1
+        if not self.kind.dle_eot:
+            return None
         state = self.mode
         return status_bytes(state).get(n)
+
+    def _identify(self, n: int) -> Optional[bytes]:
+        k = self.kind
+        if k.ident is not None and n in (1, 2, 3):
+            return bytes((k.ident[n - 1],))
+        if k.strings and n in k.strings:
+            return b"_" + k.strings[n].encode("ascii") + b"\x00"
+        return None
 
     def run_out_after(self, jobs: int) -> None:
         """The paper ends during the job after the next ``jobs`` ones: that job is lost, state paper_out."""
@@ -165,6 +208,11 @@ class VirtualPrinter:
 
     def _answer_gs_r(self, n: int) -> Optional[int]:
         # processed in sequence: a printer out of paper or offline holds it until it can print again
+        if not self.kind.gs_r:
+            return None
+        wait = self._busy_until - time.monotonic()
+        if wait > 0:  # a slow printer answers once what came before it is on paper
+            time.sleep(wait)
         return transmit_status_byte(self.mode) if self.mode in PRINTABLE_STATES else None
 
     def _on_job(self, conn_no: int, job: ParsedJob) -> None:
@@ -175,6 +223,11 @@ class VirtualPrinter:
                 else:
                     self.paper_left -= 1
             printed = self.mode in PRINTABLE_STATES
+            if printed:
+                mm = paper_mm(job.lines, job.cut)
+                self.paper_mm += mm
+                if self.kind.speed_mm_s:
+                    self._busy_until = max(self._busy_until, time.monotonic()) + mm / self.kind.speed_mm_s
             rec = PrintedJob(job, time.time(), conn_no, printed)
             (self.jobs if printed else self.discarded).append(rec)
             if printed and self.spool_dir is not None:
@@ -184,7 +237,8 @@ class VirtualPrinter:
             self._cv.notify_all()
 
     def _serve(self, conn: socket.socket, conn_no: int) -> None:
-        parser = EscPosParser(lambda job: self._on_job(conn_no, job), self._answer, self._answer_gs_r)
+        parser = EscPosParser(lambda job: self._on_job(conn_no, job), self._answer, self._answer_gs_r, self._identify,
+                              font=self.kind.font, cutter=self.kind.cutter)
         try:
             while not self._stop.is_set():
                 if self.mode == "hang":
@@ -205,6 +259,8 @@ class VirtualPrinter:
         except (OSError, ValueError):  # ValueError: the socket was closed under us (mode "down", stop)
             pass
         finally:
+            with self._cv:
+                self.cuts_ignored += parser.cuts_ignored
             tail = parser.flush_incomplete()
             if tail is not None:
                 with self._cv:
@@ -223,9 +279,12 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9100)
     ap.add_argument("--spool", type=Path, default=Path("vprinter-out"))
     ap.add_argument("--columns", type=int, default=48)
+    ap.add_argument("--personality", choices=sorted(PERSONALITIES), default="generic",
+                    help="what it plays: generic (answers everything), epson (and says it is a TM-T88V), clone (no GS r), write_only (no answers), "
+                         "no_cutter, gbk (GBK-only font), slow (25 mm/s)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
-    p = VirtualPrinter(args.host, args.port, args.spool, args.columns, png=True).start()
+    p = VirtualPrinter(args.host, args.port, args.spool, args.columns, png=True, personality=args.personality).start()
     print(f"virtual printer on {p.host}:{p.port}, jobs in {args.spool}; modes via stdin: {', '.join(MODES)}", flush=True)
     try:
         for line in iter(input, ""):

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from agent.journal import LAZY_S
 from agent.messages import sha256_hex
 from conftest import example, example_events, fresh, order, set_max_pages, wait_until
 from tickets_util import check_exactly_once, tickets
@@ -170,6 +171,7 @@ def test_paper_out_mid_burst(broker, vprinter, make_agent, hq_factory, store_id)
     for ev in events[:20]:
         hq.publish(ev)
     assert wait_until(lambda: vprinter.mode == "paper_out", 20)
+    time.sleep(LAZY_S + 0.5)  # the outcomes of what printed before the paper ended are committed (lazily) and sent
     printed_at_switch = len(hq.final())
     for ev in events[20:]:
         hq.publish(ev)

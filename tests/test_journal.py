@@ -3,7 +3,7 @@ import sqlite3
 
 import pytest
 
-from agent.journal import Journal, JournalError
+from agent.journal import SCHEMA_VERSION, Journal, JournalError
 from conftest import set_max_pages, wait_until
 
 DOCS = [("receipt", "counter"), ("warm_tip", "counter")]
@@ -183,7 +183,7 @@ def test_schema_1_journal_is_migrated(tmp_path):
 
     j = Journal(path)
     try:
-        assert j._read("PRAGMA user_version")[0][0] == 3
+        assert j._read("PRAGMA user_version")[0][0] == SCHEMA_VERSION
         assert j._read("PRAGMA page_size")[0][0] == 1024
         assert (tmp_path / "j.sqlite3.v1").exists()
         assert j.order_payload("o1") == b'{"a":1}'
