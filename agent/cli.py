@@ -28,6 +28,15 @@ def setup_logging(level: str) -> None:
         lg.propagate = False
 
 
+def emit_json(ok: bool, data: dict | None = None, error: str | None = None) -> None:
+    """The one ``--json`` shape of every command: ``{"ok": bool, "data": {...}, "error": str or null}``."""
+    click.echo(json.dumps({"ok": bool(ok), "data": data or {}, "error": error}, ensure_ascii=False, indent=2, default=str))
+
+
+def _wants_json() -> bool:
+    return "--json" in sys.argv[1:]
+
+
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), default=None,
     help="config file (default: $STORE_AGENT_CONFIG, else /etc/store-agent/config.toml)",
@@ -39,6 +48,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ConfigError as e:
+            if _wants_json():
+                emit_json(False, {}, f"config error: {e}")
             click.echo(f"config error: {e}", err=True)
             sys.exit(2)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
@@ -46,6 +57,8 @@ class _Group(click.Group):
         except Exception as e:  # noqa: BLE001 - one line unless --debug
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            if _wants_json():
+                emit_json(False, {}, f"{type(e).__name__}: {e}")
             click.echo(f"error: {type(e).__name__}: {e}", err=True)
             sys.exit(1)
 
@@ -114,7 +127,7 @@ def config_show(config_path: str | None, as_json: bool, file_only: bool) -> None
     remote = None if file_only else RemoteConfig(cfg)
     data = redacted(remote.effective() if remote else cfg)
     if as_json:
-        click.echo(json.dumps(data, ensure_ascii=False, indent=2))
+        emit_json(True, data)
         return
     if remote is not None:
         click.echo(f"# config file + remote overlay version {remote.version}"
@@ -146,7 +159,7 @@ def config_check(file: str | None, config_path: str | None, as_json: bool) -> No
         cfg = load_config(path)
     except ConfigError as e:
         if as_json:
-            click.echo(json.dumps({"ok": False, "file": str(path), "error": str(e)}, ensure_ascii=False))
+            emit_json(False, {"file": str(path), "problems": []}, str(e))
         else:
             click.echo(f"config error: {e}", err=True)
         sys.exit(2)
@@ -155,15 +168,14 @@ def config_check(file: str | None, config_path: str | None, as_json: bool) -> No
     problems = check_files(cfg) + [p for p in [state_dir_problem(cfg)] if p]
     if problems:  # the files it names: what run would otherwise fail on, naming no path
         if as_json:
-            click.echo(json.dumps({"ok": False, "file": str(path), "error": "; ".join(map(str, problems)),
-                                   "problems": [{"key": p.key, "path": p.path, "reason": p.reason} for p in problems]},
-                                  ensure_ascii=False))
+            emit_json(False, {"file": str(path), "problems": [{"key": p.key, "path": p.path, "reason": p.reason} for p in problems]},
+                      "; ".join(map(str, problems)))
         else:
             for p in problems:
                 click.echo(f"config error: {p}", err=True)
         sys.exit(2)
     if as_json:
-        click.echo(json.dumps({"ok": True, "file": str(path), "store_id": cfg.store_id, "printers": [p.name for p in cfg.printers]}, ensure_ascii=False))
+        emit_json(True, {"file": str(path), "store_id": cfg.store_id, "printers": [p.name for p in cfg.printers], "problems": []})
     else:
         click.echo(f"{path}: ok (store {cfg.store_id}, {len(cfg.printers)} printer(s))")
 
@@ -223,19 +235,39 @@ def preview(event_file: str, template: str | None, width: str, out: str | None, 
 def _daemon(config_path: str | None, command: str, args: dict, as_json: bool, show) -> None:  # noqa: ANN001
     from .control import ControlError, call, state_dir_for  # noqa: PLC0415
 
+    def config_trouble(msg: str) -> None:  # the file was edited since the agent started: say so, ask the agent anyway
+        click.echo(f"warning: config error: {msg} (the running agent uses the config it started with; "
+                   "store-agent config check names what to fix)", err=True)
+
     try:  # a technician in store-agent-cli may not read config.toml: the socket is found anyway
-        out = call(state_dir_for(config_path), command, args)
+        out = call(state_dir_for(config_path, config_trouble), command, args)
     except ControlError as e:
+        if as_json:
+            emit_json(False, {}, str(e))
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(out, ensure_ascii=False, indent=2, default=str))
+        emit_json(out.get("status") == "ok", out.get("data") or {}, out.get("error"))
     elif out.get("status") == "ok":
         show(out.get("data") or {})
     if out.get("status") != "ok":
         if not as_json:
             click.echo(f"error: {out.get('error')}", err=True)
         sys.exit(1)
+
+
+def local_time(when) -> str:  # noqa: ANN001 - an ISO string or epoch seconds
+    """A time as the technician's clock shows it: HH:MM:SS today, else YYYY-MM-DD HH:MM."""
+    from datetime import datetime  # noqa: PLC0415
+
+    if when is None or when == "":
+        return "-"
+    try:
+        t = datetime.fromtimestamp(float(when)) if isinstance(when, (int, float)) else datetime.fromisoformat(str(when))
+    except (ValueError, OverflowError, OSError):
+        return str(when)
+    t = t.astimezone() if t.tzinfo else t
+    return t.strftime("%H:%M:%S") if t.date() == datetime.now().date() else t.strftime("%Y-%m-%d %H:%M")
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="machine-readable output")
@@ -249,7 +281,19 @@ def status(config_path: str | None, as_json: bool) -> None:
 
     def show(d: dict) -> None:
         click.echo(f"store {d['store_id']}  version {d['version']}  up {d['uptime_s']}s")
-        click.echo(f"mqtt     {'connected' if d['mqtt']['connected'] else 'NOT CONNECTED'}")
+        m = d["mqtt"]
+        err = m.get("last_error")
+        if m["connected"]:
+            click.echo(f"mqtt     connected to {m.get('broker', '?')}"
+                       + ("" if m.get("subscribed", True) else " (NOT SUBSCRIBED: see journalctl -u store-agent)"))
+            if err:
+                click.echo(f"         last error {local_time(err['at'])}: {err['error']}")
+        else:
+            click.echo(f"mqtt     NOT CONNECTED to {m.get('broker', '?')}"
+                       + (f": {err['error']} (since {local_time(err['at'])}, {err['failed_attempts']} failed attempt(s))"
+                          if err else ": connecting"))
+            if err:
+                click.echo(f"         fix: {err['fix']}")
         for p in d["printers"]:
             click.echo(f"printer  {p['name']:<12} {p['state']:<12} {p['detail']}")
         click.echo(f"audio    {d['audio']['state']}{' (silenced)' if d['audio']['silenced'] else ''}")
@@ -322,26 +366,61 @@ def chime(sound: str, config_path: str | None, as_json: bool) -> None:
     _daemon(config_path, "chime", {"sound": sound}, as_json, lambda d: click.echo(f"playing {sound}"))
 
 
+def tool_login_options(fn):  # noqa: ANN001, ANN201
+    """--username/--password-file/--cert-file/--key-file/--take-over: the login a tool connects with."""
+    for opt in reversed([
+        click.option("--username", default="", help="a login for tools: the broker kit's tech login (never the store's, hq or infodept)"),
+        click.option("--password-file", default=None, type=click.Path(dir_okay=False), help="that login's password (first line)"),
+        click.option("--cert-file", default=None, type=click.Path(dir_okay=False), help="that login's certificate (kit in certificate mode)"),
+        click.option("--key-file", default=None, type=click.Path(dir_okay=False), help="that certificate's key"),
+        click.option("--take-over", is_flag=True, help="log in even with a login that is in use (disconnects whoever holds it)"),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _tool_login(username: str, password_file: str | None, cert_file: str | None, key_file: str | None):  # noqa: ANN202
+    from .toollogin import ToolLogin  # noqa: PLC0415
+
+    for key, path in (("--password-file", password_file), ("--cert-file", cert_file), ("--key-file", key_file)):
+        if path and not os.access(path, os.R_OK):
+            click.echo(f"error: {key}: {path}: " + ("no such file" if not os.path.exists(path) else "not readable by this user"), err=True)
+            sys.exit(2)
+    return ToolLogin(username, password_file or "", cert_file or "", key_file or "")
+
+
 @main.command()
 @config_option
 @json_option
-def doctor(config_path: str | None, as_json: bool) -> None:
+@tool_login_options
+def doctor(config_path: str | None, as_json: bool, username: str, password_file: str | None, cert_file: str | None,
+           key_file: str | None, take_over: bool) -> None:
     """One checklist: config, agent, broker and TLS, subscriptions, printers, USB and udev, audio, GPIO,
-    disk, clock, journal. Each failing line says how to fix it; exit 1 if any fails."""
+    disk, clock, journal. Each failing line says how to fix it; exit 1 if any fails. It never logs in as the
+    store while an agent is connected as it (the retained status is read first, with --username tech …)."""
     from dataclasses import asdict  # noqa: PLC0415
 
+    from .control import raw_state_dir  # noqa: PLC0415
     from .doctor import run_checks  # noqa: PLC0415
 
-    checks = run_checks(load_config(config_path))
+    tool = _tool_login(username, password_file, cert_file, key_file)
+    path = resolve_path(config_path)
+    try:
+        cfg, error, state_dir = load_config(config_path), "", ""
+    except ConfigError as e:  # report it and go on with what can be checked
+        cfg, error, state_dir = None, str(e), raw_state_dir(path)
+    checks = run_checks(cfg, config_path=str(path), config_error=error, state_dir=state_dir, tool=tool, take_over=take_over)
+    failed = any(c.ok is False for c in checks)
     if as_json:
-        click.echo(json.dumps([asdict(c) for c in checks], ensure_ascii=False, indent=2))
+        emit_json(not failed, {"checks": [asdict(c) for c in checks]},
+                  None if not failed else "; ".join(f"{c.name}: {c.detail}" for c in checks if c.ok is False))
     else:
         for c in checks:
             mark = {True: "ok  ", False: "FAIL", None: "--  "}[c.ok]
             click.echo(f"[{mark}] {c.name:<18} {c.detail}")
-            if c.ok is False and c.fix:
+            if c.ok is not True and c.fix:
                 click.echo(f"       fix: {c.fix}")
-    if any(c.ok is False for c in checks):
+    if failed:
         sys.exit(1)
 
 
@@ -355,81 +434,207 @@ def led(step_s: float, config_path: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("event_file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("event_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @config_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.option("--wait", "wait_s", default=10.0, show_default=True, help="seconds to wait for the agent's result")
-@click.option("--username", default="", help="an HQ or test login allowed to publish orders (needed when the store has a login)")
-@click.option("--password-file", default=None, type=click.Path(exists=True, dir_okay=False), help="that login's password")
-def send(event_file: str, config_path: str | None, as_json: bool, wait_s: float, username: str, password_file: str | None) -> None:
-    """Publish an order event file to this store's order topic and show the agent's result."""
+@click.option("--sample", default=None, help="send a built-in sample event instead of a file (new ids, times from now); --list names them")
+@click.option("--list", "list_samples", is_flag=True, help="list the built-in samples and the example files, then exit")
+@click.option("--fresh", is_flag=True, help="rewrite the file's times (and its event id) from now: example files carry a "
+              "stale expires_at and would be answered 'expired'")
+@tool_login_options
+def send(event_file: str | None, config_path: str | None, as_json: bool, wait_s: float, sample: str | None, list_samples: bool,
+         fresh: bool, username: str, password_file: str | None, cert_file: str | None, key_file: str | None, take_over: bool) -> None:
+    """Publish an order event (a file, or --sample NAME) to this store's order topic and show the agent's results
+    as they arrive. With the broker kit, log in with its tech login (--username tech --password-file FILE, or
+    --cert-file/--key-file): never as the store, hq or infodept, which would disconnect them."""
     from .messages import Rejection, parse_event  # noqa: PLC0415
     from .mqtt import MqttSettings, ToolClient  # noqa: PLC0415
+    from .remote import RemoteConfig  # noqa: PLC0415
+    from .samples import SAMPLE_NAMES, example_dir, freshen, sample_event  # noqa: PLC0415
+    from .toollogin import refusal  # noqa: PLC0415
     from .topics import Topics  # noqa: PLC0415
 
-    from .remote import RemoteConfig  # noqa: PLC0415
-
+    if list_samples:
+        if as_json:
+            emit_json(True, {"samples": list(SAMPLE_NAMES), "example_dir": str(example_dir())})
+            return
+        click.echo("built-in samples (store-agent send --sample NAME):")
+        for name, what in SAMPLE_NAMES.items():
+            click.echo(f"  {name:<18} {what}")
+        click.echo(f"example files (store-agent send --fresh FILE): {example_dir()}")
+        return
+    if bool(event_file) == bool(sample):
+        click.echo("send: give an event file or --sample NAME (store-agent send --list)", err=True)
+        sys.exit(2)
+    tool = _tool_login(username, password_file, cert_file, key_file)
     cfg = RemoteConfig(load_config(config_path)).effective()  # where the agent listens now
-    payload = Path(event_file).read_bytes()
+    if sample:
+        try:
+            payload = json.dumps(sample_event(sample), ensure_ascii=False).encode()
+        except KeyError:
+            click.echo(f"send: no sample {sample!r}; one of {', '.join(SAMPLE_NAMES)}", err=True)
+            sys.exit(2)
+        source = f"sample {sample}"
+    else:
+        payload = Path(event_file).read_bytes()
+        source = event_file
+        if fresh:
+            try:
+                payload = json.dumps(freshen(json.loads(payload)), ensure_ascii=False).encode()
+            except (ValueError, TypeError, AttributeError) as e:
+                click.echo(f"{event_file}: --fresh needs a JSON order event: {e}", err=True)
+                sys.exit(2)
     parsed = parse_event(payload, cfg.intake.max_payload_bytes)
     if isinstance(parsed, Rejection):
-        click.echo(f"{event_file}: the agent would reject it: {parsed.reason}", err=True)
+        click.echo(f"{source}: the agent would reject it: {parsed.reason}", err=True)
         sys.exit(2)
     topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
     m = cfg.mqtt
-    if m.username and not username:
-        click.echo("send: pass --username/--password-file of an HQ or test login. Logging in as the store would take "
-                   "over the agent's session (with the broker kit a store's login is its client id), and the store's "
-                   "ACL does not allow publishing orders anyway.", err=True)
+    if (m.username or m.cert_file) and not tool.given:
+        click.echo("send: pass the broker kit's tech login (--username tech --password-file FILE, or --cert-file/--key-file "
+                   "of tech.crt). Logging in as the store would take over the agent's session (with the broker kit a "
+                   "store's login is its client id), and the store's ACL does not allow publishing orders anyway.", err=True)
         sys.exit(2)
-    password = Path(password_file).read_text(encoding="utf-8").strip() if password_file else ""
-    settings = MqttSettings(m.host, m.port, f"store-agent-send-{__import__('os').getpid()}", username=username,
-                            password=password, tls=m.tls, ca_file=m.ca_file)
-    with ToolClient(settings, [topics.result]) as c:
-        c.publish(topics.orders, payload)
-        final = ("printed", "failed", "rejected", "duplicate", "expired")
-        mine = lambda msgs: [json.loads(p) for _, p in msgs if json.loads(p).get("event_id") == parsed.id]  # noqa: E731
-        c.wait_for(lambda msgs: any(r["status"] in final for r in mine(msgs)), wait_s)
-        results = mine(c.received)
-    if as_json:
-        click.echo(json.dumps({"event_id": parsed.id, "results": results}, ensure_ascii=False, indent=2))
-    else:
-        click.echo(f"sent {parsed.id} ({parsed.type}, order {parsed.order.id}) to {topics.orders}")
-        for r in results:
-            click.echo(f"result {r['status']:<9} {', '.join(r['documents']) or r.get('error') or ''}")
-    if not results:
-        click.echo(f"no result within {wait_s:g}s: is the agent running and subscribed?", err=True)
+    why = refusal(cfg, tool.name, take_over=take_over) if tool.given else None
+    if why:
+        click.echo(f"send: {why}", err=True)
+        sys.exit(2)
+    client_id = f"store-agent-send-{os.getpid()}"
+    settings = tool.settings(cfg, client_id) if tool.given else MqttSettings(m.host, m.port, client_id, tls=m.tls, ca_file=m.ca_file)
+    final = ("printed", "failed", "rejected", "duplicate", "expired")
+    results: list[dict] = []
+
+    def mine(msgs) -> list[dict]:  # noqa: ANN001
+        out = []
+        for _, p in msgs:
+            try:
+                r = json.loads(p)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and r.get("event_id") == parsed.id:
+                out.append(r)
+        return out
+
+    def say(line: str) -> None:
+        if not as_json:
+            click.echo(line)
+
+    try:
+        with ToolClient(settings, [topics.result]) as c:
+            c.publish(topics.orders, payload)
+            say(f"sent {parsed.id} ({parsed.type}, order {parsed.order.id}) to {topics.orders}; waiting up to {wait_s:g}s for the agent")
+            import time as _time  # noqa: PLC0415
+
+            deadline = _time.monotonic() + wait_s
+            while True:
+                got = mine(list(c.received))
+                for r in got[len(results):]:
+                    results.append(r)
+                    say(f"result {r['status']:<9} {', '.join(r.get('documents') or []) or ''}"
+                        + (f" on {r['printer']}" if r.get("printer") else "") + (f"  {r['error']}" if r.get("error") else ""))
+                if any(r["status"] in final for r in results) or _time.monotonic() >= deadline or c.taken_over:
+                    break
+                c.wait_for(lambda msgs: len(mine(msgs)) > len(results), min(1.0, max(deadline - _time.monotonic(), 0.01)))
+            taken = c.taken_over
+    except ConnectionError as e:
+        if as_json:
+            emit_json(False, {"event_id": parsed.id, "results": []}, str(e))
+        click.echo(f"send: cannot log in to the broker: {e}", err=True)
         sys.exit(1)
+    error = None
+    if taken:
+        error = f"another client logged in as {tool.name or client_id} and took this tool's session over; try again"
+    elif not results:
+        error = f"no result within {wait_s:g}s: is the agent running and subscribed? (store-agent status)"
+    elif not any(r["status"] in final for r in results):
+        error = f"no final result within {wait_s:g}s (last: {results[-1]['status']}): store-agent status shows the printer"
+    if as_json:
+        emit_json(error is None or bool(results), {"event_id": parsed.id, "results": results}, error)
+    if error:
+        click.echo(error, err=True)
+        if not results or taken:
+            sys.exit(1)
 
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 def printers(config_path: str | None, as_json: bool) -> None:
-    """USB receipt printers pyusb can see: ids, permissions, and whether the config uses them."""
+    """The configured printers with their state (from the running agent, else asked directly), and the USB
+    receipt printers pyusb can see: ids, permissions, and whether the config uses them."""
     from drivers.usbscan import UsbScanError, scan  # noqa: PLC0415
 
-    configured = set()
+    cfg = None
     try:
         cfg = load_config(config_path)
-        configured = {(p.vendor_id, p.product_id) for p in cfg.printers if p.connection == "usb"}
-    except ConfigError:
-        pass  # listing printers must work before a config exists
+    except ConfigError as e:
+        if not as_json:
+            click.echo(f"(config not loaded: {e}; USB printers only)", err=True)
+    configured_rows = _configured_printers(cfg) if cfg else []
+    configured = {(p.vendor_id, p.product_id) for p in cfg.printers if p.connection == "usb"} if cfg else set()  # noqa: E501
+    usb_error = None
     try:
         found = scan()
     except UsbScanError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        found, usb_error = [], str(e)
     rows = [dict(d, configured=(d["vendor_id"], d["product_id"]) in configured) for d in found]
     if as_json:
-        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        emit_json(usb_error is None, {"configured": configured_rows, "usb": rows}, usb_error)
+        if usb_error:
+            sys.exit(1)
         return
+    for r in configured_rows:
+        click.echo(f"{r['name']:<12} {r['connection']:<8} {r['target']:<24} {r['state']:<12} {r['detail']}"
+                   + (f"\n             fix: {r['fix']}" if r.get("fix") else ""))
+    if usb_error:
+        click.echo(f"error: {usb_error}", err=True)
+        sys.exit(1)
     if not rows:
         click.echo("no USB printers found (plugged in and powered? `lsusb` lists every USB device)")
     for r in rows:
         click.echo(f"{r['vendor_id']:04x}:{r['product_id']:04x}  bus {r['bus']} addr {r['address']}  {r['product'] or '?'}"
                    f"  {'rw ok' if r['writable'] else 'NO PERMISSION (udev rule?)'}  {'configured' if r['configured'] else 'not configured'}")
 
+
+def _printer_target(p) -> str:  # noqa: ANN001 - PrinterConfig
+    g = lambda k: getattr(p, k, None)  # noqa: E731 - each connection kind has its own keys
+    if p.connection == "network":
+        return f"{g('host')}:{g('port')}"
+    if p.connection == "usb":
+        return f"{g('vendor_id') or 0:04x}:{g('product_id') or 0:04x}"
+    return str(g({"serial": "device", "file": "path", "virtual": "spool_dir"}.get(p.connection, "")) or "")
+
+
+def _configured_printers(cfg) -> list[dict]:  # noqa: ANN001 - Config
+    """Each configured printer's state: the running agent's view when it answers (never two connections to
+    one printer), else a status query of its own."""
+    from .control import ControlError, call  # noqa: PLC0415
+    from .doctor import printer_fix  # noqa: PLC0415
+
+    states = {}
+    try:
+        out = call(cfg.state_dir, "status", {}, timeout=10)
+        if out.get("status") == "ok":
+            states = {p["name"]: (p["state"], p.get("detail", ""), "agent") for p in out["data"].get("printers", [])}
+    except ControlError:
+        pass
+    rows = []
+    for i, p in enumerate(cfg.printers):
+        if p.name not in states:
+            try:
+                from drivers.printers import make_printer  # noqa: PLC0415
+
+                from .printing import printer_settings  # noqa: PLC0415
+
+                st = make_printer(p.connection, p.name, **printer_settings(cfg, i)).status()
+                states[p.name] = (st.state, st.detail, "asked")
+            except Exception as e:  # noqa: BLE001 - a line per printer, never a crash
+                states[p.name] = ("unknown", f"{type(e).__name__}: {e}", "asked")
+        state, detail, source = states[p.name]
+        rows.append({"name": p.name, "connection": p.connection, "target": _printer_target(p), "role": p.role,
+                     "state": state, "detail": detail, "source": source, "fix": printer_fix(p, state, detail)})  # noqa: E501
+    return rows
 
 
 @main.group("journal")
@@ -456,16 +661,20 @@ def journal_salvage(config_path: str | None, as_json: bool) -> None:
     except ControlError:
         pass  # not running: good
     else:
+        if as_json:
+            emit_json(False, {}, "the agent is running: stop it first (sudo systemctl stop store-agent)")
         click.echo("error: the agent is running: stop it first (sudo systemctl stop store-agent)", err=True)
         sys.exit(1)
     path = Path(cfg.state_dir) / "journal.sqlite3"
     try:
         report = salvage(path)
     except SalvageError as e:
+        if as_json:
+            emit_json(False, {}, str(e))
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     if as_json:
-        click.echo(json.dumps(asdict(report), ensure_ascii=False, indent=2))
+        emit_json(True, asdict(report))
         return
     click.echo(f"{path}: salvaged {report.unfinished_events} unfinished order event(s), {report.jobs_copied} ticket(s) "
                f"({report.printing_jobs} will print marked 补打); {report.events_read} event(s) read, "

@@ -54,23 +54,45 @@ def socket_group(path: Path, group: Optional[str] = None) -> Optional[int]:
     return gid
 
 
-def state_dir_for(config_path: Optional[str]) -> str:
+def state_dir_for(config_path: Optional[str], on_config_error: Optional[Callable[[str], None]] = None) -> str:
     """The state directory whose socket the CLI calls. A technician in ``store-agent-cli`` may not read
     config.toml (it names the secrets' files and may hold webhook secrets): then the default
-    state_dir is used, which is where the device install puts it."""
+    state_dir is used, which is where the device install puts it. A config with a mistake in it
+    (edited since the agent started) still names its state_dir: ``on_config_error`` is told the
+    error and the running agent is reached anyway (it runs with the config it started with)."""
     from .config import ConfigError, load_config, resolve_path  # noqa: PLC0415
 
     try:
         return load_config(config_path).state_dir
-    except ConfigError:
+    except ConfigError as e:
         p = resolve_path(config_path)
         try:
             p.open("rb").close()
         except PermissionError:
             return DEFAULT_STATE_DIR
         except OSError:
-            pass
-        raise
+            raise e from None
+        if on_config_error is None:
+            raise
+        on_config_error(str(e))
+        return raw_state_dir(p)
+
+
+def raw_state_dir(path: Path) -> str:
+    """``state_dir`` as written in a config file that does not validate (or is not even TOML), else the default."""
+    import re  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return DEFAULT_STATE_DIR
+    try:
+        value = tomllib.loads(text).get("state_dir")
+    except tomllib.TOMLDecodeError:
+        m = re.search(r'^\s*state_dir\s*=\s*["\']([^"\']+)["\']', text, re.M)
+        value = m.group(1) if m else None
+    return value if isinstance(value, str) and value else DEFAULT_STATE_DIR
 
 
 def _peer_uid(conn: socket.socket) -> Optional[int]:
@@ -82,7 +104,12 @@ def _peer_uid(conn: socket.socket) -> Optional[int]:
 
 
 class ControlError(Exception):
-    pass
+    """The agent could not be asked. ``kind``: ``not_running`` (no socket), ``permission`` (this user may not
+    use the socket: sudo, or the store-agent-cli group), ``unreachable`` (a socket nobody answers on)."""
+
+    def __init__(self, message: str, kind: str = "unreachable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ControlServer:
@@ -181,11 +208,14 @@ def call(state_dir: str, command: str, args: Optional[dict] = None, timeout: flo
     try:
         s.connect(str(path))
     except FileNotFoundError:
-        raise ControlError(f"the agent is not running (no {path})") from None
+        raise ControlError(f"the agent is not running (no {path})", "not_running") from None
     except PermissionError:
-        raise ControlError(f"no permission for {path}: run as root or as a member of the {CLI_GROUP} group") from None
+        raise ControlError(f"no permission for {path}: use sudo, or join the {CLI_GROUP} group "
+                           f"(sudo usermod -aG {CLI_GROUP} $USER, then log in again)", "permission") from None
+    except ConnectionRefusedError:
+        raise ControlError(f"the agent is not running ({path} is left from an earlier run)", "not_running") from None
     except OSError as e:
-        raise ControlError(f"cannot reach the agent at {path}: {e}") from None
+        raise ControlError(f"cannot reach the agent at {path}: {e.strerror or e}") from None
     with s:
         s.sendall(json.dumps({"command": command, "args": args or {}}).encode() + b"\n")
         data = b""

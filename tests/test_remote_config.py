@@ -306,8 +306,8 @@ def test_config_show_includes_the_overlay(tmp_path):
 
     out = show()
     assert "remote overlay version 9 (store)" in out and 'store.name = "远程"' in out
-    assert json.loads(show("--json"))["store"]["name"] == "远程"
-    assert json.loads(show("--json", "--file-only"))["store"]["name"] == cfg.store.name
+    assert json.loads(show("--json"))["data"]["store"]["name"] == "远程"
+    assert json.loads(show("--json", "--file-only"))["data"]["store"]["name"] == cfg.store.name
 
 
 # -- hardening (from review) ------------------------------------------------------------------------
