@@ -400,24 +400,212 @@ def fmt_kb(kb: float) -> str:
     return f"{kb / 1024:.1f} MiB"
 
 
+def measure_agent(stack: contextlib.ExitStack, procs: list[subprocess.Popen], broker: DevBroker, watch: StatusWatch,
+                  work: Path, root: Path, tag: str, P: dict[str, Any], quota: Optional[CpuQuota]) -> dict[str, Any]:
+    """Every agent figure for the agent in the checkout ``root`` (its own store, state_dir and virtual printer)."""
+    R: dict[str, Any] = {"root": str(root), "commit": git_commit(root)}
+    vp = stack.enter_context(VirtualPrinter())
+    store = f"bench-{tag}"
+    state = work / f"state-{tag}"
+    cfg = agent_config(state, broker.port, vp.port, store)
+    cfg["journal"] = {"max_mb": 4096}
+    cfg_path = write_toml(work / f"agent-{tag}.toml", cfg)
+    log_path = work / f"agent-{tag}.log"
+    status_topic = f"stores/{store}/status"
+    hq = HQ(broker.port, "stores", store)
+    stack.callback(quietly, hq.close)
+    warm = P["warm"]
+
+    # (f) start-up x3, each followed at once by one order (the first order after start); the third is the agent under test
+    starts, firsts = [], []
+    done = 0
+    for k in range(3):
+        n0 = len(watch.msgs)
+        t0 = time.time()
+        proc = spawn_agent_from(root, cfg_path, log_path, quota=quota)
+        procs.append(proc)
+        t_online = watch.wait_for(n0, status_topic, b"online", 60, proc)
+        starts.append(t_online - t0)
+        rig = Rig("agent", proc, hq, ReceiptIndex(vp, AGENT_RECEIPT, WARM_TIP), ResultIndex(hq))
+        first = run_phase(rig, "first", [order(k, "s")], 0)  # published as soon as 'online' arrived
+        firsts.append(first.lat_ms[0])
+        done += 1
+        progress(f"[{tag}] agent start {k + 1}: {starts[-1] * 1000:.0f} ms to 'online'; first order {firsts[-1]:.1f} ms")
+        if k < 2:
+            stop_proc(proc)
+            procs.remove(proc)
+            done = 0
+    R["starts"], R["firsts"] = starts, firsts
+    pid = proc.pid
+
+    # (c) idle memory, (d) idle CPU
+    time.sleep(max(0.0, t_online + 5 - time.time()))
+    R["mem_idle"] = proc_mem(pid)
+    progress(f"[{tag}] idle memory {R['mem_idle']}; idle CPU window {P['idle_s']:.0f} s")
+    c0, io0, m0 = proc_cpu_s(pid), proc_io(pid), time.monotonic()
+    time.sleep(P["idle_s"])
+    c1, io1, m1 = proc_cpu_s(pid), proc_io(pid), time.monotonic()
+    R["idle_cpu"] = (c1 - c0, m1 - m0)
+    idle_rate = (c1 - c0) / (m1 - m0)
+    R["idle_io"] = {k: io1[k] - io0[k] for k in ("wchar", "write_bytes")}
+    rig.receipts.update()
+    rig.results.update()
+
+    def cpu_phase(name: str, events: list[dict[str, Any]], gap: float, settle: float) -> Phase:
+        """run_phase plus the agent's CPU over it (until ``settle`` s after the last result)."""
+        c0, m0 = proc_cpu_s(pid), time.monotonic()
+        ph = run_phase(rig, name, events, gap)
+        time.sleep(settle)
+        cpu, wall = proc_cpu_s(pid) - c0, time.monotonic() - m0
+        R.setdefault("cpu", {})[name] = (ph.n, cpu, wall, idle_rate)
+        return ph
+
+    # (a) cold + paced (1 per --interval, then 10 per s)
+    interval = P["interval"]
+    progress(f"[{tag}] {warm} warm-up orders, then {P['paced']} paced at 1 per {interval:g} s, {P['paced10']} at 10 per s")
+    R["a_cold"] = run_phase(rig, "cold", [order(i, "w") for i in range(warm)], interval)
+    done += warm
+    io0, log0 = proc_io(pid), log_path.stat().st_size
+    R["a_paced"] = cpu_phase("paced", [order(i, "p") for i in range(P["paced"])], interval, 3.0)  # lazy outcome: within 2 s
+    io1, log1 = proc_io(pid), log_path.stat().st_size
+    R["io_paced"] = (P["paced"], {k: io1[k] - io0[k] for k in io0}, log1 - log0)
+    done += P["paced"]
+    if P["paced10"]:
+        R["a_paced10"] = cpu_phase("paced10", [order(i, "q") for i in range(P["paced10"])], 0.1, 3.0)
+        done += P["paced10"]
+    R["mem_paced"] = (done, proc_mem(pid))
+
+    # (a)(b)(e) burst
+    progress(f"[{tag}] burst of {P['burst']}")
+    io0, log0 = proc_io(pid), log_path.stat().st_size
+    R["a_burst"] = cpu_phase("burst", [order(i, "b") for i in range(P["burst"])], 0, 0.0)
+    io1, log1 = proc_io(pid), log_path.stat().st_size
+    done += P["burst"]
+    R["io_burst"] = (P["burst"], {k: io1[k] - io0[k] for k in io0}, log1 - log0)
+    R["mem_burst"] = (done, proc_mem(pid))
+    progress(f"[{tag}] burst {R['a_burst'].rate:.1f} orders/s")
+
+    # (c)(e) the orders phase: the rest up to orders_total, in bursts of --chunk
+    rest = max(0, P["orders_total"] - done)
+    chunks: list[Phase] = []
+    io0, log0 = proc_io(pid), log_path.stat().st_size
+    k = 0
+    while rest > 0:
+        n = min(P["chunk"], rest)
+        chunks.append(run_phase(rig, f"chunk {k}", [order(i, f"o{k}x") for i in range(n)], 0))
+        rest -= n
+        done += n
+        k += 1
+        progress(f"[{tag}] orders phase {done}/{P['orders_total']} ({chunks[-1].rate:.1f} orders/s, "
+                 f"RSS {fmt_kb(proc_mem(pid)['VmRSS'])})")
+    io1, log1 = proc_io(pid), log_path.stat().st_size
+    R["chunks"] = chunks
+    R["io_orders"] = (sum(c.n for c in chunks), {k: io1[k] - io0[k] for k in io0}, log1 - log0)
+    R["mem_orders"] = (done, proc_mem(pid))
+    R["jobs"] = rig.receipts.jobs_seen
+    R["other_results"] = dict(rig.results.other)
+    R["lost"] = 0  # run_phase raises when a receipt or a 'printed' result is missing
+    R["state_bytes"] = {p.name: p.stat().st_size for p in state.rglob("*") if p.is_file()}
+    R["log_bytes"] = log_path.stat().st_size
+    if quota is not None:
+        R["throttled"] = quota.throttled()
+
+    stop_proc(proc)
+    procs.remove(proc)
+    hq.close()
+    R["fsync_ms"] = fsync_ms(state)
+    progress(f"[{tag}] fsync in {state}: {R['fsync_ms']:.2f} ms")
+    return R
+
+
+def measure_baseline(stack: contextlib.ExitStack, procs: list[subprocess.Popen], broker: DevBroker, watch: StatusWatch,
+                     work: Path, P: dict[str, Any], quota: Optional[CpuQuota]) -> dict[str, Any]:
+    R: dict[str, Any] = {}
+    warm, burst = P["warm"], P["burst"]
+    vp2 = stack.enter_context(VirtualPrinter())
+    nstore = "naive-0001"
+    n0 = len(watch.msgs)
+    t0 = time.time()
+    nproc = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "naive.py"), "--broker-port", str(broker.port),
+         "--store", nstore, "--printer-port", str(vp2.port)],
+        stdout=open(work / "naive.log", "ab"), stderr=subprocess.STDOUT, cwd=str(ROOT))
+    if quota is not None:
+        quota.watch(nproc.pid)
+    procs.append(nproc)
+    R["naive_start"] = watch.wait_for(n0, f"stores/{nstore}/status", b"online", 60, nproc) - t0
+    nhq = HQ(broker.port, "stores", nstore)
+    stack.callback(quietly, nhq.close)
+    nrig = Rig("baseline", nproc, nhq, ReceiptIndex(vp2, NAIVE_RECEIPT, None))
+    R["n_first"] = run_phase(nrig, "first", [order(0, "s")], 0).lat_ms[0]
+    time.sleep(1.0)
+    R["naive_mem_idle"] = proc_mem(nproc.pid)
+    progress(f"baseline: {warm} warm-up, {P['paced']} paced, {P['paced10']} at 10/s, burst of {burst}")
+    R["n_cold"] = run_phase(nrig, "cold", [order(i, "w") for i in range(warm)], P["interval"])
+    cpu: dict[str, tuple] = {}
+
+    def cpu_phase(name: str, events: list[dict[str, Any]], gap: float) -> Phase:
+        c0, m0 = proc_cpu_s(nproc.pid), time.monotonic()
+        ph = run_phase(nrig, name, events, gap)
+        cpu[name] = (ph.n, proc_cpu_s(nproc.pid) - c0, time.monotonic() - m0, 0.0)
+        return ph
+
+    R["n_paced"] = cpu_phase("paced", [order(i, "p") for i in range(P["paced"])], P["interval"])
+    if P["paced10"]:
+        R["n_paced10"] = cpu_phase("paced10", [order(i, "q") for i in range(P["paced10"])], 0.1)
+    io0 = proc_io(nproc.pid)
+    R["n_burst"] = cpu_phase("burst", [order(i, "b") for i in range(burst)], 0)
+    io1 = proc_io(nproc.pid)
+    R["n_cpu"] = cpu
+    R["n_io_burst"] = {k: io1[k] - io0[k] for k in io0}
+    R["naive_mem"] = proc_mem(nproc.pid)
+    progress(f"baseline: burst {R['n_burst'].rate:.1f} orders/s")
+    stop_proc(nproc)
+    procs.remove(nproc)
+    return R
+
+
+def git_commit(root: Path) -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return r.stdout.strip() + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="store-agent benchmark suite (loopback)")
     ap.add_argument("--quick", action="store_true", help="smoke run: paced 10, burst 200, orders 1000, idle 10 s")
+    ap.add_argument("--pi", action="store_true",
+                    help="a Pi-sized run: the agent (and the baseline) inside a CPU quota of --quota %% of one core "
+                         "(bench/quota.py); paced 30, 10/s 50, burst 200, no orders phase, idle 10 s")
+    ap.add_argument("--quota", type=float, default=15.0, help="with --pi: %% of one core (default 15)")
+    ap.add_argument("--quota-method", default="auto", choices=("auto", "cgroup2", "cgroup1", "duty"))
     ap.add_argument("--paced", type=int, help="orders at 1 per --interval (default 60; quick 10)")
+    ap.add_argument("--paced10", type=int, help="orders at 10 per s after the paced phase (default 100; quick 30)")
     ap.add_argument("--interval", type=float, default=1.0, help="paced interval in s (default 1)")
     ap.add_argument("--burst", type=int, help="burst size (default 1000; quick 200)")
     ap.add_argument("--orders", type=int, help="orders since agent start for the memory/disk figures (default 10000; quick 1000)")
     ap.add_argument("--chunk", type=int, default=1000, help="the orders phase sends in bursts of this many (default 1000)")
     ap.add_argument("--idle-s", type=float, help="idle CPU window in s (default 30; quick 10)")
+    ap.add_argument("--agent-root", action="append", default=[], metavar="DIR",
+                    help="measure the agent of this checkout (repeatable: 'git worktree add /tmp/before <commit>' "
+                         "then --agent-root /tmp/before --agent-root . gives before/after columns from one run)")
     ap.add_argument("--workdir", help="where to make the temp dir (default: /var/tmp if it is a real disk)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (logs, journal)")
     a = ap.parse_args()
-    q = a.quick
-    paced = a.paced if a.paced is not None else (10 if q else 60)
-    burst = a.burst if a.burst is not None else (200 if q else 1000)
-    orders_total = a.orders if a.orders is not None else (1000 if q else 10000)
-    idle_s = a.idle_s if a.idle_s is not None else (10.0 if q else 30.0)
-    warm = 3
+    q, pi = a.quick, a.pi
+    P: dict[str, Any] = {
+        "paced": a.paced if a.paced is not None else (10 if q else 30 if pi else 60),
+        "paced10": a.paced10 if a.paced10 is not None else (30 if q else 50 if pi else 100),
+        "burst": a.burst if a.burst is not None else (200 if q or pi else 1000),
+        "idle_s": a.idle_s if a.idle_s is not None else (10.0 if q or pi else 30.0),
+        "interval": a.interval, "chunk": a.chunk, "warm": 3,
+    }
+    P["orders_total"] = a.orders if a.orders is not None else (1000 if q else 0 if pi else 10000)
+    roots = [Path(r).resolve() for r in a.agent_root] or [ROOT]
 
     def on_signal(signum, frame):
         INTERRUPTED.set()
@@ -429,136 +617,21 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-suite-", dir=base))
     procs: list[subprocess.Popen] = []
-    R: dict[str, Any] = {"machine": machine(), "mount": mount_of(work)}
-    progress(f"work dir {work} on {R['mount'][0]} ({R['mount'][2]}); paced {paced}, burst {burst}, "
-             f"orders {orders_total}, idle {idle_s:.0f} s")
+    quota = CpuQuota(a.quota, method=a.quota_method) if pi else None
+    M: dict[str, Any] = {"machine": machine(), "mount": mount_of(work), "quota": quota.describe() if quota else None}
+    progress(f"work dir {work} on {M['mount'][0]} ({M['mount'][2]}); {P}" + (f"; quota: {M['quota']}" if quota else ""))
+    agents: list[dict[str, Any]] = []
     try:
         with contextlib.ExitStack() as stack:
             broker = stack.enter_context(DevBroker(work / "broker"))
-            vp = stack.enter_context(VirtualPrinter())
             watch = StatusWatch(broker.port)
             stack.callback(quietly, watch.close)
             stack.callback(lambda: [stop_proc(p) for p in procs])  # runs first: processes before broker/printer
-
-            # ---------------------------------------------------------------- agent
-            store = "bench-0001"
-            state = work / "state"
-            cfg = agent_config(state, broker.port, vp.port, store)
-            cfg["journal"] = {"max_mb": 4096}
-            cfg_path = write_toml(work / "agent.toml", cfg)
-            log_path = work / "agent.log"
-            status_topic = f"stores/{store}/status"
-
-            # (f) start-up x3; the third one is the agent under test
-            starts = []
-            for k in range(3):
-                n0 = len(watch.msgs)
-                t0 = time.time()
-                proc = spawn_agent(cfg_path, log_path)
-                procs.append(proc)
-                t_online = watch.wait_for(n0, status_topic, b"online", 60, proc)
-                starts.append(t_online - t0)
-                progress(f"agent start {k + 1}: {starts[-1] * 1000:.0f} ms to 'online'")
-                if k < 2:
-                    stop_proc(proc)
-                    procs.remove(proc)
-            R["starts"] = starts
-            pid = proc.pid
-            hq = HQ(broker.port, "stores", store)
-            stack.callback(quietly, hq.close)
-            rig = Rig("agent", proc, hq, ReceiptIndex(vp, AGENT_RECEIPT, WARM_TIP), ResultIndex(hq))
-
-            # (c) idle memory, (d) idle CPU
-            time.sleep(max(0.0, t_online + 5 - time.time()))
-            R["mem_idle"] = proc_mem(pid)
-            progress(f"idle memory {R['mem_idle']}; idle CPU window {idle_s:.0f} s")
-            c0, io0, m0 = proc_cpu_s(pid), proc_io(pid), time.monotonic()
-            time.sleep(idle_s)
-            c1, io1, m1 = proc_cpu_s(pid), proc_io(pid), time.monotonic()
-            R["idle_cpu"] = (c1 - c0, m1 - m0)
-            R["idle_io"] = {k: io1[k] - io0[k] for k in ("wchar", "write_bytes")}
-            rig.receipts.update()
-            rig.results.update()
-
-            done = 0
-            # (a) cold + paced
-            progress(f"agent: {warm} warm-up orders, then {paced} paced at 1 per {a.interval:g} s")
-            R["a_cold"] = run_phase(rig, "cold", [order(i, "w") for i in range(warm)], a.interval)
-            done += warm
-            io0, log0 = proc_io(pid), log_path.stat().st_size
-            R["a_paced"] = run_phase(rig, "paced", [order(i, "p") for i in range(paced)], a.interval)
-            time.sleep(3.0)  # the last order's outcome is written lazily (within 2 s)
-            io1, log1 = proc_io(pid), log_path.stat().st_size
-            R["io_paced"] = (paced, {k: io1[k] - io0[k] for k in io0}, log1 - log0)
-            done += paced
-            R["mem_paced"] = (done, proc_mem(pid))
-
-            # (a)(b)(e) burst
-            progress(f"agent: burst of {burst}")
-            io0, log0 = proc_io(pid), log_path.stat().st_size
-            R["a_burst"] = run_phase(rig, "burst", [order(i, "b") for i in range(burst)], 0)
-            io1, log1 = proc_io(pid), log_path.stat().st_size
-            done += burst
-            R["io_burst"] = (burst, {k: io1[k] - io0[k] for k in io0}, log1 - log0)
-            R["mem_burst"] = (done, proc_mem(pid))
-            progress(f"agent: burst {R['a_burst'].rate:.1f} orders/s")
-
-            # (c)(e) the orders phase: the rest up to orders_total, in bursts of --chunk
-            rest = max(0, orders_total - done)
-            chunks: list[Phase] = []
-            io0, log0 = proc_io(pid), log_path.stat().st_size
-            k = 0
-            while rest > 0:
-                n = min(a.chunk, rest)
-                chunks.append(run_phase(rig, f"chunk {k}", [order(i, f"o{k}x") for i in range(n)], 0))
-                rest -= n
-                done += n
-                k += 1
-                progress(f"agent: orders phase {done}/{orders_total} ({chunks[-1].rate:.1f} orders/s, "
-                         f"RSS {fmt_kb(proc_mem(pid)['VmRSS'])})")
-            io1, log1 = proc_io(pid), log_path.stat().st_size
-            R["chunks"] = chunks
-            R["io_orders"] = (sum(c.n for c in chunks), {k: io1[k] - io0[k] for k in io0}, log1 - log0)
-            R["mem_orders"] = (done, proc_mem(pid))
-            R["jobs"] = rig.receipts.jobs_seen
-            R["other_results"] = dict(rig.results.other)
-            R["state_bytes"] = {p.name: p.stat().st_size for p in state.rglob("*") if p.is_file()}
-            R["log_bytes"] = log_path.stat().st_size
-
-            # agent off; the machine's fsync in the state dir
-            stop_proc(proc)
-            procs.remove(proc)
-            hq.close()
-            R["fsync_ms"] = fsync_ms(state)
-            progress(f"fsync in {state}: {R['fsync_ms']:.2f} ms")
-
-            # ---------------------------------------------------------------- naive baseline
-            vp2 = stack.enter_context(VirtualPrinter())
-            nstore = "naive-0001"
-            n0 = len(watch.msgs)
-            t0 = time.time()
-            nproc = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "naive.py"), "--broker-port", str(broker.port),
-                 "--store", nstore, "--printer-port", str(vp2.port)],
-                stdout=open(work / "naive.log", "ab"), stderr=subprocess.STDOUT, cwd=str(ROOT))
-            procs.append(nproc)
-            R["naive_start"] = watch.wait_for(n0, f"stores/{nstore}/status", b"online", 60, nproc) - t0
-            time.sleep(1.0)
-            R["naive_mem_idle"] = proc_mem(nproc.pid)
-            nhq = HQ(broker.port, "stores", nstore)
-            stack.callback(quietly, nhq.close)
-            nrig = Rig("baseline", nproc, nhq, ReceiptIndex(vp2, NAIVE_RECEIPT, None))
-            progress(f"baseline: {warm} warm-up, {paced} paced, burst of {burst}")
-            R["n_cold"] = run_phase(nrig, "cold", [order(i, "w") for i in range(warm)], a.interval)
-            R["n_paced"] = run_phase(nrig, "paced", [order(i, "p") for i in range(paced)], a.interval)
-            io0 = proc_io(nproc.pid)
-            R["n_burst"] = run_phase(nrig, "burst", [order(i, "b") for i in range(burst)], 0)
-            io1 = proc_io(nproc.pid)
-            R["n_io_burst"] = {k: io1[k] - io0[k] for k in io0}
-            R["naive_mem"] = proc_mem(nproc.pid)
-            progress(f"baseline: burst {R['n_burst'].rate:.1f} orders/s")
-            stop_proc(nproc)
-            procs.remove(nproc)
+            if quota is not None:
+                stack.callback(quota.close)
+            for i, root in enumerate(roots):
+                agents.append(measure_agent(stack, procs, broker, watch, work, root, f"{i}", P, quota))
+            B = measure_baseline(stack, procs, broker, watch, work, P, quota)
     except KeyboardInterrupt:
         progress("interrupted: cleaning up")
         raise
@@ -570,7 +643,72 @@ def main() -> None:
         else:
             shutil.rmtree(work, ignore_errors=True)
 
-    report(R, work, paced, burst, orders_total, idle_s, a.interval, a.chunk, warm)
+    for R in agents:
+        report({**M, **R, **B}, work, P["paced"], P["burst"], P["orders_total"], P["idle_s"], a.interval, a.chunk, P["warm"])
+        print()
+    targets(agents, B, M, P)
+
+
+def cpu_ms(entry: tuple) -> tuple[float, float]:
+    """(CPU ms per order, the same net of the idle rate over the phase's wall time)."""
+    n, cpu, wall, idle_rate = entry
+    return cpu / n * 1000, max(0.0, cpu - idle_rate * wall) / n * 1000
+
+
+def targets(agents: list[dict[str, Any]], B: dict[str, Any], M: dict[str, Any], P: dict[str, Any]) -> None:
+    """Issue 17's figures, one column per agent measured in this run, beside the naive baseline."""
+    print("## Issue 17 figures" + (f" (inside the quota: {M['quota']})" if M.get("quota") else ""))
+    print()
+    cols = [f"{Path(R['root']).name or R['root']} ({R['commit']})" for R in agents]
+    print("| figure | " + " | ".join(cols) + " | naive baseline |")
+    print("| --- | " + " | ".join("---" for _ in cols) + " | --- |")
+
+    def row(label: str, fn, base: str = "–") -> None:
+        vals = []
+        for R in agents:
+            try:
+                vals.append(fn(R))
+            except KeyError:
+                vals.append("–")
+        print(f"| {label} | " + " | ".join(vals) + f" | {base} |")
+
+    def cpu_cell(R: dict[str, Any], name: str) -> str:
+        raw, net = cpu_ms(R["cpu"][name])
+        return f"{raw:.2f} ms ({net:.2f} net of idle)"
+
+    nc = B.get("n_cpu", {})
+    row(f"CPU per order, paced 1 per {P['interval']:g} s (utime+stime)", lambda R: cpu_cell(R, "paced"),
+        f"{cpu_ms(nc['paced'])[0]:.2f} ms" if "paced" in nc else "–")
+    if P["paced10"]:
+        row("CPU per order, 10 per s", lambda R: cpu_cell(R, "paced10"),
+            f"{cpu_ms(nc['paced10'])[0]:.2f} ms" if "paced10" in nc else "–")
+    row(f"CPU per order, burst of {P['burst']}", lambda R: cpu_cell(R, "burst"),
+        f"{cpu_ms(nc['burst'])[0]:.2f} ms" if "burst" in nc else "–")
+    row("idle CPU, % of one core", lambda R: f"{R['idle_cpu'][0] / R['idle_cpu'][1] * 100:.2f} %")
+    row("first order after start (published on 'online'), publish -> cut, 3 starts",
+        lambda R: " / ".join(f"{x:.0f}" for x in R["firsts"]) + " ms", f"{B['n_first']:.0f} ms")
+    row("start -> subscribed ('online'), median of 3", lambda R: f"{statistics.median(R['starts']) * 1000:.0f} ms",
+        f"{B['naive_start'] * 1000:.0f} ms")
+
+    def lat(R: dict[str, Any], key: str) -> str:
+        v = R[key].lat_ms
+        return f"{pct(v, 50):.1f} / {pct(v, 99):.1f} ms"
+
+    row(f"publish -> cut p50 / p99, 1 per {P['interval']:g} s (n = {P['paced']})", lambda R: lat(R, "a_paced"), lat(B, "n_paced"))
+    if P["paced10"]:
+        row(f"publish -> cut p50 / p99, 10 per s (n = {P['paced10']})", lambda R: lat(R, "a_paced10"), lat(B, "n_paced10"))
+    row(f"burst of {P['burst']}: drained at (orders/s), lost", lambda R: f"{R['a_burst'].rate:.1f}/s, {R['lost']} lost",
+        f"{B['n_burst'].rate:.1f}/s")
+    row("publish -> cut p50 / p99 in that burst", lambda R: lat(R, "a_burst"), lat(B, "n_burst"))
+    row("RSS idle / at the end (VmHWM)", lambda R: f"{fmt_kb(R['mem_idle']['VmRSS'])} / {fmt_kb(R['mem_orders'][1]['VmRSS'])} "
+        f"({fmt_kb(R['mem_orders'][1]['VmHWM'])})")
+    if M.get("quota"):
+        row("quota: throttled periods / periods", lambda R: f"{R['throttled'].get('nr_throttled', R['throttled'].get('stops', '?'))}"
+            f" / {R['throttled'].get('nr_periods', '?')}")
+    print()
+    print("CPU per order: the agent's utime+stime over the phase (from the first publish to the last result, plus 3 s "
+          "for the lazy outcome commit when paced) / orders; 'net of idle' subtracts the idle rate of (d) over the "
+          "phase's wall time (the status poll every 1 s). Clock tick 10 ms: paced figures carry about ±0.2 ms.")
 
 
 def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: int, idle_s: float,
@@ -585,8 +723,10 @@ def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: 
     print(f"broker:    {m['mosquitto']} (deploy/mosquitto/store-agent.conf)")
     print(f"state_dir: {work}/state on {dev}, {fs}, mounted at {mnt}")
     print(f"fsync:     {fs_ms:.3f} ms median (4 KiB write + os.fsync, 50 times, in state_dir)")
-    print(f"agent:     health.printer_poll_s=1, print.retry_s=0.2, sound off, timers off, journal.max_mb=4096, "
-          f"--log-level info to a file")
+    print(f"agent:     {R['root']} at {R['commit']}; health.printer_poll_s=1, print.retry_s=0.2, sound off, timers off, "
+          f"journal.max_mb=4096, --log-level info to a file")
+    if R.get("quota"):
+        print(f"quota:     {R['quota']} (the agent and the baseline)")
     print()
 
     s = R["starts"]
@@ -604,6 +744,8 @@ def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: 
     print("| --- | --- | --- | --- | --- | --- | --- |")
     print(lat_row(f"agent: first {warm} orders after start, 1 per {interval:g} s", R["a_cold"], False))
     print(lat_row(f"agent: paced, 1 per {interval:g} s", R["a_paced"], False))
+    if "a_paced10" in R:
+        print(lat_row("agent: paced, 10 per s", R["a_paced10"], False))
     print(lat_row(f"agent: burst of {burst}", R["a_burst"]))
     if chunks:
         allc = Phase("orders", sum(c.n for c in chunks), [x for c in chunks for x in c.lat_ms],
@@ -611,6 +753,8 @@ def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: 
         print(lat_row(f"agent: orders phase, {len(chunks)} bursts of <= {chunk} (each waits for the last)", allc))
     print(lat_row(f"baseline: first {warm} orders after start", R["n_cold"], False))
     print(lat_row(f"baseline: paced, 1 per {interval:g} s", R["n_paced"], False))
+    if "n_paced10" in R:
+        print(lat_row("baseline: paced, 10 per s", R["n_paced10"], False))
     print(lat_row(f"baseline: burst of {burst}", R["n_burst"]))
     print()
     for who in ("a", "n"):
