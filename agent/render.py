@@ -166,18 +166,39 @@ def _qr_bytes(data: str, size: int) -> bytes:
     )
 
 
+def _holds(ch: str, codec: str) -> bool:
+    try:
+        ch.encode(codec)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def missing_in(text: str, charset: str) -> str:
-    """The characters of already ``printable()`` text that a ``charset`` font does not hold."""
+    """The characters of already ``printable()`` text that a ``charset`` font does not hold (those the
+    printer's own code page 437 holds, such as ¥, are not missing: they go out in single-byte mode)."""
     if charset == "gb18030" or text.isascii():
         return ""
     out = []
     for ch in text:
-        if not ch.isascii() and ch not in out:
-            try:
-                ch.encode(charset)
-            except UnicodeEncodeError:
-                out.append(ch)
+        if not ch.isascii() and ch not in out and not _holds(ch, charset) and not _holds(ch, "cp437"):
+            out.append(ch)
     return "".join(out)
+
+
+def _encode_line(text: str, charset: str) -> bytes:
+    """Text in the printer's Chinese encoding; a character outside it but in code page 437 (¥ is not in
+    GBK) leaves Chinese mode for its one byte (``FS .`` … ``FS &``)."""
+    codec = "big5" if charset == "big5" else "gb18030"
+    if charset == "gb18030":
+        return text.encode(codec, errors="replace")
+    out = bytearray()
+    for ch in text:
+        if ch.isascii() or _holds(ch, charset):
+            out += ch.encode(codec, errors="replace")
+        else:
+            out += b"\x1c." + ch.encode("cp437", errors="replace") + CHINESE_ON
+    return bytes(out)
 
 
 def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, *, cut: bool = True,
@@ -186,7 +207,6 @@ def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, 
     ``cut=False``: feed to the tear bar instead (no cutter). ``charset``: what the printer's font holds
     (Chinese goes as that encoding); a line with characters outside it goes to ``line_encoder`` (drawn
     as an image) when given, else those characters print as ``FALLBACK``."""
-    codec = "big5" if charset == "big5" else "gb18030"
     out = bytearray(ESC_INIT + CHINESE_ON)
     for b in doc.blocks:
         if isinstance(b, Text):
@@ -201,7 +221,7 @@ def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, 
             out += b"\x1ba" + bytes((_ALIGN[b.align],))
             out += b"\x1d!" + bytes((size,))
             out += b"\x1bE" + bytes((1 if b.bold else 0,))
-            out += text.encode(codec, errors="replace") + b"\n"
+            out += _encode_line(text, charset) + b"\n"
         elif isinstance(b, Feed):
             out += b"\x1bd" + bytes((max(0, min(b.lines, 255)),))
         elif isinstance(b, QR):

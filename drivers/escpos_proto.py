@@ -96,7 +96,7 @@ def paper_mm(lines: "list[Line]", cut: bool) -> float:
                 mm += LINE_MM
         else:
             mm += LINE_MM * line.height
-    return mm + (CUT_FEED_MM if cut else TEAR_FEED_MM)
+    return mm + (CUT_FEED_MM if cut else TEAR_FEED_MM)  # (a job ended by neither is counted as torn)
 
 
 def identify(n: int) -> bytes:
@@ -163,6 +163,7 @@ class ParsedJob:
     raw: bytes = b""
     cut: bool = False
     unknown: list[str] = field(default_factory=list)
+    torn: bool = False  # ended at the feed to the tear bar (a printer without a cutter)
 
     def text(self) -> str:
         return "\n".join(line.text for line in self.lines)
@@ -245,11 +246,11 @@ class EscPosParser:
             self._cur = None
         self.job.lines.append(Line(text, self._align, 1, 1, False, kind))
 
-    def _finish(self, cut: bool) -> None:
+    def _finish(self, cut: bool, torn: bool = False) -> None:
         self._decode()
         if self._cur is not None:  # text without LF before the cut is printed by the cut's feed
             self.job.lines.append(self._cur)
-        self.job.cut = cut
+        self.job.cut, self.job.torn = cut, torn
         job = self.job
         self._reset_job()
         self._on_job(job)
@@ -278,7 +279,7 @@ class EscPosParser:
             self._buf = self._buf[used:]
             if self._cut_pending:
                 self._cut_pending = False
-                self._finish(not self._tear)
+                self._finish(not self._tear, torn=self._tear)
                 self._tear = False
 
     def _step(self, b: bytes) -> int:

@@ -50,7 +50,7 @@ PERSONALITIES = {
     "write_only": Personality("write_only", dle_eot=False, gs_r=False, ident=None),
     "no_cutter": Personality("no_cutter", gs_r=False, ident=(0x20, 0x00, 0x10), cutter=False),
     "gbk": Personality("gbk", gs_r=False, ident=(0x20, 0x03, 0x10), font="gbk"),
-    "slow": Personality("slow", speed_mm_s=25.0, strings={66: "EPSON", 67: "TM-T20II"}),
+    "slow": Personality("slow", speed_mm_s=80.0, strings={65: "1.05", 66: "EPSON", 67: "TM-T20II"}),
 }
 
 
@@ -281,7 +281,7 @@ def main() -> None:
     ap.add_argument("--columns", type=int, default=48)
     ap.add_argument("--personality", choices=sorted(PERSONALITIES), default="generic",
                     help="what it plays: generic (answers everything), epson (and says it is a TM-T88V), clone (no GS r), write_only (no answers), "
-                         "no_cutter, gbk (GBK-only font), slow (25 mm/s)")
+                         "no_cutter, gbk (GBK-only font), slow (80 mm/s)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     p = VirtualPrinter(args.host, args.port, args.spool, args.columns, png=True, personality=args.personality).start()

@@ -16,7 +16,7 @@ def tickets(vp: VirtualPrinter, kind: str = "receipt") -> list[tuple[str, bool]]
         if (kind == "warm_tip") != is_tip or (kind == "receipt" and "实付" not in t and "不放价格" not in t):
             continue
         m = ORDER_RE.search(t)
-        if m and j.job.cut:
+        if m and (j.job.cut or j.job.torn):  # complete: cut, or fed to the tear bar (no cutter)
             out.append((m.group(1), "补打" in t))
     return out
 
