@@ -5,7 +5,8 @@
 #   add-store.sh --password STORE_ID [BROKER_HOST]   a password login (the simpler option; security-password.conf)
 #
 #   KIT_DIR   where passwd/acl/ca.crt/ca.key live (default /etc/mosquitto/store-agent)
-#   RELOAD=0  do not reload mosquitto (the default reloads it so the change applies at once)
+#   RELOAD=0  do not reload mosquitto (the default reloads the mosquitto service so the change applies at once:
+#             systemctl reload mosquitto, else a SIGHUP to the pid in $MOSQUITTO_PIDFILE, /run/mosquitto/mosquitto.pid)
 #
 # Certificate: STORE_ID.crt + STORE_ID.key (CN = STORE_ID, signed by the kit's CA) land in
 # $KIT_DIR/stores/. Earlier certificates of the store are revoked (crl.pem) and a password the store
@@ -25,14 +26,23 @@ dir="${KIT_DIR:-/etc/mosquitto/store-agent}"
 if [[ ! "$store" =~ ^[A-Za-z0-9_-]{1,64}$ ]]; then
     echo "add-store: '$store' is not a valid store_id ([A-Za-z0-9_-]{1,64})" >&2; exit 2
 fi
-case "$store" in hq|infodept) echo "add-store: '$store' is reserved for a non-store login" >&2; exit 2;; esac
+case "$store" in hq|infodept|tech) echo "add-store: '$store' is reserved for a non-store login" >&2; exit 2;; esac
 command -v mosquitto_passwd >/dev/null || { echo "add-store: mosquitto_passwd not found (apt-get install mosquitto)" >&2; exit 1; }
 umask 077
 mkdir -p "$dir/stores"
 
+# Reload the mosquitto *service* (never every mosquitto on the host: a test or demo broker may run beside it):
+# systemd's unit, else the pid in the service's pid file.
 reload() {
     if [[ "${RELOAD:-1}" != 0 ]]; then
-        systemctl reload mosquitto 2>/dev/null || pkill -HUP -x mosquitto 2>/dev/null || true
+        if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then
+            systemctl reload mosquitto && return 0
+        fi
+        local pidfile="${MOSQUITTO_PIDFILE:-/run/mosquitto/mosquitto.pid}"
+        if [[ -s "$pidfile" ]] && kill -HUP "$(cat "$pidfile")" 2>/dev/null; then
+            return 0
+        fi
+        echo "add-store: could not reload mosquitto (no active service, no $pidfile): reload it yourself" >&2
     fi
 }
 
