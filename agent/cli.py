@@ -253,7 +253,7 @@ def _daemon(config_path: str | None, command: str, args: dict, as_json: bool, sh
     if out.get("status") != "ok":
         if not as_json:
             click.echo(f"error: {out.get('error')}", err=True)
-        sys.exit(1)
+        sys.exit(2 if str(out.get("error") or "").startswith(("bad arguments", "unknown command")) else 1)
 
 
 def local_time(when) -> str:  # noqa: ANN001 - an ISO string or epoch seconds
@@ -296,7 +296,16 @@ def status(config_path: str | None, as_json: bool) -> None:
                 click.echo(f"         fix: {err['fix']}")
         for p in d["printers"]:
             click.echo(f"printer  {p['name']:<12} {p['state']:<12} {p['detail']}")
-        click.echo(f"audio    {d['audio']['state']}{' (silenced)' if d['audio']['silenced'] else ''}")
+            if p.get("profile"):
+                paper = p.get("paper") or {}
+                click.echo(f"         confirm {p.get('confirm')}, profile {p['profile']} ({p.get('profile_source')}), "
+                           f"{p.get('columns')} columns, {'cut' if p.get('cut') else 'feed to tear'}"
+                           + (f"; paper ~{paper['left_m']} m left (~{paper['tickets_left']} tickets)" if paper else "")
+                           + (f"; {p['print_s']} s/ticket" if p.get("print_s") else ""))
+        au = d["audio"]
+        click.echo(f"audio    {au['state']}" + (f" since {local_time(au['since'])}: {au['error']}" if au.get("error") else "")
+                   + (f" (silenced until {local_time(au['silenced_until'])}; store-agent silence --off)"
+                      if au.get("silenced_until") else " (silenced)" if au.get("silenced") else ""))
         click.echo(f"queue    {d['queue']['pending']} job(s) waiting")
         for a in d["alerts"]:
             click.echo(f"alert    {a['id']:<40} {a['state']:<12} {a['message']}")
@@ -349,12 +358,20 @@ def ack(alert_id: str | None, config_path: str | None, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("minutes", type=float)
+@click.argument("minutes", type=click.FloatRange(0, 720), required=False)
+@click.option("--off", is_flag=True, help="end the silence now (same as MINUTES 0)")
 @config_option
 @json_option
-def silence(minutes: float, config_path: str | None, as_json: bool) -> None:
-    """Mute chimes for MINUTES (LEDs keep showing)."""
-    _daemon(config_path, "silence", {"minutes": minutes}, as_json, lambda d: click.echo(f"silenced for {minutes:g} min"))
+def silence(minutes: float | None, off: bool, config_path: str | None, as_json: bool) -> None:
+    """Mute chimes for MINUTES (at most 720; LEDs keep showing). --off (or 0) ends it."""
+    if off and minutes:
+        raise click.UsageError("give MINUTES or --off, not both")
+    if minutes is None and not off:
+        raise click.UsageError("give MINUTES (1..720), or --off to end a silence")
+    minutes = 0.0 if off else float(minutes)
+    _daemon(config_path, "silence", {"minutes": minutes}, as_json,
+            lambda d: click.echo(f"chimes silenced until {local_time(d['silenced_until'])} (store-agent silence --off ends it)"
+                                 if d.get("silenced_until") else "chimes on again"))
 
 
 @main.command()
@@ -362,8 +379,9 @@ def silence(minutes: float, config_path: str | None, as_json: bool) -> None:
 @config_option
 @json_option
 def chime(sound: str, config_path: str | None, as_json: bool) -> None:
-    """Play a chime (new_order, exception, urgent, device_fault) to test the speaker."""
-    _daemon(config_path, "chime", {"sound": sound}, as_json, lambda d: click.echo(f"playing {sound}"))
+    """Play a chime (new_order, exception, urgent, device_fault) to test the speaker; waits until it played,
+    exit 1 with the reason when it did not (no sound card, silenced, quiet hours, sound disabled)."""
+    _daemon(config_path, "chime", {"sound": sound}, as_json, lambda d: click.echo(f"played {sound} ({d.get('played')})"))
 
 
 def tool_login_options(fn):  # noqa: ANN001, ANN201
@@ -557,12 +575,16 @@ def send(event_file: str | None, config_path: str | None, as_json: bool, wait_s:
             sys.exit(1)
 
 
-@main.command()
+@main.group("printers", invoke_without_command=True)
 @config_option
 @json_option
-def printers(config_path: str | None, as_json: bool) -> None:
+@click.pass_context
+def printers(ctx: click.Context, config_path: str | None, as_json: bool) -> None:
     """The configured printers with their state (from the running agent, else asked directly), and the USB
-    receipt printers pyusb can see: ids, permissions, and whether the config uses them."""
+    receipt printers pyusb can see: ids, permissions, and whether the config uses them.
+    `printers probe NAME`: what a printer does; `printers profiles`: the printer database."""
+    if ctx.invoked_subcommand is not None:
+        return
     from drivers.usbscan import UsbScanError, scan  # noqa: PLC0415
 
     cfg = None
@@ -595,6 +617,124 @@ def printers(config_path: str | None, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['vendor_id']:04x}:{r['product_id']:04x}  bus {r['bus']} addr {r['address']}  {r['product'] or '?'}"
                    f"  {'rw ok' if r['writable'] else 'NO PERMISSION (udev rule?)'}  {'configured' if r['configured'] else 'not configured'}")
+
+
+def _yn(v) -> str:  # noqa: ANN001
+    return "?" if v is None else ("yes" if v else "no")
+
+
+def show_probe(d: dict) -> None:
+    caps = d.get("caps") or {}
+    name = d["printer"]
+    if not caps.get("reachable", True):
+        click.echo(f"{name}: cannot reach it: {caps.get('error')}")
+        return
+    if not caps.get("dle_eot"):
+        click.echo(f"{name}: no answer to DLE EOT: a write-only printer (or the wrong port)? If it prints, set "
+                   f"status_query = false for it: it then prints unconfirmed")
+    elif caps.get("deferred"):
+        click.echo(f"{name}: answers DLE EOT but is {caps['deferred']}: probe again once it can print")
+    else:
+        ident = caps.get("ident") or {}
+        model = " ".join(str(ident[k]) for k in ("maker", "model") if ident.get(k)) or "not reported"
+        click.echo(f"{name}: answers DLE EOT yes, GS r 1 {_yn(caps.get('gs_r'))}, cutter {_yn(caps.get('cutter'))}, model {model}"
+                   + (f", firmware {ident['firmware']}" if ident.get("firmware") else ""))
+        if not caps.get("gs_r"):
+            click.echo("  it cannot confirm that a ticket printed: with confirm = \"auto\" its tickets print unconfirmed")
+    out = d.get("output") or {}
+    click.echo(f"  confirm   {d.get('confirm')}")
+    click.echo(f"  profile   suggested {d['suggested_profile']} ({d['why']}); in use {out.get('profile')} ({out.get('source')})")
+    if out:
+        click.echo(f"  layout    {out['columns']} columns, QR {out['qr']}, {'cut' if out['cut'] else 'feed to the tear bar'}, "
+                   f"charset {out['charset']}, {out['render']} mode")
+
+
+@printers.command("probe")
+@click.argument("name", required=False)
+@config_option
+@json_option
+def printers_probe(name: str | None, config_path: str | None, as_json: bool) -> None:
+    """Ask printer NAME (default: the first) what it does: DLE EOT, GS r 1, GS I (model, cutter); suggest a
+    profile. Through the running agent's connection, else directly when the agent is not running."""
+    from .control import ControlError, call  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    try:
+        out = call(cfg.state_dir, "probe", {"printer": name}, timeout=30)
+    except ControlError:
+        out = None
+    if out is None:  # no agent: ask the printer ourselves
+        from drivers.printers import make_printer  # noqa: PLC0415
+
+        from .printerfacts import confirm_word  # noqa: PLC0415
+        from .printing import printer_settings  # noqa: PLC0415
+        from .profiles import choose, suggest  # noqa: PLC0415
+
+        idx = next((i for i, p in enumerate(cfg.printers) if name in (None, p.name)), None)
+        if idx is None:
+            msg = f"no printer {name!r}; configured: {', '.join(p.name for p in cfg.printers)}"
+            emit_json(False, {}, msg) if as_json else click.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+        p = cfg.printers[idx]
+        drv = make_printer(p.connection, p.name, **printer_settings(cfg, idx))
+        if not hasattr(drv, "probe"):
+            msg = f"printer {p.name} ({p.connection}) cannot be asked anything: it has no status channel"
+            emit_json(False, {}, msg) if as_json else click.echo(f"error: {msg}", err=True)
+            sys.exit(1)
+        try:
+            caps = drv.probe()
+        finally:
+            drv.close()
+        profile, why = suggest(caps, p.paper_width_mm)
+        out = {"status": "ok", "data": {"printer": p.name, "caps": caps, "suggested_profile": profile, "why": why,
+                                        "output": choose(p, caps).as_dict(), "confirm": confirm_word(drv, caps)}}
+    if as_json:
+        emit_json(out.get("status") == "ok", out.get("data") or {}, out.get("error"))
+    elif out.get("status") == "ok":
+        show_probe(out["data"])
+    else:
+        click.echo(f"error: {out.get('error')}", err=True)
+    reachable = ((out.get("data") or {}).get("caps") or {}).get("reachable", True)
+    sys.exit(0 if out.get("status") == "ok" and reachable else 1)
+
+
+@printers.command("profiles")
+@json_option
+def printers_profiles(as_json: bool) -> None:
+    """The printer database python-escpos ships (escpos-printer-db): what each profile sets."""
+    from drivers.escpos_caps import profiles as db  # noqa: PLC0415
+
+    rows = []
+    for name, prof in sorted(db().items()):
+        feats = prof.get("features") or {}
+        width = (prof.get("media") or {}).get("width") or {}
+        cols = ((prof.get("fonts") or {}).get("0") or {}).get("columns")
+        rows.append({"profile": name, "vendor": prof.get("vendor"), "width_mm": width.get("mm"), "dots": width.get("pixels"),
+                     "columns": cols, "cutter": bool(feats.get("paperFullCut") or feats.get("paperPartCut")),
+                     "qr": bool(feats.get("qrCode")), "raster": bool(feats.get("bitImageRaster"))})
+    if as_json:
+        emit_json(True, {"profiles": rows})
+        return
+    click.echo(f"{'profile':<16} {'vendor':<16} {'mm':>6} {'dots':>6} {'cols':>4}  cutter  qr   raster")
+    for r in rows:
+        click.echo(f"{r['profile']:<16} {str(r['vendor'] or ''):<16} {str(r['width_mm'] or '?'):>6} {str(r['dots'] or '?'):>6} "
+                   f"{str(r['columns'] or '?'):>4}  {_yn(r['cutter']):<6}  {_yn(r['qr']):<3}  {_yn(r['raster'])}")
+
+
+@main.group("paper")
+def paper_group() -> None:
+    """The paper-left forecast."""
+
+
+@paper_group.command("loaded")
+@click.argument("printer", required=False)
+@config_option
+@json_option
+def paper_loaded(printer: str | None, config_path: str | None, as_json: bool) -> None:
+    """A new roll is in PRINTER (default: the first): the paper count starts again."""
+    _daemon(config_path, "paper_loaded", {"printer": printer}, as_json,
+            lambda d: click.echo(f"{d['printer']}: new roll; the last one gave {d['last_roll_m']} m; "
+                                 f"about {d['paper']['tickets_left']} tickets on this one ({d['paper']['left_m']} m)"))
 
 
 def _printer_target(p) -> str:  # noqa: ANN001 - PrinterConfig

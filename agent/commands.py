@@ -51,7 +51,7 @@ class AckArgs(_Args):
 
 
 class SilenceArgs(_Args):
-    minutes: float = Field(gt=0, le=720)
+    minutes: float = Field(ge=0, le=720, description="0 ends a silence")
 
 
 class NoArgs(_Args):
@@ -72,8 +72,19 @@ ARGS: dict[str, type[_Args]] = {
     "queue": NoArgs,
     "status": NoArgs,
 }
+class PrinterArgs(_Args):
+    printer: Optional[str] = Field(None, max_length=32)
+
+
 # local (CLI) only: not part of the MQTT command set of the contract
-LOCAL_ARGS: dict[str, type[_Args]] = {"led": LedArgs}
+LOCAL_ARGS: dict[str, type[_Args]] = {"led": LedArgs, "probe": PrinterArgs, "paper_loaded": PrinterArgs}
+
+
+def local_iso(epoch: float) -> Optional[str]:
+    """An epoch as ISO 8601 with the machine's UTC offset (what a person reads), None for 0."""
+    from datetime import datetime  # noqa: PLC0415
+
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds") if epoch else None
 
 
 def reply(transaction: Any, data: Optional[dict] = None, error: Optional[str] = None) -> dict:
@@ -143,8 +154,14 @@ class Commands:
 
         if a.sound not in SOUNDS:
             raise CommandError(f"unknown sound {a.sound!r}; one of {', '.join(SOUNDS)}")
-        self.agent.annunciator.request(a.sound)
-        return {"sound": a.sound}
+        ann = self.agent.annunciator
+        outcome = ann.play_now(a.sound)
+        if outcome.startswith("muted: "):
+            raise CommandError(f"{a.sound} not played: {outcome[len('muted: '):]}")
+        if outcome.startswith("error: "):
+            raise CommandError(f"{a.sound} did not play: {outcome[len('error: '):]}; fix: plug in the speaker or USB "
+                               "sound card, check sound.device and alsamixer (store-agent doctor)")
+        return {"sound": a.sound, "played": outcome}
 
     def _ack(self, a: AckArgs) -> dict:
         if a.alert_id is not None and self.agent.alerts.get(a.alert_id) is None:
@@ -154,12 +171,39 @@ class Commands:
 
     def _silence(self, a: SilenceArgs) -> dict:
         self.agent.annunciator.silence(a.minutes)
-        return {"silenced_until": self.agent.annunciator.silenced_until}
+        return {"silenced_until": local_iso(self.agent.annunciator.silenced_until) if a.minutes > 0 else None}
 
     def _led(self, a: LedArgs) -> dict:
         if self.agent.annunciator.exception_led is None and self.agent.annunciator.status_led is None:
             raise CommandError("no LEDs configured ([gpio] enabled = true)")
         return {"patterns": self.agent.annunciator.led_test(a.step_s)}
+
+    def _printer_name(self, name: Optional[str]) -> str:
+        names = [p.name for p in self.agent.cfg.printers]
+        if name is None:
+            return names[0]
+        if name not in names:
+            raise CommandError(f"no printer {name!r}; configured: {', '.join(names)}")
+        return name
+
+    def _probe(self, a: PrinterArgs) -> dict:
+        """Ask the printer what it does now (through the agent's own connection: never a second one)."""
+        from .profiles import choose, suggest  # noqa: PLC0415
+
+        name = self._printer_name(a.printer)
+        drv = self.agent.printers[name]
+        p = next(p for p in self.agent.cfg.printers if p.name == name)
+        if not hasattr(drv, "probe"):
+            raise CommandError(f"printer {name} ({p.connection}) cannot be asked anything: it has no status channel")
+        caps = drv.probe()
+        profile, why = suggest(caps, p.paper_width_mm)
+        return {"printer": name, "caps": caps, "suggested_profile": profile, "why": why,
+                "output": choose(p, caps).as_dict(), **self.agent.printer_facts.view(name)}
+
+    def _paper_loaded(self, a: PrinterArgs) -> dict:
+        name = self._printer_name(a.printer)
+        last_m = self.agent.printer_facts.loaded(name)
+        return {"printer": name, "last_roll_m": round(last_m, 2), "paper": self.agent.printer_facts.forecast(name)}
 
     def _queue(self, _: NoArgs) -> dict:
         now = self.agent.clock()
@@ -178,8 +222,11 @@ class Commands:
             "mqtt": {"connected": a.link.connected, "subscribed": a.link.subscribed,
                      "broker": f"{a.cfg.mqtt.host}:{a.cfg.mqtt.port}", "last_error": a.link.error_info()},
             "printers": [{"name": w.name, "state": w.status.state, "detail": w.status.detail,
-                          "last_print_at": w.last_print_at} for w in a.workers.values()],
-            "audio": {"state": a.annunciator.audio_state, "silenced": a.annunciator.silenced_until > a.clock()},
+                          "last_print_at": w.last_print_at, **a.printer_facts.view(w.name)} for w in a.workers.values()],
+            "audio": {"state": a.annunciator.audio_state, "error": a.annunciator.audio_error or None,
+                      "since": local_iso(a.annunciator.audio_since),
+                      "silenced": a.annunciator.silenced_until > a.clock(),
+                      "silenced_until": local_iso(a.annunciator.silenced_until) if a.annunciator.silenced_until > a.clock() else None},
             "alerts": [{"id": x.id, "code": x.code, "state": x.state, "message": x.message} for x in a.alerts.open_alerts()],
             "queue": {"pending": sum(a.journal.open_job_counts().values()), "oldest_s": a.journal.oldest_open_age(a.clock())},
         }
