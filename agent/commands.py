@@ -237,7 +237,8 @@ class Commands:
         for p in a.cfg.printers:
             t0 = time.monotonic()
             st = a.printers[p.name].status()
-            printers.append({"name": p.name, "state": st.state, "detail": st.detail, "answer_ms": round(1000 * (time.monotonic() - t0), 1)})
+            printers.append({"name": p.name, "state": st.state, "detail": st.detail, "answer_ms": round(1000 * (time.monotonic() - t0), 1),
+                             **a.printer_facts.view(p.name)})
         disk = shutil.disk_usage(a.cfg.state_dir)
         return {
             **self._status(NoArgs()),

@@ -119,6 +119,7 @@ def run_checks(cfg: Optional[Config], *, config_path: str = "", config_error: st
         good = st["state"] in ("ready", "paper_low") or (p.connection == "file" and st["state"] == "unknown")
         out.append(Check(f"printer {p.name}", good, f"{p.connection}: {st['state']} {st.get('detail', '')}".strip(),
                          printer_fix(p, st["state"], st.get("detail", "")) or "see README troubleshooting"))
+        out += _printer_facts(p.name, st)
     usb = [p for p in cfg.printers if p.connection == "usb"]
     if usb:
         try:
@@ -291,12 +292,41 @@ def _login_check(cfg: Config, settings, topics, tool: Optional[ToolLogin], take_
     return Check("broker login", True, f"accepts this store's login {login} (its status was {was})")
 
 
+def _printer_facts(name: str, st: dict) -> list[Check]:
+    """What the running agent knows of a printer beyond its state: confirmation, layout, paper left."""
+    if not st.get("confirm"):
+        return []
+    out = []
+    confirm = st["confirm"]
+    words = {"gs_r": (True, "yes: every ticket confirmed by the printer (GS r 1)", ""),
+             "unsupported": (None, "no: the printer does not answer GS r 1, tickets print unconfirmed",
+                             "a ticket cut off mid-way is reprinted once (补打), then the store is asked to look"),
+             "off": (None, "no: confirm = none or a write-only printer, tickets print unconfirmed", ""),
+             "unprobed": (None, "not known yet: the printer has not been probed (it was never ready)",
+                          f"store-agent printers probe {name}")}
+    ok, detail, fix = words.get(confirm, (None, confirm, ""))
+    out.append(Check(f"printer {name} confirms", ok, detail, fix))
+    if st.get("profile"):
+        out.append(Check(f"printer {name} layout", True,
+                         f"profile {st['profile']} ({st.get('profile_source')}), {st.get('columns')} columns, QR {st.get('qr')}, "
+                         f"{'cut' if st.get('cut') else 'feed to the tear bar'}" + (f", model {st['model']}" if st.get("model") else "")))
+    paper = st.get("paper")
+    if paper:
+        low = paper["tickets_left"] <= 40
+        out.append(Check(f"printer {name} paper", not low,
+                         f"~{paper['left_m']} m left of {paper['roll_m']} m (~{paper['tickets_left']} tickets)"
+                         + (", roll length learnt from the near-end sensor" if paper.get("learnt") else ""),
+                         "put a new roll in, then: store-agent paper loaded " + name if low else ""))
+    return out
+
+
 def _from_agent_only(data: dict) -> list[Check]:
     """Printers and audio as the running agent reports them (the config file does not load)."""
     out = []
     for p in data.get("printers", []):
         out.append(Check(f"printer {p['name']}", p["state"] in ("ready", "paper_low"), f"{p['state']} {p.get('detail', '')}".strip(),
                          PRINTER_FIXES.get(p["state"], "see README troubleshooting")))
+        out += _printer_facts(p["name"], p)
     audio = (data.get("audio") or {})
     if audio:
         out.append(Check("audio", audio.get("state") != "failed", f"agent audio {audio.get('state')}"

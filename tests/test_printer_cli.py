@@ -54,6 +54,10 @@ def test_probe_paper_and_status_through_the_running_agent(tmp_path, broker, hq_f
         assert vp._conn_no == conns  # asked through the agent's own connection, never a second one
         r = cli(cfg, "status")
         assert "confirm gs_r, profile TM-T88V (probe), 42 columns, cut; paper ~" in r.stdout, r.stdout
+        r = cli(cfg, "doctor")
+        assert "printer counter confirms" in r.stdout and "yes: every ticket confirmed" in r.stdout, r.stdout
+        assert "profile TM-T88V (probe), 42 columns, QR native, cut, model EPSON TM-T88V" in r.stdout
+        assert "m left of 50.0 m" in r.stdout
         used = agent.workers["counter"].paper_mm
         assert used > 100
         r = cli(cfg, "paper", "loaded")
@@ -95,3 +99,12 @@ def test_low_paper_alert_before_the_sensor_trips(tmp_path, broker, hq_factory, s
         assert wait_until(lambda: any(a["code"] == "printer.paper_left" for a in alerts()), 30)
         a = next(a for a in alerts() if a["code"] == "printer.paper_left")
         assert "纸卷约剩" in a["message"] and a["severity"] == "info" and a["audience"] == "store"
+
+
+def test_doctor_says_a_clone_prints_unconfirmed(tmp_path, broker, hq_factory, store_id, make_agent):
+    with VirtualPrinter(personality="clone") as vp:
+        make_agent(broker.port, vp.port, store_id)
+        cfg = write_toml(tmp_path / "c.toml", agent_config(tmp_path / "state", broker.port, vp.port, store_id))
+        r = cli(cfg, "doctor")
+        assert "the printer does not answer GS r 1, tickets print unconfirmed" in r.stdout, r.stdout
+        assert "[FAIL] printer counter" not in r.stdout
