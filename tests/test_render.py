@@ -63,3 +63,29 @@ def test_no_price_list_receipt_has_no_price():
     EscPosParser(jobs.append).feed(to_escpos(TicketRenderer(store_name="s", store_phone="").render("receipt", ev, columns=32)))
     text = jobs[0].text()
     assert "¥" not in text and "[处方]" in text and "发票" in text and "x2" in text
+
+
+def test_charsets_keep_text_mode_text_and_draw_only_what_the_font_lacks():
+    """A receipt of ordinary Chinese stays text in every charset (bytes per receipt printed for the record);
+    a name the font lacks is drawn as an image line, alone; emoji become the placeholder, never an image."""
+    from agent.messages import parse_stored
+    from agent.preview import encode
+    from agent.render import FALLBACK, Document, Text
+    from agent.tickets import TicketRenderer
+    from conftest import DATA
+
+    raw = (DATA / "examples" / "order-created-meituan.json").read_bytes()
+    doc = TicketRenderer(store_name="示例大药房", store_phone="1").render("receipt", parse_stored(raw), columns=48)
+    sizes = {cs: encode(doc, charset=cs) for cs in ("gb18030", "gbk", "gb2312", "big5")}
+    print("bytes per receipt:", {cs: len(b) for cs, b in sizes.items()})
+    for cs in ("gb18030", "gbk", "gb2312"):
+        assert b"\x1dv0" not in sizes[cs], cs  # no raster: text mode stayed text mode
+    # big5 fonts hold traditional characters: this receipt's simplified ones are drawn (README: charset)
+    assert sizes["big5"].count(b"\x1dv0") > 10
+    assert len(sizes["gbk"]) <= len(sizes["gb18030"]) * 1.05
+    names = Document("t", 48, (Text("顾客: 王䶮"), Text("顾客: 喆"), Text("备注: 🎉 谢谢")))
+    for cs, images in (("gb18030", 0), ("gbk", 1), ("gb2312", 2)):
+        b = encode(names, charset=cs)
+        assert b.count(b"\x1dv0") == images, cs
+    b = encode(names, charset="gb18030")
+    assert FALLBACK.encode("gb18030") in b and "🎉".encode("gb18030") not in b
