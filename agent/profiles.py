@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Optional
 
 from drivers.escpos_caps import CapabilitiesError, profiles
+from drivers.preview import DOT
 
 GENERIC = {58: "simple", 80: "default"}
 DOTS = {58: 384, 80: 576}
@@ -81,6 +82,7 @@ def choose(p: Any, caps: Optional[Mapping[str, Any]] = None) -> Output:
     if source != "paper width":  # a named model: its own font A columns (a 42-column Epson is not a 48-column clone)
         columns = _int(((prof.get("fonts") or {}).get("0") or {}).get("columns")) or columns
     dots = _int(((prof.get("media") or {}).get("width") or {}).get("pixels")) or DOTS[p.paper_width_mm]
+    columns = max(16, min(columns, dots // DOT))  # a drawn line (image mode, a glyph the font lacks) fits the head
     if p.qr != "auto":
         qr = p.qr
     else:
