@@ -29,6 +29,7 @@ from .mqtt import Inbound, MqttLink, MqttSettings
 from .notify import Notifier, Webhook, md_text
 from .outbox import INTERNAL_PREFIX, Outbox
 from .printerfacts import PrinterFacts
+from .profiles import choose
 from .printing import Inflight, PrintWorker, build_printers
 from .remote import RemoteConfig
 from .requests import RequestDesk
@@ -325,9 +326,11 @@ class Agent:
         self.link.start()  # `online` follows the subscription: the first order finds all of the above done
         self.housekeeper.start()
 
-    def _formats(self) -> set[tuple[int, str, str]]:
-        """(columns, render, qr) of each printer: what the warm-up renders a sample order for."""
-        return {(p.columns, p.render, p.qr) for p in self.cfg.printers}
+    def _formats(self, cfg: Optional[Config] = None) -> set[tuple[int, str, str]]:
+        """(columns, render, qr) of each printer as its profile and probe lay it out: what the warm-up
+        renders a sample order for."""
+        outs = [choose(p, self.printer_facts.caps(p.name)) for p in (cfg or self.cfg).printers]
+        return {(o.columns, o.render, o.qr) for o in outs}
 
     def _await_printers(self, budget_s: float) -> None:
         """Warm start (issue 17): wait, at most ``budget_s``, for each printer's first status answer,
@@ -353,7 +356,7 @@ class Agent:
     def _apply_live(self, cfg: Config) -> None:
         old, self.cfg = self.cfg, cfg
         old_renderer, self.renderer = self.renderer, self._make_renderer(cfg)
-        self.renderer.warm({(p.columns, p.render, p.qr) for p in cfg.printers})
+        self.renderer.warm(self._formats(cfg))
         for a in self.alerts.open_alerts():
             if a.code == "agent.template_failed":  # new templates: a failure will be raised again if it recurs
                 self.alerts.clear(a.id, "模板已更新")
