@@ -3,6 +3,10 @@
 Runs on its own thread: a slow or broken audio device never delays intake or printing. A chime
 that cannot play raises an ``audio.failed`` device alert (cleared by the next good chime).
 
+One audio truth: ``audio_state`` is ``ok`` only once sound has gone out through the device (20 ms of
+silence at start, ``Chime.check``, then every chime), ``failed`` with ``audio_error`` (one line: why)
+when it did not, ``disabled`` without sound; ``status``, ``doctor``, health and the alert all say it.
+
 LEDs: the exception LED is solid while a device fault is open, blinks while store alerts wait for
 acknowledgement, and is off otherwise; the status LED is steady while the broker is connected and
 blinks slowly while it is not.
@@ -14,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Optional
@@ -67,8 +72,10 @@ class Annunciator:
         self.local_now = local_now
         self.silenced_until = 0.0
         self.played: list[tuple[float, str, str]] = []  # (time, sound, backend or error) — the last 100
-        self.audio_state = "ok" if chime else "disabled"
-        self._sounds: queue.Queue[str] = queue.Queue(maxsize=50)
+        self.audio_state = "unchecked" if chime else "disabled"
+        self.audio_error = ""  # one line: why the last chime (or the check) did not play
+        self.audio_since = clock()
+        self._sounds: queue.Queue[tuple[str, Optional[Future]]] = queue.Queue(maxsize=50)
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -76,6 +83,15 @@ class Annunciator:
 
     # -- control
     def start(self) -> None:
+        check = getattr(self.chime, "check", None)  # a Chime without one (the demo's) keeps its state
+        if check is not None:
+            try:
+                check()
+                self._audio_ok()
+            except AudioError as e:
+                self._audio_failed(f"sound check: {e}")
+            except Exception as e:  # noqa: BLE001 - never stops the agent from starting
+                self._audio_failed(f"sound check: {type(e).__name__}: {e}")
         self._thread = threading.Thread(target=self._run, name="annunciator", daemon=True)
         self._thread.start()
 
@@ -84,16 +100,40 @@ class Annunciator:
         if self._thread:
             self._thread.join(5)
 
-    def request(self, sound: str) -> None:
+    def request(self, sound: str, done: Optional[Future] = None) -> None:
         if sound == "none":
             return
         try:
-            self._sounds.put_nowait(sound)
+            self._sounds.put_nowait((sound, done))
         except queue.Full:
             log.warning("chime queue full; %s dropped", sound)
+            if done is not None:
+                done.set_result("error: the chime queue is full")
+
+    def play_now(self, sound: str, timeout: float = 20.0) -> str:
+        """Queue ``sound`` and wait until it played: the backend, ``muted: why``, or ``error: why``."""
+        if self._thread is None or not self._thread.is_alive():
+            return "error: the sound thread is not running"
+        done: Future = Future()
+        self.request(sound, done)
+        try:
+            return done.result(timeout)
+        except Exception:  # noqa: BLE001 - a timeout: the sound thread is stuck on the device
+            return f"error: no end of the chime within {timeout:g}s (the sound device hangs)"
 
     def silence(self, minutes: float) -> None:
-        self.silenced_until = self.clock() + minutes * 60
+        """Mute chimes for ``minutes``; 0 ends a silence."""
+        self.silenced_until = self.clock() + minutes * 60 if minutes > 0 else 0.0
+
+    def mute_reason(self) -> str:
+        """Why a chime now would not sound ('' when it would)."""
+        if not self.settings.enabled or self.chime is None:
+            return "sound is disabled in the config (sound.enabled)"
+        if self.clock() < self.silenced_until:
+            return "chimes are silenced (store-agent silence --off ends it)"
+        if in_quiet_hours(self.settings.quiet_hours, self.local_now()) and not self.settings.quiet_volume:
+            return f"quiet hours {self.settings.quiet_hours} (sound.quiet_volume = 0)"
+        return ""
 
     def led_test(self, step_s: float = 1.5) -> list[str]:
         """Cycle every LED through each pattern (for a technician), then hand back to the alerts."""
@@ -124,11 +164,13 @@ class Annunciator:
 
     def _step(self) -> None:
         try:
-            sound = self._sounds.get(timeout=0.25)
+            sound, done = self._sounds.get(timeout=0.25)
         except queue.Empty:
-            sound = None
+            sound, done = None, None
         if sound:
-            self._play(sound)
+            outcome = self._play(sound)
+            if done is not None:
+                done.set_result(outcome)
         now = self.clock()
         for a in self.alerts.open_alerts():
             if a.repeat_s and not a.acknowledged and now - self._last_played.get(a.id, a.since) >= a.repeat_s:
@@ -143,25 +185,37 @@ class Annunciator:
             return self.settings.quiet_volume or None
         return self.settings.volume
 
-    def _play(self, sound: str) -> None:
+    def _play(self, sound: str) -> str:
         volume = self._volume()
         if self.chime is None or volume is None:
             self._remember(sound, "muted")
-            return
+            return f"muted: {self.mute_reason() or 'muted'}"
         try:
             backend = self.chime.play(find_sound(sound), volume)
         except AudioError as e:
             self._remember(sound, f"error: {e}")
-            if self.audio_state != "failed":
-                log.error("chime %s failed: %s", sound, e)
-            self.audio_state = "failed"
-            self.alerts.raise_("audio:default", "audio.failed", f"提示音无法播放: {e}", severity="critical",
-                               needs_ack=False, sound="none", escalate_after_s=0)
-            return
+            self._audio_failed(f"chime {sound}: {e}")
+            return f"error: {e}"
         self._remember(sound, backend)
+        self._audio_ok()
+        return backend
+
+    def _audio_failed(self, why: str) -> None:
+        if self.audio_state != "failed" or why != self.audio_error:
+            log.error("audio: %s", why)
+        if self.audio_state != "failed":
+            self.audio_since = self.clock()
+        self.audio_state, self.audio_error = "failed", why
+        self.alerts.raise_("audio:default", "audio.failed", f"提示音无法播放: {why}", severity="critical",
+                           needs_ack=False, sound="none", escalate_after_s=0)
+
+    def _audio_ok(self) -> None:
         if self.audio_state == "failed":
             self.alerts.clear("audio:default", "提示音已恢复")
-        self.audio_state = "ok"
+            log.info("audio: sound plays again")
+        if self.audio_state != "ok":
+            self.audio_since = self.clock()
+        self.audio_state, self.audio_error = "ok", ""
 
     def _remember(self, sound: str, outcome: str) -> None:
         self.played.append((self.clock(), sound, outcome))

@@ -137,18 +137,7 @@ def run_checks(cfg: Optional[Config], *, config_path: str = "", config_error: st
         out.append(Check("udev rule", rule.exists(), str(rule), "sudo ./install.sh (installs the rule)"))
 
     # audio, gpio
-    if cfg.sound.enabled:
-        aplay = shutil.which("aplay")
-        if not aplay:
-            out.append(Check("audio", False, "aplay not installed", "apt-get install alsa-utils"))
-        else:
-            r = subprocess.run([aplay, "-l"], capture_output=True, text=True, timeout=10)
-            has = "card" in r.stdout
-            state = data.get("audio", {}).get("state")
-            out.append(Check("audio", has and state != "failed", f"{'sound card present' if has else 'no sound card'}"
-                             + (f", agent audio {state}" if state else ""), "plug in the speaker / USB sound card; check alsamixer"))
-    else:
-        out.append(Check("audio", None, "sound disabled in config"))
+    out.append(_audio_check(cfg, data.get("audio") if daemon else None))
     if cfg.gpio.enabled:
         from drivers.gpio import GpioError, make_pin_factory  # noqa: PLC0415
 
@@ -320,6 +309,27 @@ def _printer_facts(name: str, st: dict) -> list[Check]:
     return out
 
 
+AUDIO_FIX = "plug in the speaker or USB sound card; check sound.device (aplay -l lists the cards) and alsamixer"
+
+
+def _audio_check(cfg: Config, agent_audio: Optional[dict]) -> Check:
+    """One audio truth: the running agent's (it has played through the device), else the same check it makes
+    at start (20 ms of silence down the chime's path) made here."""
+    if not cfg.sound.enabled:
+        return Check("audio", None, "sound disabled in config (sound.enabled)")
+    if agent_audio:
+        state, err = agent_audio.get("state"), agent_audio.get("error")
+        return Check("audio", state == "ok", f"agent audio {state}" + (f": {err}" if err else "")
+                     + (" (silenced)" if agent_audio.get("silenced") else ""), AUDIO_FIX)
+    from drivers.audio import AudioError, make_chime  # noqa: PLC0415
+
+    try:
+        backend = make_chime(cfg.sound.device).check()
+        return Check("audio", True, f"sound device {cfg.sound.device} plays ({backend})")
+    except AudioError as e:
+        return Check("audio", False, f"sound device {cfg.sound.device}: {e}", AUDIO_FIX)
+
+
 def _from_agent_only(data: dict) -> list[Check]:
     """Printers and audio as the running agent reports them (the config file does not load)."""
     out = []
@@ -330,7 +340,7 @@ def _from_agent_only(data: dict) -> list[Check]:
     audio = (data.get("audio") or {})
     if audio:
         out.append(Check("audio", audio.get("state") != "failed", f"agent audio {audio.get('state')}"
-                         + (f": {audio['error']}" if audio.get("error") else ""), audio.get("fix") or "store-agent chime new_order"))
+                         + (f": {audio['error']}" if audio.get("error") else ""), AUDIO_FIX))
     return out
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import wave
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -42,9 +43,42 @@ def check_device(device: str) -> str:
 class Chime(Protocol):
     def play(self, wav: Path, volume: float = 1.0) -> str: ...
 
+    def check(self) -> str: ...
+
+
+SCALED_CACHE_SIZE = 16  # (sound, volume) pairs kept: 4 sounds at a few volumes (normal, quiet hours)
+_scaled: "OrderedDict[tuple, tuple[bytes, int, int, int]]" = OrderedDict()
+_scaled_lock = threading.Lock()
+scaled_stats = {"hits": 0, "misses": 0}  # for the tests: a chime is scaled once per (sound, volume)
+
 
 def scaled_wav(path: Path, volume: float) -> tuple[bytes, int, int, int]:
-    """(PCM frames, channels, bytes per sample, rate) of a 16-bit WAV at ``volume`` (0..1)."""
+    """(PCM frames, channels, bytes per sample, rate) of a 16-bit WAV at ``volume`` (0..1).
+
+    Scaled once per (file, its size and mtime, volume) and kept in a small LRU cache (``SCALED_CACHE_SIZE``):
+    a chime played again costs a dictionary look-up, not a pass over every sample."""
+    v = round(max(0.0, min(float(volume), 1.0)), 3)
+    try:
+        st = Path(path).stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, v)
+    except OSError as e:
+        raise AudioError(f"cannot read {path}: {e.strerror or e}") from e
+    with _scaled_lock:
+        hit = _scaled.get(key)
+        if hit is not None:
+            _scaled.move_to_end(key)
+            scaled_stats["hits"] += 1
+            return hit
+    out = _scale(path, v)
+    with _scaled_lock:
+        scaled_stats["misses"] += 1
+        _scaled[key] = out
+        while len(_scaled) > SCALED_CACHE_SIZE:
+            _scaled.popitem(last=False)
+    return out
+
+
+def _scale(path: Path, v: float) -> tuple[bytes, int, int, int]:
     try:
         with wave.open(str(path), "rb") as w:
             channels, width, rate = w.getnchannels(), w.getsampwidth(), w.getframerate()
@@ -56,9 +90,8 @@ def scaled_wav(path: Path, volume: float) -> tuple[bytes, int, int, int]:
     samples = array.array("h", frames)
     if sys.byteorder == "big":
         samples.byteswap()
-    v = max(0.0, min(volume, 1.0))
     if v < 1.0:
-        samples = array.array("h", (int(s * v) for s in samples))
+        samples = array.array("h", [int(s * v) for s in samples])
     if sys.byteorder == "big":
         samples.byteswap()
     return samples.tobytes(), channels, width, rate
@@ -72,6 +105,59 @@ def _wav_bytes(pcm: bytes, channels: int, width: int, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm)
     return buf.getvalue()
+
+
+_ALSA_PREFIX = re.compile(r"^(ALSA lib [^ ]+:\([^)]*\) |aplay: [a-z_]+:\d+: )")
+
+
+def one_line(stderr: str) -> str:
+    """aplay's and ALSA's stderr (often ten ``ALSA lib pcm.c:…`` lines) as the one line that says why:
+    aplay's own verdict when there is one, else ALSA's last line, without the source-file prefixes."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    if not lines:
+        return ""
+    own = [ln for ln in lines if ln.startswith("aplay:")]
+    pick = (own or lines)[-1]
+    reason = _ALSA_PREFIX.sub("", pick)
+    if "audio open error" in reason or "Unknown PCM" in reason or "No such file or directory" in reason:
+        return f"the sound device cannot be opened ({reason}): no sound card, or sound.device names one that is not there"
+    if "Device or resource busy" in reason:
+        return f"the sound device is busy ({reason}): another program holds it"
+    return reason[:200]
+
+
+_alsa_handler = None  # keeps the ctypes callback alive
+
+
+def quiet_alsa() -> None:
+    """ALSA prints its errors (``ALSA lib pcm.c:2666:(snd_pcm_open_noupdate) Unknown PCM default`` and ten more)
+    straight to the process's stderr, which is the journal: in-process (simpleaudio) its handler is set to one
+    that says nothing. The reason still reaches the caller as AudioError, in one line."""
+    global _alsa_handler
+    if _alsa_handler is not None:
+        return
+    try:
+        import ctypes  # noqa: PLC0415
+        import ctypes.util  # noqa: PLC0415
+
+        lib = ctypes.CDLL(ctypes.util.find_library("asound") or "libasound.so.2")
+        handler_t = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p)
+        _alsa_handler = handler_t(lambda *args: None)
+        lib.snd_lib_error_set_handler(_alsa_handler)
+    except (OSError, AttributeError) as e:
+        log.debug("ALSA error handler not set: %s", e)
+
+
+def silence_wav(ms: int = 20, rate: int = 16000) -> Path:
+    """A short silent WAV (for the audio check: the same path as a chime, nothing audible)."""
+    import tempfile  # noqa: PLC0415
+
+    path = Path(tempfile.gettempdir()) / f"store-agent-silence-{ms}ms.wav"
+    if not path.exists():
+        tmp = path.with_suffix(f".{__import__('os').getpid()}.tmp")
+        tmp.write_bytes(_wav_bytes(b"\0\0" * (rate * ms // 1000), 1, 2, rate))
+        tmp.replace(path)
+    return path
 
 
 class SystemChime:
@@ -96,6 +182,7 @@ class SystemChime:
         try:
             import simpleaudio  # noqa: PLC0415
 
+            quiet_alsa()
             return simpleaudio
         except Exception as e:  # noqa: BLE001 - ImportError or a broken build
             log.info("simpleaudio unavailable (%s); using aplay", e)
@@ -128,12 +215,19 @@ class SystemChime:
                     )
                     if r.returncode == 0:
                         return "aplay"
-                    errors.append(f"aplay: {r.stderr.decode(errors='replace').strip() or f'exit {r.returncode}'}")
+                    errors.append(f"aplay: {one_line(r.stderr.decode(errors='replace')) or f'exit {r.returncode}'}")
                 except subprocess.TimeoutExpired:
                     errors.append(f"aplay: no end after {self.timeout_s}s")
                 except OSError as e:
                     errors.append(f"aplay: {e}")
-        raise AudioError("; ".join(errors))
+        # one line: aplay's verdict says it all when both tried (simpleaudio fails the same way, more verbosely)
+        tried_aplay = [e for e in errors if e.startswith("aplay: ")]
+        raise AudioError(tried_aplay[-1] if tried_aplay and len(errors) > 1 else "; ".join(errors))
+
+    def check(self) -> str:
+        """Play 20 ms of silence down the same path as a chime: the backend that works, else AudioError
+        with the one-line reason. The one truth about audio for ``status`` and ``doctor``."""
+        return self.play(silence_wav(), 1.0)
 
 
 def make_chime(device: str = "default", use_simpleaudio: bool = True) -> Chime:

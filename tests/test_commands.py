@@ -46,7 +46,9 @@ def test_status_over_mqtt_echoes_the_transaction(running):
     [
         ("explode", {}, None, "unknown command"),
         ("silence", {"minutes": "ten"}, None, "bad arguments for silence: minutes"),
-        ("silence", {"minutes": 0}, None, "minutes"),
+        ("silence", {"minutes": -1}, None, "minutes"),
+        ("silence", {"minutes": 721}, None, "minutes"),
+        ("chime", {"sound": "urgent"}, None, "urgent not played: sound is disabled in the config"),
         ("reprint", {}, None, "order_id"),
         ("reprint", {"order_id": "NOPE"}, None, "no order NOPE"),
         ("test_print", {"printer": "nope"}, None, "no printer named"),
@@ -83,9 +85,10 @@ def test_queue_diagnose_chime_silence_test_print(running, vprinter):
     vprinter.set_mode("ready")
     assert request(hq, "test_print")["status"] == "ok"
     assert vprinter.wait_for(lambda v: any("打印测试页" in j.text for j in v.jobs), 15)
-    assert request(hq, "chime", {"sound": "urgent"})["status"] == "ok"
     assert request(hq, "silence", {"minutes": 5})["status"] == "ok"
     assert agent.annunciator.silenced_until > agent.clock()
+    request(hq, "silence", {"minutes": 0}, transaction="tx-off")  # issue 18, finding 9: 0 ends it
+    assert wait_until(lambda: agent.annunciator.silenced_until <= agent.clock(), 10)
 
 
 def test_cli_talks_to_the_running_agent(running, vprinter):
