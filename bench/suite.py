@@ -1,12 +1,21 @@
 """Benchmark suite on loopback: mosquitto + the agent process + the virtual printer, against a naive baseline.
 
-    .venv/bin/python bench/suite.py [--quick] [--paced N] [--burst N] [--orders N] [--idle-s S]
-                                    [--chunk N] [--workdir DIR] [--keep]
+    .venv/bin/python bench/suite.py [--quick] [--pi [--quota 15]] [--paced N] [--paced10 N] [--burst N]
+                                    [--orders N] [--idle-s S] [--chunk N] [--agent-root DIR ...]
+                                    [--workdir DIR] [--keep]
 
-``--quick`` is a smoke run (paced 10, burst 200, orders 1000, idle 10 s: about 65 s). The default
-run (paced 60, burst 1000, orders 10000, idle 30 s) took 6.5 minutes on a 2-core machine (about 45
-orders/s in the 10k phase); ``--orders 2000`` shortens it. Prints figures only (no assertions); progress goes to stderr, the report
-to stdout.
+``--quick`` is a smoke run (paced 10, 10/s 30, burst 200, orders 1000, idle 10 s: about 70 s). The
+default run (paced 60, 10/s 100, burst 1000, orders 10000, idle 30 s) took 6.5 minutes on a 2-core
+machine (about 45 orders/s in the 10k phase); ``--orders 2000`` shortens it. Prints figures only (no
+assertions); progress goes to stderr, the report to stdout.
+
+``--agent-root DIR`` (repeatable) measures the agent of another checkout, each in turn with its own
+store, state_dir and virtual printer, then the baseline once: ``git worktree add /tmp/before <commit>``
+and ``--agent-root /tmp/before --agent-root .`` give before/after columns from one run (the closing
+"Issue 17 figures" table). ``--pi`` runs the agent (and the baseline) inside a CPU quota of ``--quota``
+% of one core, pinned to one CPU (bench/quota.py: cgroup v2, cgroup v1 or a SIGSTOP/SIGCONT duty
+cycle, whichever this machine allows; cgroups need root), with smaller phases (paced 30, 10/s 50,
+burst 200, no orders phase, idle 10 s); see docs/PERFORMANCE.md for what a quota does and does not model.
 
 What runs: a private mosquitto with the recommended settings (agent.devbroker.DevBroker); the virtual
 ESC/POS printer (drivers.vprinter) in this process; the agent as its own process (``python -m agent.cli
@@ -36,6 +45,9 @@ How each figure is measured:
 (f) start-up: Popen of the agent -> the retained "online" arriving on stores/<store>/status at a
     subscriber (the agent publishes it right after sending SUBSCRIBE on the same connection). 3 starts,
     median: the first with an empty state_dir, then two restarts on it (SIGTERM in between).
+(h) CPU per order (issue 17): utime+stime of the agent over the paced, the 10/s and the burst phase,
+    / orders; also net of the idle rate of (d) over the phase's wall time. First order after start: at
+    each of the 3 starts of (f) one order is published the moment "online" arrives, publish -> cut.
 (g) the same (a)/(b) for the naive baseline; agent/baseline ratios of p50 latency and throughput;
     median fsync of 4 KiB (write + flush, then os.fsync timed, 50 times) in the agent's state_dir; and
     agent p50 - baseline p50 (paced) in ms and in fsyncs, beside the bound 2 fsyncs + 3 ms.
@@ -194,14 +206,13 @@ def spawn_agent_from(root: Path, config_path: Path, log_path: Path, *, wrapper: 
                      quota: Optional["CpuQuota"] = None) -> subprocess.Popen:
     """``store-agent run`` from the checkout at ``root`` (tests/conftest.py ``spawn_agent`` for another
     tree: its ``agent`` package comes first on sys.path), optionally under ``wrapper`` (a script run
-    with the agent's argv after it) and inside ``quota`` (joined before exec, so every thread and
-    child of the agent is in it)."""
+    with the agent's argv after it) and inside ``quota`` (joined right after the fork, from here,
+    while the interpreter is still starting: every thread and child of the agent is made inside it)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     argv = ["-m", "agent.cli", "run", "--config", str(config_path), "--log-level", "info"]
     cmd = [sys.executable] + (wrapper + argv if wrapper else argv)
-    proc = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=str(root),
-                            preexec_fn=quota.enter if quota else None)
+    proc = subprocess.Popen(cmd, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, env=env, cwd=str(root))
     if quota:
         quota.watch(proc.pid)
     return proc
@@ -583,6 +594,10 @@ def main() -> None:
                          "(bench/quota.py); paced 30, 10/s 50, burst 200, no orders phase, idle 10 s")
     ap.add_argument("--quota", type=float, default=15.0, help="with --pi: %% of one core (default 15)")
     ap.add_argument("--quota-method", default="auto", choices=("auto", "cgroup2", "cgroup1", "duty"))
+    ap.add_argument("--quota-period-us", type=int, default=10_000,
+                    help="with --pi: the quota's period (default 10 000 us: an order's few ms of CPU are spread over "
+                         "several periods, as on a slower core; with 100 000 us a single order fits in one budget "
+                         "and runs at full speed)")
     ap.add_argument("--paced", type=int, help="orders at 1 per --interval (default 60; quick 10)")
     ap.add_argument("--paced10", type=int, help="orders at 10 per s after the paced phase (default 100; quick 30)")
     ap.add_argument("--interval", type=float, default=1.0, help="paced interval in s (default 1)")
@@ -617,7 +632,7 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-suite-", dir=base))
     procs: list[subprocess.Popen] = []
-    quota = CpuQuota(a.quota, method=a.quota_method) if pi else None
+    quota = CpuQuota(a.quota, period_us=a.quota_period_us, method=a.quota_method) if pi else None
     M: dict[str, Any] = {"machine": machine(), "mount": mount_of(work), "quota": quota.describe() if quota else None}
     progress(f"work dir {work} on {M['mount'][0]} ({M['mount'][2]}); {P}" + (f"; quota: {M['quota']}" if quota else ""))
     agents: list[dict[str, Any]] = []
