@@ -135,8 +135,8 @@ class Annunciator:
             return f"quiet hours {self.settings.quiet_hours} (sound.quiet_volume = 0)"
         return ""
 
-    def led_test(self, step_s: float = 1.5) -> list[str]:
-        """Cycle every LED through each pattern (for a technician), then hand back to the alerts."""
+    def led_test(self, step_s: float = 1.5, patterns: Optional[list[str]] = None) -> list[str]:
+        """Cycle every LED through each pattern (or only ``patterns``) for a technician, then hand back to the alerts."""
         from drivers.gpio import PATTERNS  # noqa: PLC0415
 
         leds = [led for led in (self.exception_led, self.status_led) if led is not None]
@@ -144,13 +144,13 @@ class Annunciator:
             return []
         self._led_test = True
         try:
-            for pattern in ("on", "off", "blink", "slow_blink"):
+            for pattern in patterns or ("on", "off", "blink", "slow_blink"):
                 for led in leds:
                     led.show(pattern)
                 self._stop.wait(step_s)
         finally:
             self._led_test = False
-        return [p for p in PATTERNS]
+        return list(patterns) if patterns else [p for p in PATTERNS]
 
     # -- loop
     def _run(self) -> None:

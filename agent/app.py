@@ -65,6 +65,10 @@ class Agent:
         self.restart_requested: Optional[str] = None  # why the supervisor should restart this agent
         self.topics = Topics(cfg.mqtt.topic_prefix, cfg.store_id)
         state = Path(cfg.state_dir)
+        if not (state / "journal.sqlite3").exists():  # issue 18, finding 14: a deleted state_dir is not silent
+            log.warning("no journal in %s%s: a new journal starts. Expected at a first start; otherwise the history "
+                        "is gone: queued tickets, open alerts, and the ids of orders already printed (an order HQ sends "
+                        "again may print again)", state, "" if state.exists() else " (the directory did not exist)")
         state.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._journal_failing = False
         self.journal = Journal(state / "journal.sqlite3", max_rejected_bytes=cfg.intake.max_payload_bytes,

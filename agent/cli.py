@@ -52,6 +52,10 @@ class _Group(click.Group):
                 emit_json(False, {}, f"config error: {e}")
             click.echo(f"config error: {e}", err=True)
             sys.exit(2)
+        except BrokenPipeError:  # `store-agent config show | head`: the reader has what it wanted
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # nothing more to flush at exit: no second BrokenPipeError
+            sys.exit(0)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - one line unless --debug
@@ -125,7 +129,9 @@ def config_show(config_path: str | None, as_json: bool, file_only: bool) -> None
 
     cfg = load_config(config_path)
     remote = None if file_only else RemoteConfig(cfg)
-    data = redacted(remote.effective() if remote else cfg)
+    eff = remote.effective() if remote else cfg
+    data = redacted(eff)
+    data["mqtt"]["client_id"] = eff.client_id  # the default filled in, like every other key (never "")
     if as_json:
         emit_json(True, data)
         return
@@ -256,6 +262,13 @@ def _daemon(config_path: str | None, command: str, args: dict, as_json: bool, sh
         sys.exit(2 if str(out.get("error") or "").startswith(("bad arguments", "unknown command")) else 1)
 
 
+def _age(seconds) -> str:  # noqa: ANN001
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
 def local_time(when) -> str:  # noqa: ANN001 - an ISO string or epoch seconds
     """A time as the technician's clock shows it: HH:MM:SS today, else YYYY-MM-DD HH:MM."""
     from datetime import datetime  # noqa: PLC0415
@@ -322,8 +335,13 @@ def queue(config_path: str | None, as_json: bool) -> None:
     def show(d: dict) -> None:
         if not d["jobs"]:
             click.echo("queue empty")
+            return
+        click.echo(f"{'job':>6} {'printer':<12} {'state':<9} {'document':<9} {'order':<20} {'age':>7} {'tries':>5}  note")
         for j in d["jobs"]:
-            click.echo(f"{j['job']:>6} {j['printer']:<12} {j['state']:<9} {j['document']:<9} {j['order_id'] or '-':<20} attempts {j['attempts']}{' 补打' if j['reprint'] else ''}")
+            note = " ".join(x for x in ("补打" if j["reprint"] else "",
+                                         f"printer {j['printer_state']}" if j.get("printer_state") not in (None, "ready", "paper_low") else "") if x)
+            click.echo(f"{j['job']:>6} {j['printer']:<12} {j['state']:<9} {j['document']:<9} {j['order_id'] or '-':<20} "
+                       f"{_age(j.get('age_s')):>7} {j['attempts']:>5}  {note}")
 
     _daemon(config_path, "queue", {}, as_json, show)
 
@@ -334,7 +352,9 @@ def queue(config_path: str | None, as_json: bool) -> None:
 @json_option
 def reprint(order_id: str, config_path: str | None, as_json: bool) -> None:
     """Print an order's receipt and warm-tip card again, marked 补打."""
-    _daemon(config_path, "reprint", {"order_id": order_id}, as_json, lambda d: click.echo(f"reprinting {order_id}: {', '.join(d['jobs'])}"))
+    _daemon(config_path, "reprint", {"order_id": order_id}, as_json,
+            lambda d: click.echo(f"reprint of {order_id} queued ({', '.join(d['jobs'])}) on {d.get('printer', '?')}"
+                                 + _printer_note(d)))
 
 
 @main.command("test-print")
@@ -344,7 +364,17 @@ def reprint(order_id: str, config_path: str | None, as_json: bool) -> None:
 def test_print(printer: str | None, config_path: str | None, as_json: bool) -> None:
     """Print a test page (default printer unless PRINTER is given)."""
     args = {"printer": printer} if printer else {}
-    _daemon(config_path, "test_print", args, as_json, lambda d: click.echo(f"test page queued on {d['printer']}"))
+    _daemon(config_path, "test_print", args, as_json,
+            lambda d: click.echo(f"test page queued on {d['printer']}" + _printer_note(d)))
+
+
+def _printer_note(d: dict) -> str:
+    """What the printer's state means for what was just queued (issue 18, finding 12)."""
+    state, waiting = d.get("state"), d.get("waiting", 0)
+    if state in ("ready", "paper_low", None):
+        return f"; printer {state or '?'}" + (f", {waiting} ticket(s) ahead of it or with it" if waiting > 1 else "")
+    return (f"; but the printer is {state}" + (f" ({d['detail']})" if d.get("detail") else "")
+            + f": it prints when that is fixed ({waiting} ticket(s) waiting; store-agent status)")
 
 
 @main.command()
@@ -447,8 +477,16 @@ def doctor(config_path: str | None, as_json: bool, username: str, password_file:
 @config_option
 @json_option
 def led(step_s: float, config_path: str | None, as_json: bool) -> None:
-    """Cycle the LEDs through on, off, blink and slow blink (to check the wiring), then back to normal."""
-    _daemon(config_path, "led", {"step_s": step_s}, as_json, lambda d: click.echo("LED patterns shown: on, off, blink, slow_blink"))
+    """Cycle the LEDs through on, off, blink and slow blink (to check the wiring), saying each step as it shows
+    it, then back to normal."""
+    if as_json:
+        _daemon(config_path, "led", {"step_s": step_s}, as_json, lambda d: None)
+        return
+    steps = ("on", "off", "blink", "slow_blink")
+    for i, pattern in enumerate(steps, 1):
+        click.echo(f"now: {pattern:<10} ({i}/{len(steps)}, {step_s:g} s) both LEDs", nl=True)
+        _daemon(config_path, "led", {"step_s": step_s, "pattern": pattern}, False, lambda d: None)
+    click.echo("done: the LEDs show the agent's state again")
 
 
 @main.command()

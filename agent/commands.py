@@ -60,6 +60,7 @@ class NoArgs(_Args):
 
 class LedArgs(_Args):
     step_s: float = Field(1.5, gt=0, le=10)
+    pattern: Optional[str] = Field(None, description="show only this pattern for step_s (the CLI says each step)")
 
 
 ARGS: dict[str, type[_Args]] = {
@@ -135,7 +136,8 @@ class Commands:
             ids = self.agent.reprint(a.order_id)
         if not ids:
             raise CommandError(f"no order {a.order_id} in the journal")
-        return {"order_id": a.order_id, "jobs": ids}
+        printer = self.agent._default_printer()
+        return {"order_id": a.order_id, "jobs": ids, "printer": printer, **self._printer_state(printer)}
 
     def _test_print(self, a: TestPrintArgs) -> dict:
         names = [p.name for p in self.agent.cfg.printers]
@@ -147,7 +149,15 @@ class Commands:
             if any(j.type == "agent.test_page" and j.printer == name for j in jobs):
                 raise CommandError(f"a test page for {name} is already waiting to print")
             self.agent.test_print(a.printer)
-        return {"printer": name}
+        return {"printer": name, **self._printer_state(name)}
+
+    def _printer_state(self, name: str) -> dict:
+        """The printer's state now, so that "queued" never hides a printer that cannot print (issue 18, finding 12)."""
+        w = self.agent.workers.get(name)
+        if w is None:
+            return {"state": "unknown", "detail": "", "waiting": 0}
+        waiting = self.agent.journal.open_job_counts().get(name, 0)
+        return {"state": w.status.state, "detail": w.status.detail, "waiting": waiting}
 
     def _chime(self, a: ChimeArgs) -> dict:
         from drivers.audio import SOUNDS  # noqa: PLC0415
@@ -176,7 +186,11 @@ class Commands:
     def _led(self, a: LedArgs) -> dict:
         if self.agent.annunciator.exception_led is None and self.agent.annunciator.status_led is None:
             raise CommandError("no LEDs configured ([gpio] enabled = true)")
-        return {"patterns": self.agent.annunciator.led_test(a.step_s)}
+        from drivers.gpio import PATTERNS  # noqa: PLC0415
+
+        if a.pattern is not None and a.pattern not in PATTERNS:
+            raise CommandError(f"bad arguments for led: pattern: one of {', '.join(PATTERNS)}")
+        return {"patterns": self.agent.annunciator.led_test(a.step_s, [a.pattern] if a.pattern else None)}
 
     def _printer_name(self, name: Optional[str]) -> str:
         names = [p.name for p in self.agent.cfg.printers]
@@ -208,8 +222,13 @@ class Commands:
     def _queue(self, _: NoArgs) -> dict:
         now = self.agent.clock()
         jobs = self.agent.journal.open_jobs()
+        # each job's age (the journal's read connection; created_at is when the order was committed)
+        created = dict(self.agent.journal._read(  # noqa: SLF001 - one column Job does not carry
+            "SELECT id, created_at FROM jobs WHERE state IN ('queued','printing')"))
         return {"jobs": [{"job": j.id, "event_id": j.event_id, "order_id": j.order_id, "document": j.document,
-                          "printer": j.printer, "state": j.state, "attempts": j.attempts, "reprint": j.reprint}
+                          "printer": j.printer, "state": j.state, "attempts": j.attempts, "reprint": j.reprint,
+                          "age_s": round(now - created[j.id], 1) if j.id in created else None,
+                          "printer_state": self._printer_state(j.printer)["state"]}
                          for j in jobs],
                 "pending": len(jobs), "oldest_s": self.agent.journal.oldest_open_age(now)}
 
