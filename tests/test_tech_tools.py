@@ -7,6 +7,7 @@ All through the CLI, against the kit's broker as shipped (TLS, password logins, 
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,6 +106,9 @@ def test_doctor_never_logs_in_as_a_connected_store(tkit, store, tmp_path):
     r = cli(cfg_file, "doctor")
     assert "[--  ] broker login" in r.stdout and "not tried" in r.stdout and "--username tech" in r.stdout, r.stdout
     assert "[ok  ] broker" in r.stdout and "TLS verified" in r.stdout  # reached and verified without a login
+    # finding 16: the broker's own certificate is checked, beside the CA file's
+    assert re.search(r"\[ok  \] tls broker certificate the broker's certificate \(127.0.0.1\) expires in \d+ days", r.stdout), r.stdout
+    assert "tls ca_file" in r.stdout
     # with the tech login it reads the retained status: online, so it refuses
     r = cli(cfg_file, "doctor", *login(tkit, "tech"))
     assert r.returncode == 1
