@@ -115,7 +115,7 @@ class Housekeeper:
             agent={"version": __version__, "uptime_s": int(now - a.started_at)},
             mqtt={"connected": a.link.connected, "last_error": a.link.error_info()},
             printers=printers,
-            audio={"state": a.annunciator.audio_state},
+            audio={"state": a.annunciator.audio_state, **({"error": a.annunciator.audio_error} if a.annunciator.audio_error else {})},
             queue={"pending": sum(waiting.values()), "oldest_s": round(oldest, 1) if oldest is not None else None},
             alerts_open=len(a.alerts.open_alerts()),
             disk={"free_mb": free_mb},
@@ -126,7 +126,7 @@ class Housekeeper:
         a = self.agent
         signature = (
             tuple((w.name, w.status.state, w.status.error, w.output) for w in a.workers.values()),
-            a.annunciator.audio_state, a.link.connected, len(a.alerts.open_alerts()),
+            a.annunciator.audio_state, a.annunciator.audio_error, a.link.connected, len(a.alerts.open_alerts()),
         )
         due = time.monotonic() - self._health_sent >= a.cfg.health.publish_s
         if not (force or due or signature != self._health_signature) or not a.link.connected:

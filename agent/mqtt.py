@@ -279,7 +279,6 @@ class MqttLink:
         self.trouble = ConnectTrouble(f"{settings.host}:{settings.port}")
         self._refused = False  # this attempt already explained (a CONNACK refusal): its disconnect says nothing new
         self._socket_error = ""  # paho's last socket error text (it reports a lost connection as "Unspecified error")
-        self._closed_by_broker_at: Optional[float] = None
         self._self_closed = False  # kill_connection: the next disconnect is ours  # monotonic time the broker closed a working connection
         self._stopping = False
         self._redeliver_lock = threading.Lock()
@@ -431,14 +430,6 @@ class MqttLink:
                 return
             self._refused = False
             self._socket_error = ""
-            closed_at, self._closed_by_broker_at = self._closed_by_broker_at, None
-            if closed_at is not None and not self.trouble.failing and time.monotonic() - closed_at < 15:
-                # mosquitto (2.0.11, Debian/Raspberry Pi OS) ends the old connection of a taken-over session without
-                # a DISCONNECT reason: the broker closed it and let us straight back in, so another client holds
-                # this login
-                reason, fix = _REASONS[SESSION_TAKEN_OVER]
-                self.trouble.taken_over(f"{reason} ({self._login()}): the broker closed the connection and let this agent "
-                                        "straight back in", fix)
             self.trouble.connected()
             self.connected = True
             self.connects += 1
@@ -491,10 +482,15 @@ class MqttLink:
             reason = "the agent dropped the connection so that the broker resends what is not acknowledged"
             fix = "nothing: see the journal alert (agent.journal_failed) for why"
         elif was and not self._socket_error:  # a clean close by the broker: a take-over, a kick, or a restart
-            self._closed_by_broker_at = time.monotonic()
-            reason = "the broker closed the connection"
-            fix = ("if it lets the agent straight back in, another client logged in with this login (session taken "
-                   "over); else the broker restarted")
+            # mosquitto 2.0.11 (Debian, Raspberry Pi OS) ends the old connection of a taken-over session without a
+            # DISCONNECT reason. A broker that is stopping closes its port too: still listening = taken over.
+            if self._broker_listening():
+                reason, fix = _REASONS[SESSION_TAKEN_OVER]
+                self.trouble.taken_over(f"{reason} ({self._login()}): the broker closed this connection and is up; "
+                                        "the agent takes the session back when it reconnects", fix)
+                return
+            reason = "the broker closed the connection and is not listening (restarting or stopped)"
+            fix = "nothing if it is a restart: the agent reconnects by itself; tell the info department if it lasts"
         else:
             reason = f"connection lost ({self._socket_error or reason_code})"
             fix = "check the network and the broker; the agent reconnects by itself"
@@ -503,6 +499,14 @@ class MqttLink:
             self.trouble.lost(reason, fix)
         else:
             self.trouble.failed(reason, fix)
+
+    def _broker_listening(self) -> bool:
+        """A TCP connection to the broker's port, opened and closed at once (no MQTT: no session touched)."""
+        try:
+            with socket.create_connection((self.settings.host, self.settings.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
 
     def _login(self) -> str:
         s = self.settings

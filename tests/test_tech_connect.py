@@ -211,6 +211,39 @@ def test_session_taken_over_is_logged_by_the_agent(pkit, vprinter, tmp_path, age
     assert "session taken over" in st["last_error"]["error"] and st["last_error"]["failing_now"] is False
 
 
+def test_a_broker_restart_is_not_taken_for_a_take_over(own_broker, vprinter, tmp_path, agents):
+    """The take-over sign of mosquitto 2.0.11 (a clean close) is told apart from a restart (its port closes too);
+    health then carries why the store was away."""
+    cfg = agent_config(tmp_path / "state", own_broker.port, vprinter.port, "rs-1")
+    agent = RunningAgent(tmp_path, cfg)
+    agents.append(agent)
+    assert wait_until(lambda: agent.status()["mqtt"]["connected"], 20)
+    own_broker.stop()
+    assert wait_until(lambda: "nothing listens on" in agent.log(), 20), agent.log()
+    own_broker.start()
+    assert wait_until(lambda: agent.status()["mqtt"]["connected"], 20), agent.log()
+    log = agent.log()
+    assert "session taken over" not in log, log
+    assert "the broker closed the connection and is not listening (restarting or stopped)" in log
+    # health (retained, published once connected) says why the store was away, and that it is over
+    import paho.mqtt.client as paho  # noqa: PLC0415
+    from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+
+    got = []
+    c = paho.Client(CallbackAPIVersion.VERSION2, client_id="rs-watch", protocol=paho.MQTTv5)
+    c.on_message = lambda cl, u, m: got.append(json.loads(m.payload))
+    c.connect("127.0.0.1", own_broker.port)
+    c.subscribe("stores/rs-1/health", qos=1)
+    c.loop_start()
+    try:
+        assert wait_until(lambda: any((h["mqtt"].get("last_error") or {}).get("error") for h in got), 20), got
+        err = [h for h in got if (h["mqtt"].get("last_error") or {}).get("error")][-1]["mqtt"]["last_error"]
+        assert "nothing listens on" in err["error"] and err["failing_now"] is False and err["fix"], err
+    finally:
+        c.loop_stop()
+        c.disconnect()
+
+
 def test_debug_log_level_shows_debug_lines(tmp_path, vprinter, agents):
     cfg = agent_config(tmp_path / "state", free_port(), vprinter.port, "dbg-1")
     agent = RunningAgent(tmp_path, cfg, log_level="debug")
