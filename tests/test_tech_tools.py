@@ -194,3 +194,41 @@ def test_the_kit_has_no_deprecated_settings():
     r = subprocess.run([str(KIT / "add-store.sh"), "tech"], capture_output=True, text=True,
                        env={**os.environ, "KIT_DIR": "/nonexistent", "RELOAD": "0"})
     assert r.returncode == 2 and "reserved" in r.stderr
+
+
+# -- the kit in certificate mode: the login is the certificate's CN ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckit(tmp_path_factory):
+    from test_broker_kit import Kit, script  # noqa: PLC0415
+
+    k = Kit("cert", tmp_path_factory.mktemp("tech-cert"), stores=("kit-a",))
+    script("make-certs.sh", "--client", "tech", kit_dir=k.d)
+    yield k
+    k.stop()
+
+
+def cert(kit, name):
+    return ["--cert-file", str(kit.d / "clients" / f"{name}.crt"), "--key-file", str(kit.d / "clients" / f"{name}.key")]
+
+
+def test_certificate_kit_send_and_doctor_with_the_tech_certificate(ckit, vprinter, make_agent, tmp_path):
+    mqtt = {**ckit.store_mqtt("kit-a"), "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
+    agent = make_agent(ckit.port, vprinter.port, "kit-a", mqtt=mqtt)
+    hq = ckit.peer("hq")
+    cfg = agent_config(tmp_path / "elsewhere", ckit.port, vprinter.port, "kit-a")
+    cfg["mqtt"] = mqtt
+    cfg_file = write_toml(tmp_path / "copy.toml", cfg)
+    try:
+        connects = agent.link.connects
+        r = cli(cfg_file, "send", "--sample", "order-meituan", *cert(ckit, "tech"))
+        assert r.returncode == 0 and "result printed" in r.stdout, r.stdout + r.stderr
+        r = cli(cfg_file, "send", "--sample", "order-meituan", *cert(ckit, "hq"))
+        assert r.returncode == 2 and "hq is the login of HQ's order system" in r.stderr  # read from the certificate's CN
+        r = cli(cfg_file, "doctor", *cert(ckit, "tech"))
+        line = [ln for ln in r.stdout.splitlines() if "broker login" in ln][0]
+        assert line.startswith("[FAIL]") and "kit-a is in use" in line, r.stdout  # the store's login: its certificate's CN
+        assert "[ok  ] tls cert_file" in r.stdout and "tls broker certificate" in r.stdout
+        nobody_kicked(agent, hq, connects)
+    finally:
+        hq.close()
