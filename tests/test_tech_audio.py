@@ -61,6 +61,21 @@ def test_no_sound_card_is_one_truth_everywhere(tmp_path, broker, vprinter, agent
     assert agent.log().count("audio: sound check") == 1  # logged once, not at every chime
 
 
+def test_no_card_on_the_default_device_leaves_no_alsa_text_in_the_journal(tmp_path, broker, vprinter, agents):
+    """The default device goes through simpleaudio, in the agent's own process: ALSA would print its ten lines to
+    the agent's stderr (the journal) itself."""
+    home = tmp_path / "home"
+    home.mkdir()  # no .asoundrc: ALSA's default device, and this machine has no card
+    cfg = agent_config(tmp_path / "state", broker.port, vprinter.port, "au-def", sound={"enabled": True})
+    agent = RunningAgent(tmp_path, cfg, env={"HOME": str(home)})
+    agents.append(agent)
+    st = agent.status()["audio"]
+    assert st["state"] == "failed" and "cannot be opened" in st["error"], st
+    r = agent.cli("chime", "new_order", env={"HOME": str(home)})
+    assert r.returncode == 1 and "cannot be opened" in r.stderr
+    no_alsa_noise(agent.log() + r.stderr)
+
+
 def test_doctor_without_the_agent_checks_the_device_itself(tmp_path):
     from test_tech_connect import cli  # noqa: PLC0415
     from conftest import write_toml  # noqa: PLC0415

@@ -27,14 +27,14 @@ def cli(cfg_file, *args, env=None, timeout=60, stdin=None):
 class RunningAgent:
     """``store-agent run`` in a subprocess with a config file; its log and the CLI next to it."""
 
-    def __init__(self, tmp: Path, cfg: dict, log_level: str = "info"):
+    def __init__(self, tmp: Path, cfg: dict, log_level: str = "info", env: dict | None = None):
         tmp.mkdir(parents=True, exist_ok=True)
         self.cfg_file = write_toml(tmp / "agent.toml", cfg)
         self.log_path = tmp / "agent.log"
         self.state = Path(cfg["state_dir"])
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(self.cfg_file), "--log-level", log_level],
-            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(ROOT))
+            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT, cwd=str(ROOT), env={**os.environ, **(env or {})})
         assert wait_until(lambda: (self.state / "control.sock").exists() or self.proc.poll() is not None, 30), self.log()
         assert self.proc.poll() is None, self.log()
 
