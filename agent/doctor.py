@@ -45,6 +45,28 @@ def printer_fix(p, state: str, detail: str) -> str:  # noqa: ANN001 - PrinterCon
     return PRINTER_FIXES.get(state, "") if state not in ("ready", "paper_low") else ""
 
 
+def _ask_printer(cfg: Config, p) -> dict:  # noqa: ANN001 - PrinterConfig
+    """The printer's status, asked directly (no agent is running): a line, never a crash."""
+    from drivers.printers import make_printer  # noqa: PLC0415
+
+    from .printing import printer_settings  # noqa: PLC0415
+
+    drv = None
+    try:
+        drv = make_printer(p.connection, p.name, **printer_settings(cfg, cfg.printers.index(p)))
+        s = drv.status()
+        return {"state": s.state, "detail": s.detail}
+    except Exception as e:  # noqa: BLE001 - a missing driver library, a device that cannot be opened
+        return {"state": "unknown", "detail": f"{type(e).__name__}: {e}"}
+    finally:
+        close = getattr(drv, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+
+
 def _service_active() -> Optional[bool]:
     """systemd's word on the store-agent service (None: no systemd here)."""
     systemctl = shutil.which("systemctl")
@@ -110,12 +132,12 @@ def run_checks(cfg: Optional[Config], *, config_path: str = "", config_error: st
     states = {p["name"]: p for p in data.get("printers", [])}
     for p in cfg.printers:
         st = states.get(p.name)
+        if st is None and not daemon and sock.exists():  # an agent may hold the printer: no second connection
+            out.append(Check(f"printer {p.name}", None, f"{p.connection}: not asked: an agent may be using it "
+                             f"({sock} exists but did not answer)", f"run doctor with sudo or in group {CLI_GROUP}"))
+            continue
         if st is None:
-            from drivers.printers import make_printer  # noqa: PLC0415
-            from .printing import printer_settings  # noqa: PLC0415
-
-            s = make_printer(p.connection, p.name, **printer_settings(cfg, cfg.printers.index(p))).status()
-            st = {"state": s.state, "detail": s.detail}
+            st = _ask_printer(cfg, p)
         good = st["state"] in ("ready", "paper_low") or (p.connection == "file" and st["state"] == "unknown")
         out.append(Check(f"printer {p.name}", good, f"{p.connection}: {st['state']} {st.get('detail', '')}".strip(),
                          printer_fix(p, st["state"], st.get("detail", "")) or "see README troubleshooting"))

@@ -103,6 +103,9 @@ def test_not_root_gets_sudo_or_the_group_never_start_the_agent(running, monkeypa
     assert agent_line.startswith("[FAIL]") and "cannot ask the agent" in agent_line, r.output
     fix = r.output.split(agent_line, 1)[1].splitlines()[1]
     assert "use sudo, or join the store-agent-cli group" in fix and "systemctl start" not in fix, fix
+    # the agent may hold the printer: doctor does not open a second connection to it
+    assert "not asked: an agent may be using it" in lines_with(r.output, "printer counter")[0], r.output
+    assert "broker login       not tried" in r.output  # nor log in as the store beside it
 
 
 def test_no_writable_home_is_no_crash(running, tmp_path):
