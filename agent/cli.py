@@ -613,6 +613,92 @@ def send(event_file: str | None, config_path: str | None, as_json: bool, wait_s:
             sys.exit(1)
 
 
+@main.command()
+@config_option
+@json_option
+@click.option("--for", "for_s", default=None, type=click.FloatRange(0.5, 86400), help="stop after this many seconds (default: Ctrl-C)")
+@tool_login_options
+def watch(config_path: str | None, as_json: bool, for_s: float | None, username: str, password_file: str | None,
+          cert_file: str | None, key_file: str | None, take_over: bool) -> None:
+    """Watch what this store says on the broker: status, results, alerts, health, one line each as they come.
+    With the broker kit log in with its tech login (as for send); the store's own login, hq and infodept are refused."""
+    import time  # noqa: PLC0415
+
+    from .mqtt import MqttSettings, ToolClient  # noqa: PLC0415
+    from .remote import RemoteConfig  # noqa: PLC0415
+    from .toollogin import refusal  # noqa: PLC0415
+    from .topics import Topics  # noqa: PLC0415
+
+    if as_json and for_s is None:
+        raise click.UsageError("--json needs --for SECONDS (the answer is printed at the end)")
+    tool = _tool_login(username, password_file, cert_file, key_file)
+    cfg = RemoteConfig(load_config(config_path)).effective()
+    m = cfg.mqtt
+    if (m.username or m.cert_file) and not tool.given:
+        click.echo("watch: pass the broker kit's tech login (--username tech --password-file FILE, or --cert-file/--key-file)",
+                   err=True)
+        sys.exit(2)
+    why = refusal(cfg, tool.name, take_over=take_over) if tool.given else None
+    if why:
+        click.echo(f"watch: {why}", err=True)
+        sys.exit(2)
+    t = Topics(m.topic_prefix, cfg.store_id)
+    client_id = f"store-agent-watch-{os.getpid()}"
+    settings = tool.settings(cfg, client_id) if tool.given else MqttSettings(m.host, m.port, client_id, tls=m.tls, ca_file=m.ca_file)
+    seen: list[dict] = []
+
+    def line(topic: str, payload: bytes) -> dict:
+        text = payload.decode("utf-8", errors="replace")
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        kind = topic[len(t._t("")):] if topic.startswith(t._t("")) else topic  # noqa: SLF001
+        if kind == "status":
+            say = f"status   {text}"
+        elif kind == "orders/result" and isinstance(body, dict):
+            say = (f"result   {body.get('event_id')} {body.get('status')} {', '.join(body.get('documents') or [])}"
+                   + (f" on {body['printer']}" if body.get("printer") else "") + (f"  {body['error']}" if body.get("error") else ""))
+        elif kind == "alerts" and isinstance(body, dict):
+            say = f"alert    {body.get('id')} {body.get('state')}: {body.get('message')}"
+        elif kind == "health" and isinstance(body, dict):
+            printers = ", ".join(f"{p.get('name')} {p.get('state')}" for p in body.get("printers") or [])
+            say = (f"health   mqtt {'connected' if (body.get('mqtt') or {}).get('connected') else 'not connected'}; {printers}; "
+                   f"audio {(body.get('audio') or {}).get('state')}; queue {(body.get('queue') or {}).get('pending')}")
+        else:
+            say = f"{kind:<8} {text[:200]}"
+        return {"topic": topic, "at": local_time(time.time()), "line": say}
+
+    topics = [t.status, t.result, t.alerts, t.health]
+    try:
+        with ToolClient(settings, topics) as c:
+            if not as_json:
+                click.echo(f"watching {t._t('')}{{status, orders/result, alerts, health}} on {m.host}:{m.port}"  # noqa: SLF001
+                           + (f" for {for_s:g}s" if for_s else "; Ctrl-C ends"))
+            deadline = time.monotonic() + for_s if for_s else None
+            try:
+                while deadline is None or time.monotonic() < deadline:
+                    n = len(seen)
+                    c.wait_for(lambda msgs: len(msgs) > n, 0.5 if deadline is None else max(min(0.5, deadline - time.monotonic()), 0.01))
+                    for topic, payload in list(c.received)[n:]:
+                        entry = line(topic, payload)
+                        seen.append(entry)
+                        if not as_json:
+                            click.echo(f"{entry['at']}  {entry['line']}")
+                    if c.taken_over:
+                        raise ConnectionError(f"another client logged in as {tool.name or client_id} and took this tool's "
+                                              "session over (two tools with one login take it from each other)")
+            except KeyboardInterrupt:
+                pass
+    except ConnectionError as e:
+        if as_json:
+            emit_json(False, {"messages": seen}, str(e))
+        click.echo(f"watch: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        emit_json(True, {"messages": seen})
+
+
 @main.group("printers", invoke_without_command=True)
 @config_option
 @json_option

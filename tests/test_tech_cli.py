@@ -250,7 +250,7 @@ def test_every_command_has_one_json_shape(running, tmp_path):
     for args in (["status"], ["queue"], ["config", "show"], ["config", "check"], ["doctor"], ["printers"],
                  ["send", "--list"], ["ack"], ["silence", "5"], ["silence", "--off"], ["test-print"],
                  ["chime", "urgent"], ["reprint", "NOPE"], ["journal", "salvage"], ["led"],
-                 ["send", "--sample", "order-meituan"]):
+                 ["send", "--sample", "order-meituan"], ["watch", "--for", "1"]):
         r = running.cli(*args, "--json")
         out = shape(r)
         if args[0] in ("chime", "reprint", "journal", "led"):

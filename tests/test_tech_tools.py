@@ -232,3 +232,23 @@ def test_certificate_kit_send_and_doctor_with_the_tech_certificate(ckit, vprinte
         nobody_kicked(agent, hq, connects)
     finally:
         hq.close()
+
+
+def test_watch_with_the_tech_login_shows_what_the_store_says(tkit, store, vprinter):
+    agent, hq, cfg_file = store
+    connects = agent.link.connects
+    p = subprocess.Popen([sys.executable, "-m", "agent.cli", "watch", "--for", "6", "--config", str(cfg_file), *login(tkit, "tech")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    first = p.stdout.readline()
+    assert first.startswith("watching stores/kit-a/"), first + p.stderr.read()
+    from conftest import order  # noqa: PLC0415
+
+    hq.publish("stores/kit-a/orders", order(7, "watch"))
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    assert re.search(r"^\d\d:\d\d:\d\d  status   online$", out, re.M), out  # retained
+    assert re.search(r"result   evt-watch00007 printed receipt, warm_tip on counter", out), out
+    assert re.search(r"health   mqtt connected; counter ready", out), out
+    nobody_kicked(agent, hq, connects)
+    r = cli(cfg_file, "watch", "--for", "1", *login(tkit, "hq"))
+    assert r.returncode == 2 and "HQ's order system" in r.stderr
