@@ -116,9 +116,9 @@ def to_plain(value: Any) -> Any:
 
 # Memoised layout (issue 17): most of a ticket's values and lines are the same on every order (the
 # store, the wording, headings, rules), and printable()/wrap() go character by character. Only short
-# strings are kept (MEMO_CHARS), so the caches stay small (a few hundred KiB) whatever arrives.
+# strings are kept (MEMO_CHARS) and few of them (MEMO_ENTRIES), so the caches stay small (under 1 MiB).
 MEMO_CHARS = 200
-MEMO_ENTRIES = 4096
+MEMO_ENTRIES = 512  # the fixed lines of every ticket stay (used on each order); an order's own lines pass through
 
 
 @lru_cache(maxsize=MEMO_ENTRIES)

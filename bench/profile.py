@@ -112,6 +112,25 @@ def user_sys(pid: int) -> tuple[float, float]:
     return int(f[11]) / suite.CLK_TCK, int(f[12]) / suite.CLK_TCK
 
 
+def task_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime) of each thread of ``pid``, by OS thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            st = (task / "stat").read_text()
+        except OSError:
+            continue
+        f = st[st.rindex(")") + 2:].split()
+        out[int(task.name)] = (int(f[11]) + int(f[12])) / suite.CLK_TCK
+    return out
+
+
+def thread_names(spy: str, pid: int) -> dict[int, str]:
+    """OS thread id -> Python thread name (``py-spy dump``)."""
+    r = subprocess.run([spy, "dump", "--pid", str(pid), "--nonblocking"], capture_output=True, text=True, timeout=30)
+    return {int(m.group(1)): m.group(2) for m in re.finditer(r'^Thread (\d+) \([^)]*\): "([^"]*)"', r.stdout, re.M)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="profile the running agent (py-spy) in a paced and a burst run")
     ap.add_argument("--paced", type=int, default=100)
@@ -161,16 +180,23 @@ def main() -> None:
                                                  "--nonblocking", "--format", "raw", "--output", str(raw)] + (["--gil"] if a.gil else []),
                                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                     time.sleep(1.0)  # py-spy attached
-                c0, us0 = proc_cpu_s(proc.pid), user_sys(proc.pid)
+                c0, us0, tc0 = proc_cpu_s(proc.pid), user_sys(proc.pid), task_cpu(proc.pid)
                 ph = run_phase(rig, name, events, gap)
                 time.sleep(0.5 if gap else 2.5)  # the last outcome's lazy commit
-                cpu, us1 = proc_cpu_s(proc.pid) - c0, user_sys(proc.pid)
+                cpu, us1, tc1 = proc_cpu_s(proc.pid) - c0, user_sys(proc.pid), task_cpu(proc.pid)
+                names = thread_names(spy, proc.pid) if spy else {}
+                by_name: collections.Counter[str] = collections.Counter()
+                for tid, t in tc1.items():
+                    by_name[re.sub(r"-\d+$", "", names.get(tid, f"thread {tid}"))] += t - tc0.get(tid, 0.0)
                 lat = sorted(ph.lat_ms)
                 report += ["", f"## {name}: {ph.n} orders", "",
                            f"CPU per order {cpu / ph.n * 1000:.2f} ms (agent utime+stime {cpu:.2f} s); publish -> cut "
                            f"p50 {suite.pct(lat, 50):.1f} ms, p99 {suite.pct(lat, 99):.1f} ms",
                            f"of which user {(us1[0] - us0[0]) / ph.n * 1000:.2f} ms, system (kernel: sockets, "
                            f"fsync, thread wake-ups) {(us1[1] - us0[1]) / ph.n * 1000:.2f} ms"]
+                if by_name:  # the real split, SQLite and system calls included (/proc/<pid>/task/*/stat)
+                    report.append("CPU per order by thread: " + ", ".join(
+                        f"{k} {v / ph.n * 1000:.2f} ms" for k, v in by_name.most_common() if v > 0))
                 if spy_proc is not None:
                     spy_proc.send_signal(signal.SIGINT)
                     spy_proc.wait(30)
