@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import date, datetime
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -23,7 +24,7 @@ from .control import SOCKET_NAME, ControlServer
 from .faults import PrinterFaults, describe
 from .housekeeping import Housekeeper
 from .intake import OrderIntake
-from .journal import Journal
+from .journal import Job, Journal
 from .messages import OrderEvent
 from .mqtt import Inbound, MqttLink, MqttSettings
 from .notify import Notifier, Webhook, md_text
@@ -33,6 +34,7 @@ from .profiles import choose
 from .printing import Inflight, PrintWorker, build_printers
 from .remote import RemoteConfig
 from .requests import RequestDesk
+from .stats import ReportSchedule, Stats, period
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
 from .tickets import TicketRenderer
 from .timers import LocalTimers, TimerSettings, context_json
@@ -100,6 +102,7 @@ class Agent:
         self.faults = PrinterFaults(self)
         self.renderer = self._make_renderer(cfg)
         self.inflight = Inflight()  # claims: a job is never on two printers at once
+        self.stats = Stats(self.journal, clock)  # the day's figures (reports, P/S/stats)
         self.printer_facts = PrinterFacts(self)  # probe, layout, paper left, speed
         self.workers = {p.name: self._make_worker(p) for p in cfg.printers}
         self.rules = effective_rules(cfg.rules)
@@ -148,7 +151,7 @@ class Agent:
             renderer=self.renderer,
             on_done=self.outbox.on_done,
             on_status=self._on_printer_status,
-            on_printed=self.printer_facts.on_printed,
+            on_printed=self._on_printed,
             on_uncertain=self.printer_facts.on_uncertain,
             retry_s=self.cfg.print.retry_s,
             poll_s=self.cfg.health.printer_poll_s,
@@ -159,6 +162,25 @@ class Agent:
         )
         self.printer_facts.attach(p, w)
         return w
+
+    def _on_printed(self, name: str, mm: float, job: Job) -> None:
+        self.printer_facts.on_printed(name, mm)
+        self.stats.on_printed(job)
+
+    # -- reports (agent/stats.py)
+    def report(self, kind: str = "day", day: Optional[date] = None) -> dict:
+        """The figures of a period (``day``, ``week``, ``month``) around ``day`` (default: today)."""
+        first, last = period(kind, day, today=datetime.fromtimestamp(self.clock()).date())
+        return {"period": kind, **self.stats.report(first, last)}
+
+    def print_report(self, kind: str, first: date, last: date) -> None:
+        body = {"period": kind, **self.stats.report(first, last)}
+        self.print_internal(f"report-{kind}-{first}-{self.clock():.6f}", "report", {"report": body})
+
+    def report_schedule(self) -> ReportSchedule:
+        r = self.cfg.report
+        return ReportSchedule(self.journal, daily_at=r.daily_at, weekly_on=r.weekly_on, monthly=r.monthly,
+                              print_report=self.print_report, clock=self.clock)
 
     def _on_printer_status(self, name: str, st: PrinterStatus) -> None:
         self.printer_facts.on_status(name, st)
@@ -205,6 +227,7 @@ class Agent:
         return [(doc, printer) for _ in range(rule.copies) for doc in rule.documents]
 
     def _on_accepted(self, ev: OrderEvent) -> None:
+        self.stats.on_accepted(ev)
         rule = self.rules[ev.type]
         self.annunciator.request(rule.sound)
         keep = None
@@ -220,6 +243,7 @@ class Agent:
             self.alerts.clear_order(ev.order.id, keep=keep)
 
     def _publish_alert(self, alert: Alert) -> None:
+        self.stats.on_alert(alert)
         self.link.publish(self.topics.alerts, alert.payload())
         if alert.audience == "infodept" or (alert.state == "cleared" and alert.details.get("escalated")):
             title = f"[{self.cfg.store_id}] {alert.code} {alert.state}"

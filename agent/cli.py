@@ -901,6 +901,39 @@ def _configured_printers(cfg) -> list[dict]:  # noqa: ANN001 - Config
     return rows
 
 
+@main.command("report")
+@click.option("--day", "day", default=None, help="YYYY-MM-DD (default: today)")
+@click.option("--week", "period", flag_value="week", help="the 7 days ending with --day")
+@click.option("--month", "period", flag_value="month", help="the calendar month of --day")
+@click.option("--print", "print_it", is_flag=True, help="also print it as a slip")
+@config_option
+@json_option
+def report(day: str | None, period: str | None, print_it: bool, config_path: str | None, as_json: bool) -> None:
+    """The store's figures: orders and amounts per platform, tickets, 补打, printer faults, escalations,
+    alert response, follow-ups (a day by default)."""
+    _daemon(config_path, "report", {"period": period or "day", "day": day, "print": print_it}, as_json, show_report)
+
+
+def show_report(r: dict) -> None:
+    span = r["from_day"] if r["from_day"] == r["to_day"] else f"{r['from_day']} .. {r['to_day']}"
+    click.echo(f"{r.get('period', 'day')} {span}")
+    o = r["orders"]
+    click.echo(f"orders      {o['total']}  paid {o['paid_fen'] / 100:.2f}")
+    for name, p in o["by_platform"].items():
+        click.echo(f"  {name:<10} {p['orders']:>5}  paid {p['paid_fen'] / 100:.2f}")
+    click.echo("tickets     " + (", ".join(f"{k} {v}" for k, v in r["tickets"].items()) or "0"))
+    click.echo("reprints    " + (", ".join(f"{k} {v}" for k, v in r["reprints"].items()) or "0"))
+    click.echo("results     " + (", ".join(f"{k} {v}" for k, v in r["results"].items()) or "none other than printed"))
+    t = r["to_paper_s"]
+    click.echo(f"to paper    p50 {t['p50']} s  p95 {t['p95']} s  max {t['max']} s  ({t['n']} events)")
+    click.echo("faults      " + (", ".join(f"{k} {f['count']}x {f['minutes']} min" for k, f in r["faults"].items()) or "none"))
+    a = r["alert_response_s"]
+    click.echo(f"escalated   {r['escalations']}    alert response median {a['median']} s, max {a['max']} s ({a['n']})")
+    f = r["followups"]
+    click.echo(f"follow-ups  done {f['done']} (reached {f['reached']}, no answer {f['no_answer']}, declined {f['declined']})"
+               + (f", rate {f['rate']:.0%}" if f["rate"] is not None else "") + (f", due now {f['due']}" if f.get("due") is not None else ""))
+
+
 @main.group("journal")
 def journal_group() -> None:
     """The order journal (state_dir/journal.sqlite3)."""

@@ -9,7 +9,7 @@ import logging
 import shutil
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -63,6 +63,12 @@ class LedArgs(_Args):
     pattern: Optional[str] = Field(None, description="show only this pattern for step_s (the CLI says each step)")
 
 
+class ReportArgs(_Args):
+    period: Literal["day", "week", "month"] = "day"
+    day: Optional[str] = Field(None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="YYYY-MM-DD (default: today)")
+    print: bool = False
+
+
 ARGS: dict[str, type[_Args]] = {
     "reprint": ReprintArgs,
     "test_print": TestPrintArgs,
@@ -72,6 +78,7 @@ ARGS: dict[str, type[_Args]] = {
     "diagnose": NoArgs,
     "queue": NoArgs,
     "status": NoArgs,
+    "report": ReportArgs,
 }
 class PrinterArgs(_Args):
     printer: Optional[str] = Field(None, max_length=32)
@@ -218,6 +225,21 @@ class Commands:
         name = self._printer_name(a.printer)
         last_m = self.agent.printer_facts.loaded(name)
         return {"printer": name, "last_roll_m": round(last_m, 2), "paper": self.agent.printer_facts.forecast(name)}
+
+    def _report(self, a: ReportArgs) -> dict:
+        """The figures of a day, the 7 days ending with it, or its month; printed as a slip with ``print``."""
+        from datetime import date  # noqa: PLC0415
+
+        try:
+            day = date.fromisoformat(a.day) if a.day else None
+        except ValueError as e:
+            raise CommandError(f"day: {e}") from None
+        body = self.agent.report(a.period, day)
+        if a.print:
+            with self._queueing:
+                self._room_for(1)
+                self.agent.print_report(a.period, date.fromisoformat(body["from_day"]), date.fromisoformat(body["to_day"]))
+        return body
 
     def _queue(self, _: NoArgs) -> dict:
         now = self.agent.clock()

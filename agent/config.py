@@ -258,6 +258,22 @@ class GpioConfig(_Model):
     hold_s: float = Field(2.0, gt=0, description="holding the button this long prints a test page")
 
 
+def _check_hhmm(v: str) -> str:
+    if v and not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", v):
+        raise ValueError('a local time "HH:MM" (24 h), or "" for off')
+    return v
+
+
+class ReportConfig(_Model):
+    daily_at: Annotated[str, AfterValidator(_check_hhmm)] = Field(
+        "22:00", description='the daily report slip at this local time ("" = no slips)')
+    weekly_on: Literal["", "mon", "tue", "wed", "thu", "fri", "sat", "sun"] = Field(
+        "sun", description="the weekly report slip (the 7 days ending that day) on this day, at daily_at (\"\" = off)")
+    monthly: bool = Field(True, description="the monthly report slip (the month before) on the 1st, at daily_at")
+    keep_days: int = Field(400, ge=31, le=3650, description="per-day figures are kept this long (after order rows are pruned)")
+    publish_s: int = Field(300, ge=10, le=86400, description="retained P/S/stats (today's figures) at most this often")
+
+
 class TimersConfig(_Model):
     prep_before_s: int = Field(1800, ge=0, description="prep reminder this long before a delivery window (0 = off)")
     unshipped_after_s: int = Field(3600, ge=60, description="an order not shipped this long after it was placed is listed")
@@ -317,6 +333,7 @@ class Config(_Model):
     templates: TemplatesConfig = TemplatesConfig()
     sound: SoundConfig = SoundConfig()
     timers: TimersConfig = TimersConfig()
+    report: ReportConfig = ReportConfig()
     gpio: GpioConfig = GpioConfig()
     remote: RemoteSettings = RemoteSettings()
     rules: dict[EventTypeName, RuleOverride] = Field(default_factory=dict, description="per event type, see agent/rules.py")

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Optional
 
 from . import __version__
-from .messages import Health, PrinterHealth
+from .messages import Health, PrinterHealth, Report
 
 if TYPE_CHECKING:
     from .app import Agent
@@ -33,6 +33,7 @@ class Housekeeper:
         self._health_sent = 0.0
         self._last_timers = 0.0
         self._last_prune = time.monotonic()
+        self._stats_sent = float("-inf")
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="housekeeping", daemon=True)
@@ -73,13 +74,33 @@ class Housekeeper:
         if time.monotonic() - self._last_timers >= a.cfg.timers.check_s:
             self._last_timers = time.monotonic()
             a.timers.tick()
+            a.report_schedule().tick()
             a.adopt_orphans()  # an order planned for a printer that a live config change removed
+        self.publish_stats()
         if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
             self._last_prune = time.monotonic()
             self.prune()
 
+    def publish_stats(self, force: bool = False) -> None:
+        """Retained ``P/S/stats``: today's figures, at most every ``report.publish_s`` (and when forced)."""
+        a = self.agent
+        if not a.link.connected or not (force or time.monotonic() - self._stats_sent >= a.cfg.report.publish_s):
+            return
+        self._stats_sent = time.monotonic()
+        try:
+            body = a.report("day")
+        except Exception as e:  # noqa: BLE001
+            log.warning("cannot read today's figures: %s", e)
+            return
+        a.link.publish(a.topics.stats, Report.model_validate({**body, "store_id": a.cfg.store_id}).model_dump_json().encode(),
+                       retain=True)
+
     def prune(self) -> None:
         a = self.agent
+        try:
+            a.stats.prune(a.cfg.report.keep_days)
+        except Exception:  # noqa: BLE001
+            log.exception("pruning the figures failed")
         try:
             n = a.journal.prune(a.cfg.journal.keep_days, a.cfg.journal.max_mb * 1024 * 1024, now=a.clock())
             if n:

@@ -50,6 +50,7 @@ Dedupe: an event id, and the order id of a printed ``order.created``, are kept i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -131,12 +132,24 @@ CREATE TABLE IF NOT EXISTS printers (
     mm_per_roll  REAL,                 -- learnt: paper used when the near-end sensor last tripped
     updated_at   REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stats (
+    day          TEXT NOT NULL,        -- local date, YYYY-MM-DD: the report's figures, kept after orders are pruned
+    key          TEXT NOT NULL,        -- e.g. 'orders:meituan', 'paid:meituan', 'tickets:receipt', 'fault_s:paper_out'
+    n            REAL NOT NULL,
+    PRIMARY KEY (day, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stat_samples (
+    day          TEXT NOT NULL,
+    kind         TEXT NOT NULL,        -- 'to_paper_s' (arrival to paper), 'ack_s' (alert raised to acknowledged)
+    value        REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS stat_samples_day ON stat_samples(day, kind);
 """
 
 OPEN_JOB_STATES = ("queued", "printing")
 CLOCK_SLACK_S = 3600.0
 FINAL_EVENT_STATES = ("printed", "failed", "duplicate", "expired")
-TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe", "printers"}
+TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe", "printers", "stats", "stat_samples"}
 
 
 class JournalError(Exception):
@@ -181,6 +194,8 @@ class EventDone:
     printer: str
     reprint: bool
     error: Optional[str]
+    waited_s: Optional[float] = None  # from arrival to the last job's end (set when it just finished, for the stats)
+    type: str = ""
 
 
 Done = Callable[[Any, Optional[BaseException]], None]
@@ -803,6 +818,29 @@ class Journal:
             out[name] = {"caps": c, "paper_mm": mm, "loaded_at": loaded, "mm_per_roll": per_roll}
         return out
 
+    # -- per-day figures (agent/stats.py) --------------------------------
+    def stats_add(self, day: str, counts: dict[str, float], samples: Iterable[tuple[str, float]] = ()) -> None:
+        """Add to the day's counters and samples (lazy: a crash loses at most the last seconds of figures)."""
+        def tx(db: sqlite3.Connection) -> None:
+            db.executemany("INSERT INTO stats(day, key, n) VALUES (?,?,?) ON CONFLICT(day, key) DO UPDATE SET n = n + excluded.n",
+                           [(day, k, v) for k, v in counts.items()])
+            db.executemany("INSERT INTO stat_samples(day, kind, value) VALUES (?,?,?)", [(day, k, v) for k, v in samples])
+        self.submit(tx, lazy=True)
+
+    def stats_between(self, first: str, last: str) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """Summed counters and all samples of the days ``first..last`` (inclusive, YYYY-MM-DD)."""
+        counts = {k: n for k, n in self._read("SELECT key, SUM(n) FROM stats WHERE day BETWEEN ? AND ? GROUP BY key", (first, last))}
+        samples: dict[str, list[float]] = {}
+        for kind, value in self._read("SELECT kind, value FROM stat_samples WHERE day BETWEEN ? AND ? ORDER BY value", (first, last)):
+            samples.setdefault(kind, []).append(value)
+        return counts, samples
+
+    def prune_stats(self, before_day: str) -> None:
+        def tx(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM stats WHERE day < ?", (before_day,))
+            db.execute("DELETE FROM stat_samples WHERE day < ?", (before_day,))
+        self.submit(tx, lazy=True)
+
     def open_job_counts(self) -> dict[str, int]:
         """Open jobs per printer (health and status: no payloads read)."""
         return {p: n for p, n in self._read(
@@ -917,14 +955,16 @@ class Journal:
             "WHERE id >= ? AND id < ? ORDER BY id", (seq * JOB_SLOTS, (seq + 1) * JOB_SLOTS)).fetchall()
         if any(j[2] in OPEN_JOB_STATES for j in jobs):
             return None
-        event_id, order_id, status = db.execute("SELECT event_id, order_id, status FROM events WHERE seq=?", (seq,)).fetchone()
+        event_id, order_id, status, received_at, etype = db.execute(
+            "SELECT event_id, order_id, status, received_at, type FROM events WHERE seq=?", (seq,)).fetchone()
         if status != "queued":
             return None
         failed = [j for j in jobs if j[2] == "failed"]
         status = "failed" if failed else "printed"
         error = "; ".join(f"{j[0]}: {j[4]}" for j in failed) or None
         db.execute("UPDATE events SET status=?, finished_at=?, error=? WHERE seq=?", (status, now, error, seq))
-        return _event_done(event_id, order_id, status, error, jobs)
+        done = _event_done(event_id, order_id, status, error, jobs)
+        return dataclasses.replace(done, waited_s=max(now - received_at, 0.0), type=etype)
 
     def order_payload(self, order_id: str) -> Optional[bytes]:
         """The newest order.created payload of an order (printed, failed or expired alike), for reprints."""

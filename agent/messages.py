@@ -265,3 +265,63 @@ class Health(BaseModel):
     queue: dict[str, Optional[float]]
     alerts_open: int
     disk: dict[str, int] = Field(default_factory=dict)
+
+
+class PlatformFigures(BaseModel):
+    orders: int
+    paid_fen: int = Field(description="paid amount in fen (分)")
+
+
+class OrderFigures(BaseModel):
+    total: int
+    paid_fen: int
+    by_platform: dict[str, PlatformFigures]
+
+
+class Spread(BaseModel):
+    n: int
+    p50: Optional[float] = None
+    p95: Optional[float] = None
+    max: Optional[float] = None
+
+
+class Response(BaseModel):
+    n: int
+    median: Optional[float] = None
+    max: Optional[float] = None
+
+
+class FaultFigures(BaseModel):
+    count: int
+    minutes: float = Field(description="minutes in fault (of faults cleared in the period)")
+
+
+class FollowupFigures(BaseModel):
+    done: int
+    reached: int
+    no_answer: int
+    declined: int
+    due: Optional[int] = Field(None, description="orders due for a follow-up call now (today's figures only)")
+    rate: Optional[float] = Field(None, description="reached / done")
+
+
+class Report(BaseModel):
+    """The store's figures for a period: retained ``P/S/stats`` (today, with ``store_id``), the ``report``
+    request's ``data``, ``store-agent report --json``, the report slip."""
+
+    v: Literal[1] = 1
+    store_id: Optional[str] = None
+    period: Literal["day", "week", "month"] = "day"
+    from_day: str = Field(description="first local date, YYYY-MM-DD")
+    to_day: str = Field(description="last local date, YYYY-MM-DD")
+    days: int
+    orders: OrderFigures
+    events: dict[str, int] = Field(description="new events per type")
+    tickets: dict[str, int] = Field(description="tickets printed per document (reprints included)")
+    reprints: dict[str, int] = Field(description="person: asked for (reprint); uncertain: the first copy may have come out")
+    results: dict[str, int] = Field(description="rejected, duplicate, expired, failed")
+    to_paper_s: Spread = Field(description="seconds from an event's arrival to its last ticket out")
+    faults: dict[str, FaultFigures] = Field(description="printer faults by kind")
+    escalations: int
+    alert_response_s: Response = Field(description="seconds from an alert raised to acknowledged")
+    followups: FollowupFigures

@@ -30,6 +30,7 @@ class Outbox:
         a = self.agent
         if result.status in ("queued", "rejected", "duplicate", "expired") or result.redelivered:  # intake stored it
             a.journal_ok()
+            a.stats.on_result(result)
         confirm = None
         if result.event_id and result.status in ("printed", "failed", "duplicate", "expired"):
             confirm = lambda: self._mark_reported(result.event_id)  # noqa: E731
@@ -43,6 +44,7 @@ class Outbox:
             return
         if log_it:
             log.info("event %s (order %s) %s: %s", done.event_id, done.order_id, done.status, ", ".join(done.documents))
+            self.agent.stats.on_done(done)
         self.publish(OrderResult(
             event_id=done.event_id, order_id=done.order_id, status=done.status,
             at=datetime.fromtimestamp(self.agent.clock(), timezone.utc), printer=done.printer,

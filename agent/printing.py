@@ -74,7 +74,7 @@ class PrintWorker:
         renderer: TicketRenderer,
         on_done: Callable[[EventDone], None],
         on_status: Callable[[str, PrinterStatus], None] = lambda name, st: None,
-        on_printed: Callable[[str, float], None] = lambda name, mm: None,
+        on_printed: Callable[[str, float, Job], None] = lambda name, mm, job: None,
         on_uncertain: Callable[[Job], None] = lambda job: None,
         retry_s: float = 2.0,
         poll_s: float = 5.0,
@@ -99,7 +99,7 @@ class PrintWorker:
         self.renderer = renderer
         self.on_done = on_done  # runs on the journal's writer thread, after the outcome's commit
         self.on_status = on_status
-        self.on_printed = on_printed  # (printer, mm of paper) after each printed ticket
+        self.on_printed = on_printed  # (printer, mm of paper, job) after each printed ticket
         self.on_uncertain = on_uncertain  # a job sent twice unconfirmed: a person must look
         self.retry_s = retry_s
         self.poll_s = poll_s
@@ -313,7 +313,7 @@ class PrintWorker:
         self.journal.add_paper(self.name, mm, now=self.clock())
         self._finish(job, "printed", None)
         try:
-            self.on_printed(self.name, mm)
+            self.on_printed(self.name, mm, job)
         except Exception:  # noqa: BLE001
             log.exception("printer %s: printed handler failed", self.name)
         return True

@@ -9,7 +9,7 @@ Invariants (docs/SECURITY.md, issue 19):
 
 * Only keys on the allow-list ``REMOTE_KEYS`` are ever taken from an overlay (``outside_allow_list``
   refuses the whole set otherwise, naming each key): wording, store name and phone, templates,
-  rules, chime volume and quiet hours, timers, escalation delays and notifiers (whose hosts the
+  rules, chime volume and quiet hours, timers, report times, escalation delays and notifiers (whose hosts the
   file's ``escalation.webhook_hosts`` allows), print retries, health intervals, and the paper and
   rendering settings of printers the file defines. Connection (``mqtt.*``), identity, devices,
   paths and transports (a printer's connection, host, port, USB ids, serial device, file path)
@@ -61,6 +61,7 @@ REMOTE_KEYS: dict[str, Any] = {
     "rules": ANY,
     "sound": {"enabled": ANY, "volume": ANY, "quiet_hours": ANY, "quiet_volume": ANY},  # not device
     "timers": ANY,
+    "report": ANY,
     "escalation": {"printer_fault_after_s": ANY, "renotify_s": ANY, "notifiers": ANY},  # not webhook_hosts
     "health": {"printer_poll_s": ANY, "publish_s": ANY, "clear_after_s": ANY},  # not stuck_after_s (watchdog)
     "print": {"retry_s": ANY, "max_attempts": ANY},
@@ -133,6 +134,7 @@ REMOTE_MINIMUMS: tuple[tuple[str, float, bool], ...] = (
     ("health.publish_s", 10, False),
     ("health.printer_poll_s", 1, False),
     ("print.retry_s", 0.5, False),
+    ("report.publish_s", 60, False),
 )
 RULE_REPEAT_MIN_S = 30
 

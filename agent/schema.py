@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .config import Config
-from .messages import Health, OrderEvent, OrderResult
+from .messages import Health, OrderEvent, OrderResult, Report
 from .remote import ConfigSet, ConfigState
 
 MODELS = {
@@ -18,6 +18,7 @@ MODELS = {
     "order-result.schema.json": (OrderResult, "serialization", "Order result (out, P/S/orders/result)"),
     "config.schema.json": (Config, "validation", "store-agent config file (TOML)"),
     "health.schema.json": (Health, "serialization", "Health snapshot (out, retained, P/S/health)"),
+    "stats.schema.json": (Report, "serialization", "The store's figures (out, retained, P/S/stats; the report request)"),
     "config-set.schema.json": (ConfigSet, "validation", "Remote config overlay (in, P/S/config/set)"),
     "config-state.schema.json": (ConfigState, "serialization", "Applied remote config (out, retained, P/S/config/state)"),
 }

@@ -34,6 +34,10 @@ class Topics:
         return self._t("alerts")
 
     @property
+    def stats(self) -> str:
+        return self._t("stats")
+
+    @property
     def config_set(self) -> str:
         return self._t("config", "set")
 
