@@ -22,6 +22,7 @@ from .commands import Commands
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
 from .faults import PrinterFaults, describe
+from .followups import FollowupSchedule, Followups
 from .housekeeping import Housekeeper
 from .intake import OrderIntake
 from .journal import Job, Journal
@@ -30,12 +31,12 @@ from .mqtt import Inbound, MqttLink, MqttSettings
 from .notify import Notifier, Webhook, md_text
 from .outbox import INTERNAL_PREFIX, Outbox
 from .printerfacts import PrinterFacts
-from .profiles import choose
 from .printing import Inflight, PrintWorker, build_printers
+from .profiles import choose
 from .remote import RemoteConfig
 from .requests import RequestDesk
-from .stats import ReportSchedule, Stats, period
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
+from .stats import ReportSchedule, Stats, period
 from .tickets import TicketRenderer
 from .timers import LocalTimers, TimerSettings, context_json
 from .topics import Topics
@@ -103,6 +104,7 @@ class Agent:
         self.renderer = self._make_renderer(cfg)
         self.inflight = Inflight()  # claims: a job is never on two printers at once
         self.stats = Stats(self.journal, clock)  # the day's figures (reports, P/S/stats)
+        self.followups = Followups(self.journal, cfg.followup, self.stats, clock)  # the follow-up call list
         self.printer_facts = PrinterFacts(self)  # probe, layout, paper left, speed
         self.workers = {p.name: self._make_worker(p) for p in cfg.printers}
         self.rules = effective_rules(cfg.rules)
@@ -170,8 +172,21 @@ class Agent:
     # -- reports (agent/stats.py)
     def report(self, kind: str = "day", day: Optional[date] = None) -> dict:
         """The figures of a period (``day``, ``week``, ``month``) around ``day`` (default: today)."""
-        first, last = period(kind, day, today=datetime.fromtimestamp(self.clock()).date())
-        return {"period": kind, **self.stats.report(first, last)}
+        today = datetime.fromtimestamp(self.clock()).date()
+        first, last = period(kind, day, today=today)
+        due = None
+        if last >= today:  # the follow-ups due now belong to a period that includes today
+            try:
+                due = len(self.followups.due())
+            except Exception as e:  # noqa: BLE001 - the figures still come
+                log.warning("cannot list the follow-ups due: %s", e)
+        return {"period": kind, **self.stats.report(first, last, due_followups=due)}
+
+    def print_followups(self, orders: list[dict]) -> None:
+        self.print_internal(f"followups-{self.clock():.6f}", "followups", {"orders": orders})
+
+    def followup_schedule(self) -> FollowupSchedule:
+        return FollowupSchedule(self.journal, self.cfg.followup.print_at, self.print_followups, self.followups, self.clock)
 
     def print_report(self, kind: str, first: date, last: date) -> None:
         body = {"period": kind, **self.stats.report(first, last)}

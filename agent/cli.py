@@ -934,6 +934,39 @@ def show_report(r: dict) -> None:
                + (f", rate {f['rate']:.0%}" if f["rate"] is not None else "") + (f", due now {f['due']}" if f.get("due") is not None else ""))
 
 
+@main.command("followups")
+@config_option
+@json_option
+def followups(config_path: str | None, as_json: bool) -> None:
+    """The orders due for their follow-up call (delivered 24-48 h ago, not yet called)."""
+
+    def show(d: dict) -> None:
+        if not d["due"]:
+            click.echo(f"no follow-ups due (orders delivered {d['after_h']:g}-{d['before_h']:g} h ago, not yet called)")
+        for o in d["due"]:
+            click.echo(f"{o['order_id']:<22} {o['platform'] or '-':<8} #{o['seq'] if o['seq'] is not None else '-':<4} "
+                       f"delivered {local_time(o['delivered_at'])} ({o['hours_ago']} h)  {o['phone'] or '-'}"
+                       + ("  [after-sale]" if o["aftersale"] else "") + ("  " + "; ".join(o["items"]) if o["items"] else ""))
+
+    _daemon(config_path, "followups", {}, as_json, show)
+
+
+@main.group("followup")
+def followup_group() -> None:
+    """Record follow-up calls."""
+
+
+@followup_group.command("done")
+@click.argument("order_id")
+@click.option("--outcome", type=click.Choice(["reached", "no_answer", "declined"]), default="reached", show_default=True)
+@config_option
+@json_option
+def followup_done(order_id: str, outcome: str, config_path: str | None, as_json: bool) -> None:
+    """Record the follow-up call of ORDER_ID (it leaves the list; counted in the report)."""
+    _daemon(config_path, "followup_done", {"order_id": order_id, "outcome": outcome}, as_json,
+            lambda d: click.echo(f"{d['order_id']}: {d['outcome']}" + (f" (was {d['was']})" if d.get("was") else "")))
+
+
 @main.group("journal")
 def journal_group() -> None:
     """The order journal (state_dir/journal.sqlite3)."""

@@ -69,6 +69,11 @@ class ReportArgs(_Args):
     print: bool = False
 
 
+class FollowupDoneArgs(_Args):
+    order_id: str = Field(min_length=1, max_length=64)
+    outcome: Literal["reached", "no_answer", "declined"] = "reached"
+
+
 ARGS: dict[str, type[_Args]] = {
     "reprint": ReprintArgs,
     "test_print": TestPrintArgs,
@@ -79,6 +84,8 @@ ARGS: dict[str, type[_Args]] = {
     "queue": NoArgs,
     "status": NoArgs,
     "report": ReportArgs,
+    "followups": NoArgs,
+    "followup_done": FollowupDoneArgs,
 }
 class PrinterArgs(_Args):
     printer: Optional[str] = Field(None, max_length=32)
@@ -240,6 +247,19 @@ class Commands:
                 self._room_for(1)
                 self.agent.print_report(a.period, date.fromisoformat(body["from_day"]), date.fromisoformat(body["to_day"]))
         return body
+
+    def _followups(self, _: NoArgs) -> dict:
+        due = self.agent.followups.due()
+        s = self.agent.cfg.followup
+        return {"due": due, "count": len(due), "after_h": s.after_h, "before_h": s.before_h}
+
+    def _followup_done(self, a: FollowupDoneArgs) -> dict:
+        from .followups import FollowupError  # noqa: PLC0415
+
+        try:
+            return self.agent.followups.record(a.order_id, a.outcome)
+        except FollowupError as e:
+            raise CommandError(str(e)) from None
 
     def _queue(self, _: NoArgs) -> dict:
         now = self.agent.clock()

@@ -274,6 +274,20 @@ class ReportConfig(_Model):
     publish_s: int = Field(300, ge=10, le=86400, description="retained P/S/stats (today's figures) at most this often")
 
 
+class FollowupConfig(_Model):
+    after_h: float = Field(24, ge=1, le=240, description="an order is due for its follow-up call this long after delivery")
+    before_h: float = Field(48, ge=2, le=720, description="... and until this long after (then it is overdue and left out)")
+    print_at: Annotated[str, AfterValidator(_check_hhmm)] = Field(
+        "09:30", description='the follow-up list slip at this local time each day ("" = no slip)')
+    max_items: int = Field(2, ge=0, le=10, description="items named per order on the list")
+
+    @model_validator(mode="after")
+    def _window(self) -> "FollowupConfig":
+        if self.before_h <= self.after_h:
+            raise ValueError("before_h must be greater than after_h")
+        return self
+
+
 class TimersConfig(_Model):
     prep_before_s: int = Field(1800, ge=0, description="prep reminder this long before a delivery window (0 = off)")
     unshipped_after_s: int = Field(3600, ge=60, description="an order not shipped this long after it was placed is listed")
@@ -334,6 +348,7 @@ class Config(_Model):
     sound: SoundConfig = SoundConfig()
     timers: TimersConfig = TimersConfig()
     report: ReportConfig = ReportConfig()
+    followup: FollowupConfig = FollowupConfig()
     gpio: GpioConfig = GpioConfig()
     remote: RemoteSettings = RemoteSettings()
     rules: dict[EventTypeName, RuleOverride] = Field(default_factory=dict, description="per event type, see agent/rules.py")

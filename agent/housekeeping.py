@@ -75,6 +75,7 @@ class Housekeeper:
             self._last_timers = time.monotonic()
             a.timers.tick()
             a.report_schedule().tick()
+            a.followup_schedule().tick()
             a.adopt_orphans()  # an order planned for a printer that a live config change removed
         self.publish_stats()
         if time.monotonic() - self._last_prune > PRUNE_EVERY_S:

@@ -144,12 +144,17 @@ CREATE TABLE IF NOT EXISTS stat_samples (
     value        REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS stat_samples_day ON stat_samples(day, kind);
+CREATE TABLE IF NOT EXISTS followups (
+    order_id     TEXT PRIMARY KEY,     -- a follow-up call recorded (agent/followups.py)
+    outcome      TEXT NOT NULL,        -- reached | no_answer | declined
+    at           REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 OPEN_JOB_STATES = ("queued", "printing")
 CLOCK_SLACK_S = 3600.0
 FINAL_EVENT_STATES = ("printed", "failed", "duplicate", "expired")
-TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe", "printers", "stats", "stat_samples"}
+TABLES = {"events", "jobs", "alerts", "timers", "rejected", "dedupe", "printers", "stats", "stat_samples", "followups"}
 
 
 class JournalError(Exception):
@@ -834,6 +839,30 @@ class Journal:
         for kind, value in self._read("SELECT kind, value FROM stat_samples WHERE day BETWEEN ? AND ? ORDER BY value", (first, last)):
             samples.setdefault(kind, []).append(value)
         return counts, samples
+
+    def recent_events(self, since: float, types: tuple[str, ...]) -> list[tuple[float, str, str, bytes]]:
+        """(received_at, order_id, type, payload) of events of ``types`` received since ``since``, oldest first."""
+        rows = self._recent("SELECT received_at, order_id, type, payload FROM events", (), since)
+        return [(r[0], r[1], r[2], _unpack(r[3])) for r in reversed(rows) if r[2] in types and r[1]]
+
+    def followups_done(self, order_ids: Iterable[str]) -> dict[str, tuple[str, float]]:
+        ids = list(order_ids)
+        out: dict[str, tuple[str, float]] = {}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            for oid, outcome, at in self._read(f"SELECT order_id, outcome, at FROM followups WHERE order_id IN "
+                                               f"({','.join('?' * len(part))})", part):
+                out[oid] = (outcome, at)
+        return out
+
+    def record_followup(self, order_id: str, outcome: str, now: float) -> Optional[str]:
+        """Durable; returns the outcome recorded before (None: the first call recorded)."""
+        def tx(db: sqlite3.Connection) -> Optional[str]:
+            row = db.execute("SELECT outcome FROM followups WHERE order_id=?", (order_id,)).fetchone()
+            db.execute("INSERT INTO followups(order_id, outcome, at) VALUES (?,?,?) ON CONFLICT(order_id) DO UPDATE "
+                       "SET outcome=excluded.outcome, at=excluded.at", (order_id, outcome, now))
+            return row[0] if row else None
+        return self.call(tx)
 
     def prune_stats(self, before_day: str) -> None:
         def tx(db: sqlite3.Connection) -> None:

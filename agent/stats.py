@@ -116,8 +116,14 @@ class Stats:
         elif alert.state == "acknowledged":
             self._add({}, (("ack_s", max(alert.at - alert.since, 0.0)),), at=alert.at)
 
-    def on_followup(self, outcome: str) -> None:
-        self._add({f"followups:{outcome}": 1})
+    def on_followup(self, outcome: str, was: Optional[str] = None) -> None:
+        """A follow-up call recorded (``was``: the outcome recorded before, which it replaces)."""
+        if was == outcome:
+            return
+        counts: dict[str, float] = {f"followups:{outcome}": 1}
+        if was:
+            counts[f"followups:{was}"] = -1
+        self._add(counts)
 
     # -- reading
     def report(self, first: date, last: date, *, due_followups: Optional[int] = None) -> dict[str, Any]:

@@ -97,6 +97,12 @@ DEFAULT_TEXTS: dict[str, Wording] = {
     "report_response": "提醒响应(秒) 中位/最长",
     "report_followups": "回访",
     "report_followup_line": "已回访{reached} 未接通{no_answer} 不需要{declined} 回访率{rate}",
+    "followup_title": "回访清单",
+    "followup_body": "以下订单已送达24-48小时,请电话回访顾客(用药情况、不良反应、满意度):",
+    "followup_delivered": "送达",
+    "followup_aftersale": "[售后中]",
+    "followup_boxes": "□已回访  □未接通  □不需要",
+    "followup_done_hint": "回访结果请登记(勾选后交店长)",
     "test_title": "打印测试页",
     "test_code_page": "中文GB18030:药品 ¥12.50 ＡＢＣ 123 㐀",
 }
