@@ -427,6 +427,7 @@ def measure_agent(stack: contextlib.ExitStack, procs: list[subprocess.Popen], br
     stack.callback(quietly, hq.close)
     warm = P["warm"]
 
+    throttled0 = quota.throttled() if quota is not None else {}
     # (f) start-up x3, each followed at once by one order (the first order after start); the third is the agent under test
     starts, firsts = [], []
     done = 0
@@ -518,8 +519,8 @@ def measure_agent(stack: contextlib.ExitStack, procs: list[subprocess.Popen], br
     R["lost"] = 0  # run_phase raises when a receipt or a 'printed' result is missing
     R["state_bytes"] = {p.name: p.stat().st_size for p in state.rglob("*") if p.is_file()}
     R["log_bytes"] = log_path.stat().st_size
-    if quota is not None:
-        R["throttled"] = quota.throttled()
+    if quota is not None:  # this agent's share of the group's counters (they count since the group was made)
+        R["throttled"] = {k: v - throttled0.get(k, 0) for k, v in quota.throttled().items()}
 
     stop_proc(proc)
     procs.remove(proc)
