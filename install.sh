@@ -8,8 +8,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-DEV_PACKAGES=(mosquitto mosquitto-clients openssl libusb-1.0-0 alsa-utils libasound2-dev fonts-wqy-microhei python3-venv python3-dev gcc systemd nftables)
-DEVICE_PACKAGES=(alsa-utils libasound2 libasound2-dev fonts-wqy-microhei python3-venv python3-dev gcc libusb-1.0-0)  # -dev, gcc: simpleaudio builds from source on aarch64 (.ci/aarch64-wheels.py)
+DEV_PACKAGES=(mosquitto mosquitto-clients openssl libusb-1.0-0 alsa-utils libasound2-dev fonts-wqy-microhei espeak-ng python3-venv python3-dev gcc systemd nftables)
+DEVICE_PACKAGES=(alsa-utils libasound2 libasound2-dev fonts-wqy-microhei espeak-ng python3-venv python3-dev gcc libusb-1.0-0)  # -dev, gcc: simpleaudio builds from source on aarch64 (.ci/aarch64-wheels.py)
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }

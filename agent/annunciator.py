@@ -21,6 +21,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Callable, Optional
 
 from drivers.audio import AudioError, Chime, find_sound
@@ -75,7 +76,7 @@ class Annunciator:
         self.audio_state = "unchecked" if chime else "disabled"
         self.audio_error = ""  # one line: why the last chime (or the check) did not play
         self.audio_since = clock()
-        self._sounds: queue.Queue[tuple[str, Optional[Future]]] = queue.Queue(maxsize=50)
+        self._sounds: queue.Queue[tuple[str, Optional[Future], Optional[Callable[[], Path]]]] = queue.Queue(maxsize=50)
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -100,15 +101,21 @@ class Annunciator:
         if self._thread:
             self._thread.join(5)
 
-    def request(self, sound: str, done: Optional[Future] = None) -> None:
+    def request(self, sound: str, done: Optional[Future] = None, wav: Optional[Callable[[], Path]] = None) -> None:
+        """Queue a chime by name, or (``wav``) a spoken phrase: ``wav()`` makes its file on this thread,
+        after what is queued before it (so a phrase follows its chime); ``sound`` then only names it."""
         if sound == "none":
             return
         try:
-            self._sounds.put_nowait((sound, done))
+            self._sounds.put_nowait((sound, done, wav))
         except queue.Full:
             log.warning("chime queue full; %s dropped", sound)
             if done is not None:
                 done.set_result("error: the chime queue is full")
+
+    def speak(self, phrase: str, make_wav: Callable[[], Path], done: Optional[Future] = None) -> None:
+        """Say ``phrase`` after the chimes queued before it (quiet hours, volume and silence apply)."""
+        self.request(f"voice: {phrase}", done, make_wav)
 
     def play_now(self, sound: str, timeout: float = 20.0) -> str:
         """Queue ``sound`` and wait until it played: the backend, ``muted: why``, or ``error: why``."""
@@ -164,11 +171,11 @@ class Annunciator:
 
     def _step(self) -> None:
         try:
-            sound, done = self._sounds.get(timeout=0.25)
+            sound, done, wav = self._sounds.get(timeout=0.25)
         except queue.Empty:
-            sound, done = None, None
+            sound, done, wav = None, None, None
         if sound:
-            outcome = self._play(sound)
+            outcome = self._play(sound, wav)
             if done is not None:
                 done.set_result(outcome)
         now = self.clock()
@@ -185,13 +192,13 @@ class Annunciator:
             return self.settings.quiet_volume or None
         return self.settings.volume
 
-    def _play(self, sound: str) -> str:
+    def _play(self, sound: str, wav: Optional[Callable[[], Path]] = None) -> str:
         volume = self._volume()
         if self.chime is None or volume is None:
             self._remember(sound, "muted")
             return f"muted: {self.mute_reason() or 'muted'}"
         try:
-            backend = self.chime.play(find_sound(sound), volume)
+            backend = self.chime.play(wav() if wav is not None else find_sound(sound), volume)
         except AudioError as e:
             self._remember(sound, f"error: {e}")
             self._audio_failed(f"chime {sound}: {e}")

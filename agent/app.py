@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future
 from datetime import date, datetime
 from pathlib import Path
 from typing import Callable, Optional
 
+from drivers.audio import AudioError
 from drivers.escpos_proto import PrinterStatus
 from drivers.printers import Printer
 
@@ -38,6 +40,7 @@ from .requests import RequestDesk
 from .rules import CLOSING_EVENTS, alert_code, effective_rules
 from .stats import ReportSchedule, Stats, period
 from .tickets import TicketRenderer
+from .voice import facts_of, make_voice
 from .timers import LocalTimers, TimerSettings, context_json
 from .topics import Topics
 
@@ -105,6 +108,7 @@ class Agent:
         self.inflight = Inflight()  # claims: a job is never on two printers at once
         self.stats = Stats(self.journal, clock)  # the day's figures (reports, P/S/stats)
         self.followups = Followups(self.journal, cfg.followup, self.stats, clock)  # the follow-up call list
+        self.voice = make_voice(cfg)  # spoken announcements after the chime
         self.printer_facts = PrinterFacts(self)  # probe, layout, paper left, speed
         self.workers = {p.name: self._make_worker(p) for p in cfg.printers}
         self.rules = effective_rules(cfg.rules)
@@ -182,6 +186,23 @@ class Agent:
                 log.warning("cannot list the follow-ups due: %s", e)
         return {"period": kind, **self.stats.report(first, last, due_followups=due)}
 
+    def speak(self, template: str, facts: dict, done: Optional[Future] = None) -> str:
+        """Say a phrase after the chime queued before it (agent/voice.py); never waits for it."""
+        if not self.cfg.voice.enabled or not template:
+            return ""
+        voice = self.voice
+        phrase = voice.phrase(template, facts)
+        log.info("voice: %s", phrase)
+
+        def make() -> Path:
+            try:
+                return voice.wav(template, facts)
+            except OSError as e:  # the cache directory: full card, permissions
+                raise AudioError(f"voice cache {voice.cache}: {e.strerror or e}") from e
+
+        self.annunciator.speak(phrase, make, done)
+        return phrase
+
     def print_followups(self, orders: list[dict]) -> None:
         self.print_internal(f"followups-{self.clock():.6f}", "followups", {"orders": orders})
 
@@ -245,6 +266,8 @@ class Agent:
         self.stats.on_accepted(ev)
         rule = self.rules[ev.type]
         self.annunciator.request(rule.sound)
+        if rule.voice and rule.sound != "none":
+            self.speak(rule.voice, facts_of(ev))
         keep = None
         if rule.ack:
             keep = f"order:{ev.order.id}:{ev.type}"
@@ -399,6 +422,7 @@ class Agent:
     def _apply_live(self, cfg: Config) -> None:
         old, self.cfg = self.cfg, cfg
         old_renderer, self.renderer = self.renderer, self._make_renderer(cfg)
+        self.voice = make_voice(cfg)
         self.renderer.warm(self._formats(cfg))
         for a in self.alerts.open_alerts():
             if a.code == "agent.template_failed":  # new templates: a failure will be raised again if it recurs

@@ -414,6 +414,38 @@ def chime(sound: str, config_path: str | None, as_json: bool) -> None:
     _daemon(config_path, "chime", {"sound": sound}, as_json, lambda d: click.echo(f"played {sound} ({d.get('played')})"))
 
 
+@main.command()
+@click.argument("text")
+@click.option("--out", "out", default=None, type=click.Path(dir_okay=False), help="write FILE.wav instead of playing it")
+@config_option
+@json_option
+def say(text: str, out: str | None, config_path: str | None, as_json: bool) -> None:
+    """Speak TEXT as the agent announces orders (clips from voice.clips_dir, else espeak-ng); waits until it
+    was heard, exit 1 with the reason when not. --out FILE.wav writes it instead (no agent needed)."""
+    if out is None:
+        _daemon(config_path, "say", {"text": text}, as_json, lambda d: click.echo(f"said {d['text']} ({d['played']})"))
+        return
+    import shutil as _shutil  # noqa: PLC0415
+
+    from drivers.audio import AudioError  # noqa: PLC0415
+
+    from .voice import make_voice  # noqa: PLC0415
+
+    import tempfile as _tempfile  # noqa: PLC0415
+    from pathlib import Path as _Path  # noqa: PLC0415
+
+    cfg = load_config(config_path)
+    try:
+        with _tempfile.TemporaryDirectory(prefix="store-agent-say-") as tmp:  # the agent's cache may not be ours to write
+            voice = make_voice(cfg)
+            voice.cache = _Path(tmp)
+            _shutil.copyfile(voice.say(text), out)
+    except (AudioError, OSError) as e:
+        emit_json(False, {}, str(e)) if as_json else click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    emit_json(True, {"file": out}) if as_json else click.echo(f"wrote {out}")
+
+
 def tool_login_options(fn):  # noqa: ANN001, ANN201
     """--username/--password-file/--cert-file/--key-file/--take-over: the login a tool connects with."""
     for opt in reversed([

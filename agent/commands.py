@@ -87,12 +87,16 @@ ARGS: dict[str, type[_Args]] = {
     "followups": NoArgs,
     "followup_done": FollowupDoneArgs,
 }
+class SayArgs(_Args):
+    text: str = Field(min_length=1, max_length=120)
+
+
 class PrinterArgs(_Args):
     printer: Optional[str] = Field(None, max_length=32)
 
 
 # local (CLI) only: not part of the MQTT command set of the contract
-LOCAL_ARGS: dict[str, type[_Args]] = {"led": LedArgs, "probe": PrinterArgs, "paper_loaded": PrinterArgs}
+LOCAL_ARGS: dict[str, type[_Args]] = {"led": LedArgs, "probe": PrinterArgs, "paper_loaded": PrinterArgs, "say": SayArgs}
 
 
 def local_iso(epoch: float) -> Optional[str]:
@@ -186,6 +190,29 @@ class Commands:
             raise CommandError(f"{a.sound} did not play: {outcome[len('error: '):]}; fix: plug in the speaker or USB "
                                "sound card, check sound.device and alsamixer (store-agent doctor)")
         return {"sound": a.sound, "played": outcome}
+
+    def _say(self, a: SayArgs) -> dict:
+        """Speak ``text`` through the agent's audio path and wait until it was heard (or say why not)."""
+        from concurrent.futures import Future  # noqa: PLC0415
+
+        from .voice import clean  # noqa: PLC0415
+
+        text = clean(a.text).replace("{", "(").replace("}", ")")
+        if not text:
+            raise CommandError("nothing to say")
+        done: Future = Future()
+        ann = self.agent.annunciator
+        voice = self.agent.voice
+        ann.speak(text, lambda: voice.wav(text, {}), done)
+        try:
+            outcome = done.result(60)
+        except Exception:  # noqa: BLE001
+            raise CommandError("no end of the announcement within 60 s (the sound device hangs)") from None
+        if outcome.startswith("muted: "):
+            raise CommandError(f"not spoken: {outcome[len('muted: '):]}")
+        if outcome.startswith("error: "):
+            raise CommandError(f"not spoken: {outcome[len('error: '):]}")
+        return {"text": text, "played": outcome}
 
     def _ack(self, a: AckArgs) -> dict:
         if a.alert_id is not None and self.agent.alerts.get(a.alert_id) is None:

@@ -264,6 +264,18 @@ def _check_hhmm(v: str) -> str:
     return v
 
 
+class VoiceConfig(_Model):
+    enabled: bool = Field(True, description="speak a phrase after the chime (rules.<type>.voice, voice.phrases)")
+    clips_dir: str = Field("", description="recorded clips <segment>.wav (美团.wav, 23.wav or 2.wav 3.wav, 号新订单.wav); "
+                                           "what has no clip is synthesised by espeak-ng")
+    voice: str = Field("cmn", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,12}){0,2}$", description="espeak-ng voice (cmn: Mandarin)")
+    speed: int = Field(160, ge=80, le=400, description="words per minute")
+    cache_mb: int = Field(16, ge=1, le=512, description="synthesised segments are cached in state_dir/voice-cache up to this size")
+    phrases: dict[str, Annotated[str, Field(max_length=60)]] = Field(
+        default_factory=dict, description='device-fault phrases by alert code, e.g. "printer.paper_out" = "打印机缺纸" '
+                                          '(built-in ones: agent/voice.py DEFAULT_PHRASES; "" = none)')
+
+
 class ReportConfig(_Model):
     daily_at: Annotated[str, AfterValidator(_check_hhmm)] = Field(
         "22:00", description='the daily report slip at this local time ("" = no slips)')
@@ -347,6 +359,7 @@ class Config(_Model):
     templates: TemplatesConfig = TemplatesConfig()
     sound: SoundConfig = SoundConfig()
     timers: TimersConfig = TimersConfig()
+    voice: VoiceConfig = VoiceConfig()
     report: ReportConfig = ReportConfig()
     followup: FollowupConfig = FollowupConfig()
     gpio: GpioConfig = GpioConfig()

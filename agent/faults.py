@@ -39,6 +39,7 @@ class PrinterFaults:
                 for x in open_faults:  # the cause changed (cover closed, now paper out): one open fault per printer
                     alerts.clear(x.id, f"打印机 {name}: {kind}")
                 a.annunciator.request("device_fault")
+                a.speak(a.voice.settings.phrases.get(f"printer.{kind}", ""), {"printer": name})
                 alerts.raise_(aid, f"printer.{kind}", f"打印机 {name}: {kind} {st.detail}".strip(),
                               severity="critical", printer=name, needs_ack=False, sound="device_fault",
                               escalate_after_s=max(a.cfg.escalation.printer_fault_after_s, 1))

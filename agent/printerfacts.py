@@ -196,6 +196,7 @@ class PrinterFacts:
         """``job`` was sent twice without the printer's word that it printed: ask a person."""
         who = job.order_id or job.event_id
         self.agent.annunciator.request("exception")
+        self.agent.speak(self.agent.voice.settings.phrases.get("printer.uncertain", ""), {"printer": job.printer})
         self.agent.alerts.raise_(
             f"print:{job.event_id}:{job.document}", "printer.uncertain",
             f"请查看打印机是否已出单: {who} {job.document} (已发送 {job.attempts} 次,未收到打印机确认;未出单请补打)",

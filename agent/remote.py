@@ -62,6 +62,7 @@ REMOTE_KEYS: dict[str, Any] = {
     "sound": {"enabled": ANY, "volume": ANY, "quiet_hours": ANY, "quiet_volume": ANY},  # not device
     "timers": ANY,
     "report": ANY,
+    "voice": {"enabled": ANY, "speed": ANY, "phrases": ANY},  # not clips_dir (a path), not voice (an engine argument)
     "followup": ANY,
     "escalation": {"printer_fault_after_s": ANY, "renotify_s": ANY, "notifiers": ANY},  # not webhook_hosts
     "health": {"printer_poll_s": ANY, "publish_s": ANY, "clear_after_s": ANY},  # not stuck_after_s (watchdog)

@@ -27,6 +27,8 @@ class Rule(BaseModel):
     severity: Severity = "warning"
     repeat_s: int = Field(0, ge=0, description="replay the sound every N s until acknowledged (0 = once)")
     escalate_after_s: int = Field(0, ge=0, description="unacknowledged this long -> escalated to the info department (0 = never)")
+    voice: str = Field("", max_length=60, description="spoken after the chime: a phrase with {platform} {seq} {order_id} "
+                                                      "and the event's detail facts ({minutes} ...); \"\" = none")
 
 
 class RuleOverride(BaseModel):
@@ -43,28 +45,30 @@ class RuleOverride(BaseModel):
     severity: Optional[Severity] = None
     repeat_s: Optional[int] = Field(None, ge=0)
     escalate_after_s: Optional[int] = Field(None, ge=0)
+    voice: Optional[str] = Field(None, max_length=60)
 
 
 _SLIP = dict(documents=("slip",), sound="exception", ack=True, severity="warning")
 _URGENT = dict(documents=("slip",), sound="urgent", ack=True, severity="critical", repeat_s=60, escalate_after_s=900)
 
 DEFAULT_RULES: dict[str, Rule] = {
-    "order.created": Rule(documents=("receipt", "warm_tip"), sound="new_order", ack=False, severity="info"),
-    "order.modified": Rule(**_SLIP, repeat_s=120),
-    "order.cancelled": Rule(**{**_URGENT, "escalate_after_s": 0}),
-    "order.reassigned": Rule(**_SLIP),
-    "order.urged": Rule(**{**_SLIP, "repeat_s": 120}),
+    "order.created": Rule(documents=("receipt", "warm_tip"), sound="new_order", ack=False, severity="info",
+                          voice="{platform}{seq}号新订单"),
+    "order.modified": Rule(**_SLIP, repeat_s=120, voice="{platform}{seq}号订单已修改"),
+    "order.cancelled": Rule(**{**_URGENT, "escalate_after_s": 0}, voice="{platform}{seq}号订单已取消"),
+    "order.reassigned": Rule(**_SLIP, voice="{platform}{seq}号订单已转单"),
+    "order.urged": Rule(**{**_SLIP, "repeat_s": 120}, voice="{platform}{seq}号顾客催单"),
     "order.dispatched": Rule(documents=(), sound="none", ack=False, severity="info"),
     "order.completed": Rule(documents=(), sound="none", ack=False, severity="info"),
-    "rider.unassigned": Rule(**_URGENT),
-    "rider.cancelled": Rule(**_URGENT),
-    "delivery.late": Rule(**{**_SLIP, "repeat_s": 180}),
-    "aftersale.requested": Rule(**_SLIP),
+    "rider.unassigned": Rule(**_URGENT, voice="{platform}{seq}号长时间无骑手接单"),
+    "rider.cancelled": Rule(**_URGENT, voice="{platform}{seq}号骑手已取消"),
+    "delivery.late": Rule(**{**_SLIP, "repeat_s": 180}, voice="{platform}{seq}号配送超时"),
+    "aftersale.requested": Rule(**_SLIP, voice="{platform}{seq}号申请售后"),
     "aftersale.revoked": Rule(documents=("slip",), sound="none", ack=False, severity="info"),
-    "logistics.exception": Rule(**{**_SLIP, "repeat_s": 300}),
-    "stock.short": Rule(**_URGENT),
-    "rx.pending": Rule(**{**_URGENT, "escalate_after_s": 1200}),
-    "fever.registration": Rule(**{**_URGENT, "escalate_after_s": 600}),
+    "logistics.exception": Rule(**{**_SLIP, "repeat_s": 300}, voice="{platform}{seq}号物流异常"),
+    "stock.short": Rule(**_URGENT, voice="{platform}{seq}号缺货"),
+    "rx.pending": Rule(**{**_URGENT, "escalate_after_s": 1200}, voice="{platform}{seq}号处方待审核"),
+    "fever.registration": Rule(**{**_URGENT, "escalate_after_s": 600}, voice="{platform}{seq}号发热药品需登记"),
 }
 
 # events that end an order's open exception alerts (the store no longer needs to act on them)
