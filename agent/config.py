@@ -269,7 +269,7 @@ class VoiceConfig(_Model):
     clips_dir: str = Field("", description="recorded clips <segment>.wav (美团.wav, 23.wav or 2.wav 3.wav, 号新订单.wav); "
                                            "what has no clip is synthesised by espeak-ng")
     voice: str = Field("cmn", pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{1,12}){0,2}$", description="espeak-ng voice (cmn: Mandarin)")
-    speed: int = Field(160, ge=80, le=400, description="words per minute")
+    speed: int = Field(190, ge=80, le=400, description="words per minute")
     cache_mb: int = Field(16, ge=1, le=512, description="synthesised segments are cached in state_dir/voice-cache up to this size")
     phrases: dict[str, Annotated[str, Field(max_length=60)]] = Field(
         default_factory=dict, description='device-fault phrases by alert code, e.g. "printer.paper_out" = "打印机缺纸" '

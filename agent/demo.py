@@ -38,7 +38,10 @@ class LoggedChime:
         self.echo, self.inner = echo, inner
 
     def play(self, wav: Path, volume: float = 1.0) -> str:
-        self.echo(f"  ♪ chime {wav.stem} (volume {volume:.1f})")
+        if wav.stem.startswith("phrase-"):  # a spoken announcement (agent/voice.py)
+            self.echo(f"  ♪ speaking ({_seconds(wav):.1f} s, volume {volume:.1f})")
+        else:
+            self.echo(f"  ♪ chime {wav.stem} (volume {volume:.1f})")
         if self.inner is not None:
             try:
                 return self.inner.play(wav, volume)  # type: ignore[attr-defined]
@@ -65,6 +68,16 @@ class LoggedLed:
 
     def close(self) -> None:
         self.led.close()
+
+
+def _seconds(wav: Path) -> float:
+    import wave  # noqa: PLC0415
+
+    try:
+        with wave.open(str(wav), "rb") as w:
+            return w.getnframes() / w.getframerate()
+    except (OSError, EOFError, wave.Error):
+        return 0.0
 
 
 def _has_sound_card() -> bool:
@@ -112,6 +125,15 @@ def run_demo(out_dir: Path, echo: Callable[[str], None] = print) -> int:
                 ann.exception_led = LoggedLed(ann.exception_led, "exception LED", echo)
             if ann.status_led is not None:
                 ann.status_led = LoggedLed(ann.status_led, "status LED", echo)
+            speak = agent.speak
+
+            def logged_speak(template: str, facts: dict, done=None) -> str:  # noqa: ANN001
+                phrase = speak(template, facts, done)
+                if phrase:
+                    echo(f"  🗣 voice: {phrase}")
+                return phrase
+
+            agent.speak = logged_speak  # type: ignore[method-assign]
             agent.start()
             ok = True
             try:
@@ -121,6 +143,7 @@ def run_demo(out_dir: Path, echo: Callable[[str], None] = print) -> int:
                 with ToolClient(MqttSettings("127.0.0.1", broker.port, "demo-hq"), [topics.result, topics.alerts]) as hq:
                     ok &= _orders_and_exceptions(agent, hq, topics, echo)
                     ok &= _paper_out_spell(agent, hq, topics, printer, echo)
+                    ok &= _store_day(agent, hq, topics, printer, echo)
             finally:
                 agent.stop()
             echo(f"\n{len(printer.jobs)} ticket(s) printed in {time.monotonic() - t0:.1f}s; each as .txt, .png and .bin:")
@@ -192,3 +215,34 @@ def _paper_out_spell(agent: Agent, hq: ToolClient, topics: Topics, printer: Virt
             echo(f"  result {r['status']:<9} {r['event_id']:<16} {', '.join(r['documents'])}")
     _alert_lines(hq, topics, seen, echo)
     return escalated and printed and cleared
+
+
+def _store_day(agent: Agent, hq: ToolClient, topics: Topics, printer: VirtualPrinter, echo: Callable[[str], None]) -> bool:
+    """The follow-up list (an order delivered 30 h ago) and the day's report, each as a slip."""
+    from datetime import datetime, timedelta, timezone  # noqa: PLC0415
+
+    echo("\n== the store's day: follow-up calls and the daily report")
+    created = sample_events(now_utc(), tag="followup")[0]
+    created["order"]["seq"] = 7
+    done = json.loads(json.dumps(created))
+    done.update(type="order.completed", id=created["id"] + "-done",
+                at=(datetime.now(timezone.utc) - timedelta(hours=30)).isoformat())
+    for ev in (created, done):
+        hq.publish(topics.orders, json.dumps(ev, ensure_ascii=False).encode())
+    echo(f"published order.created + order.completed (delivered 30 h ago)  order {created['order']['id']}")
+    hq.wait_for(lambda msgs: {r["event_id"] for r in _results(hq, topics) if r["status"] in FINAL} >= {created["id"], done["id"]}, 15)
+    before = len(printer.jobs)
+    due = agent.followups.due()
+    echo(f"  follow-ups due: {', '.join(o['order_id'] for o in due) or 'none'}")
+    agent.print_followups(due)
+    today = datetime.fromtimestamp(agent.clock()).date()
+    agent.journal.flush()
+    time.sleep(0.3)  # the last figures (lazy) are in
+    report = agent.report("day")
+    agent.print_report("day", today, today)
+    faults = ", ".join(f"{k} {v['count']}x" for k, v in report["faults"].items()) or "none"
+    echo(f"  daily report: {report['orders']['total']} orders, {sum(report['tickets'].values())} tickets, faults {faults}")
+    ok = printer.wait_for(lambda p: len(p.jobs) >= before + 2, 15)
+    for j in printer.jobs[before:]:
+        echo(f"  printed: {j.text.splitlines()[0].strip() if j.text else '?'}")
+    return ok

@@ -18,11 +18,13 @@ broken engine is an ``AudioError``: the annunciator raises the audio alert; prin
 
 from __future__ import annotations
 
+import array
 import hashlib
 import logging
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import threading
 import wave
@@ -55,7 +57,7 @@ class VoiceSettings:
     enabled: bool = True
     clips_dir: str = ""
     voice: str = "cmn"
-    speed: int = 160
+    speed: int = 190
     cache_mb: int = 16
     phrases: Mapping[str, str] = field(default_factory=dict)
     engine: str = "espeak-ng"  # the program (tests point it elsewhere)
@@ -120,6 +122,22 @@ def _write(path: Path, pcm: bytes, fmt: tuple[int, int, int]) -> None:
         raise
 
 
+def _trim(pcm: bytes, fmt: tuple[int, int, int], threshold: int = 300, keep_ms: int = 20) -> bytes:
+    """16-bit PCM without its silent start and end (``keep_ms`` of each kept)."""
+    if fmt[1] != 2 or not pcm:
+        return pcm
+    samples = array.array("h", pcm[: len(pcm) // 2 * 2])
+    if sys.byteorder == "big":
+        samples.byteswap()
+    first = next((i for i, v in enumerate(samples) if abs(v) > threshold), None)
+    if first is None:
+        return pcm
+    last = next(i for i in range(len(samples) - 1, -1, -1) if abs(samples[i]) > threshold)
+    keep = fmt[0] * fmt[2] * keep_ms // 1000
+    start, end = max(first - keep, 0), min(last + keep, len(samples) - 1)
+    return pcm[start * 2 : (end + 1) * 2]
+
+
 class Voice:
     def __init__(self, settings: VoiceSettings, cache_dir: Path) -> None:
         self.settings = settings
@@ -160,7 +178,8 @@ class Voice:
             if r.returncode != 0 or os.path.getsize(tmp) < 100:
                 raise AudioError(f"{s.engine} failed ({r.returncode}): "
                                  f"{r.stderr.decode(errors='replace').strip().splitlines()[-1:] or 'no audio'}")
-            os.replace(tmp, path)
+            pcm, fmt = _read(Path(tmp))
+            _write(path, _trim(pcm, fmt), fmt)  # without the engine's own lead-in and tail of silence
         except FileNotFoundError as e:
             raise AudioError(f"{s.engine} is not installed (sudo apt install espeak-ng)") from e
         except subprocess.TimeoutExpired as e:

@@ -20,10 +20,13 @@ def test_demo_runs_the_whole_story(tmp_path):
                  "● exception LED: blink", "the clerk presses the acknowledge button", "alert acknowledged",
                  "== the paper runs out", "♪ chime device_fault", "● exception LED: on",
                  "alert raised       printer.paper_out", "alert escalated    printer.paper_out        to infodept",
-                 "all queued", "result printed   evt-paper2-0001", "alert cleared      printer.paper_out"):
+                 "all queued", "result printed   evt-paper2-0001", "alert cleared      printer.paper_out",
+                 "🗣 voice: 美团23号新订单", "♪ speaking", "🗣 voice: 打印机缺纸", "follow-ups due: MT-followup-",
+                 "printed: 回访清单", "printed: 日报"):
         assert line in text, f"{line!r} missing from the demo's output:\n{text}"
     txt = sorted((out / "counter").glob("*.txt"))
     png = sorted((out / "counter").glob("*.png"))
     assert len(txt) == len(png) >= 10
     assert any("温馨提示" in p.read_text() for p in txt) and any("作废" in p.read_text() for p in txt)
+    assert any("回访清单" in p.read_text() for p in txt) and any("日报" in p.read_text() for p in txt)
     assert str(txt[0].relative_to(tmp_path)) in text or str(txt[0]) in text
