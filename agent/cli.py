@@ -188,7 +188,9 @@ def config_check(file: str | None, config_path: str | None, as_json: bool) -> No
 
 @main.command()
 @click.argument("event_file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--template", "template", default=None, help="document: receipt, warm_tip, slip, test_page (default: what the event prints)")
+@click.option("--template", "template", default=None, help="document: receipt, warm_tip, slip; or an agent-made slip "
+              "(report, followups, unshipped_summary, prep_reminder, test_page) with this event's order as its data "
+              "(default: what the event prints)")
 @click.option("--width", type=click.Choice(["58", "80"]), default="80", help="paper width in mm")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None, help="FILE.png or FILE.txt (default: text to stdout)")
 @click.option("--reprint", is_flag=True, help="as a reprint (补打)")
@@ -217,8 +219,13 @@ def preview(event_file: str, template: str | None, width: str, out: str | None, 
     renderer = TicketRenderer(store_name=store_name, store_phone=store_phone, texts=texts, template_dir=tdir,
                               on_fallback=lambda n, e: click.echo(f"template {n} failed, used the built-in: {e}", err=True))
     columns = 32 if width == "58" else 48
+    from .preview import AGENT_SLIPS, sample_context  # noqa: PLC0415
+
     for i, doc_name in enumerate(docs):
-        doc = renderer.render(doc_name, parsed, columns=columns, reprint=reprint)
+        if doc_name in AGENT_SLIPS:  # an agent-made slip: shown with this event's order as its data
+            doc = renderer.render_named(doc_name, sample_context(doc_name, parsed), columns=columns)
+        else:
+            doc = renderer.render(doc_name, parsed, columns=columns, reprint=reprint)
         if out is None:
             click.echo(preview_text(doc))
             continue

@@ -60,3 +60,36 @@ def encode(doc: Document, render: str = "text", qr: str = "native", *, cut: bool
         return to_escpos_image(doc, cut)
     return to_escpos(doc, qr_encoder=qr_as_image if qr == "image" else None, cut=cut, charset=charset,
                      line_encoder=_line_as_image(doc.columns))
+
+
+AGENT_SLIPS = ("report", "followups", "unshipped_summary", "prep_reminder", "test_page")
+
+
+def sample_context(name: str, ev) -> dict:  # noqa: ANN001 - an OrderEvent
+    """Data for previewing an agent-made slip from an order event file (``store-agent preview --template``)."""
+    o = ev.order
+    item = {"id": o.id, "platform": o.platform, "seq": o.seq, "age_min": 75,
+            "window_start": o.delivery.window.start if o.delivery and o.delivery.window else None}
+    if name == "report":
+        paid = o.amounts.paid if o.amounts else 0
+        platform = o.platform or "other"
+        return {"report": {"period": "day", "v": 1, "from_day": ev.at.date().isoformat() if ev.at else "", "to_day":
+                           ev.at.date().isoformat() if ev.at else "", "days": 1,
+                           "orders": {"total": 1, "paid_fen": paid, "by_platform": {platform: {"orders": 1, "paid_fen": paid}}},
+                           "events": {ev.type: 1}, "tickets": {"receipt": 1, "warm_tip": 1}, "reprints": {}, "results": {},
+                           "to_paper_s": {"n": 1, "p50": 0.4, "p95": 0.4, "max": 0.4},
+                           "faults": {"paper_out": {"count": 1, "minutes": 4.5}}, "escalations": 0,
+                           "alert_response_s": {"n": 0, "median": None, "max": None},
+                           "followups": {"done": 1, "reached": 1, "no_answer": 0, "declined": 0, "due": 1, "rate": 1.0}}}
+    if name == "followups":
+        items = [f"{i.name} x{i.qty}" for i in (o.items or [])][:2]
+        return {"orders": [{"order_id": o.id, "platform": o.platform, "seq": o.seq,
+                            "delivered_at": ev.at.astimezone().isoformat(timespec="minutes") if ev.at else "",
+                            "delivered_by": "completed", "hours_ago": 30.0, "items": items,
+                            "customer": o.customer.name if o.customer else None,
+                            "phone": o.customer.phone if o.customer else None, "aftersale": False, "done": None}]}
+    if name == "unshipped_summary":
+        return {"orders": [item], "minutes": 60}
+    if name == "prep_reminder":
+        return {"orders": [item]}
+    return {"printer": {"name": "counter", "connection": "network 192.168.1.50:9100", "paper_width_mm": 80}}

@@ -155,3 +155,17 @@ def test_report_slips_print_once_per_day_week_and_month():
     assert sched.tick() == ["report:day:2026-11-02"]
     off = ReportSchedule(timers, daily_at="", weekly_on="sun", monthly=True, print_report=lambda *a: 1 / 0, clock=lambda: now[0])
     assert off.tick() == []
+
+
+def test_every_agent_made_slip_has_a_preview(tmp_path):
+    from conftest import DATA
+
+    event = DATA / "examples" / "order-created-meituan.json"
+    for template, title in (("report", "日报"), ("followups", "回访清单"), ("unshipped_summary", "未出库订单汇总"),
+                            ("prep_reminder", "备货提醒"), ("test_page", "打印测试页")):
+        r = subprocess.run([sys.executable, "-m", "agent.cli", "preview", str(event), "--template", template, "--width", "58"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert r.returncode == 0 and title in r.stdout, (template, r.stdout, r.stderr)
+    cfg = write_toml(tmp_path / "c.toml", {**agent_config(tmp_path / "s", 1, 1, "pv-1"), "texts": {"report_title_day": "营业日报"}})
+    r = cli(cfg, "preview", str(event), "--template", "report")
+    assert r.returncode == 0 and "营业日报" in r.stdout  # the chain's wording overrides apply
