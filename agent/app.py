@@ -114,6 +114,7 @@ class Agent:
         self.rules = effective_rules(cfg.rules)
         self.alerts = AlertBook(self.journal, self._publish_alert, clock, details_for=self.faults.escalation_details,
                                 renotify_s=cfg.escalation.renotify_s)
+        self.stats.already_escalated(a.id for a in self.alerts.open_alerts() if a.state == "escalated")
         self.notifier = _notifier(cfg)
         self._gpio_devices: list = []
         self.annunciator = self._build_annunciator(cfg)

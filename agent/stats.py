@@ -25,7 +25,7 @@ import logging
 import math
 import time
 from datetime import date, datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 if TYPE_CHECKING:
     from .alerts import Alert
@@ -68,6 +68,11 @@ class Stats:
     def __init__(self, journal: "Journal", clock: Callable[[], float] = time.time) -> None:
         self.journal = journal
         self.clock = clock
+        self._escalated: set[str] = set()  # open alerts already counted as escalated (re-notifications are not)
+
+    def already_escalated(self, alert_ids: "Iterable[str]") -> None:
+        """Open alerts that were escalated before this start (their re-notifications are not new escalations)."""
+        self._escalated.update(alert_ids)
 
     def _add(self, counts: dict[str, float], samples: tuple[tuple[str, float], ...] = (), at: Optional[float] = None) -> None:
         try:
@@ -107,12 +112,16 @@ class Stats:
         code = alert.code
         fault = code.startswith("printer.") and code not in NOT_FAULTS
         kind = code.split(".", 1)[-1]
-        if alert.state == "raised" and fault:
+        if alert.state == "raised" and fault and alert.at == alert.since:  # new (a refreshed message has a later at)
             self._add({f"faults:{kind}": 1}, at=alert.since)
-        elif alert.state == "cleared" and fault:
-            self._add({f"fault_s:{kind}": max(alert.at - alert.since, 0.0)}, at=alert.at)
+        elif alert.state == "cleared":
+            self._escalated.discard(alert.id)
+            if fault:
+                self._add({f"fault_s:{kind}": max(alert.at - alert.since, 0.0)}, at=alert.at)
         elif alert.state == "escalated":
-            self._add({"escalations": 1}, at=alert.at)
+            if alert.id not in self._escalated:  # once: the re-notifications every renotify_s are not counted
+                self._escalated.add(alert.id)
+                self._add({"escalations": 1}, at=alert.at)
         elif alert.state == "acknowledged":
             self._add({}, (("ack_s", max(alert.at - alert.since, 0.0)),), at=alert.at)
 

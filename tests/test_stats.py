@@ -169,3 +169,32 @@ def test_every_agent_made_slip_has_a_preview(tmp_path):
     cfg = write_toml(tmp_path / "c.toml", {**agent_config(tmp_path / "s", 1, 1, "pv-1"), "texts": {"report_title_day": "营业日报"}})
     r = cli(cfg, "preview", str(event), "--template", "report")
     assert r.returncode == 0 and "营业日报" in r.stdout  # the chain's wording overrides apply
+
+
+def test_refreshed_and_renotified_alerts_are_counted_once(tmp_path):
+    from agent.alerts import Alert
+    from agent.journal import Journal
+    from agent.stats import Stats
+
+    j = Journal(tmp_path / "j.sqlite3")
+    try:
+        now = [1_800_000_000.0]
+        st = Stats(j, clock=lambda: now[0])
+        a = Alert("printer:p:paper_out", "printer.paper_out", "critical", "缺纸", since=now[0], at=now[0])
+        st.on_alert(a)
+        st.on_alert(Alert(a.id, a.code, a.severity, "缺纸 (new detail)", since=now[0], at=now[0] + 5))  # refreshed
+        esc = Alert(a.id, a.code, a.severity, a.message, since=now[0], at=now[0] + 120, state="escalated")
+        st.on_alert(esc)
+        st.on_alert(Alert(a.id, a.code, a.severity, a.message, since=now[0], at=now[0] + 1920, state="escalated"))  # renotify
+        st.on_alert(Alert(a.id, a.code, a.severity, a.message, since=now[0], at=now[0] + 2000, state="cleared"))
+        j.flush()
+        day = date.fromtimestamp(now[0])
+        rep = st.report(day, day)
+        assert rep["faults"] == {"paper_out": {"count": 1, "minutes": round(2000 / 60, 1)}} and rep["escalations"] == 1
+        st2 = Stats(j, clock=lambda: now[0])  # after a restart: an alert escalated before is not a new escalation
+        st2.already_escalated(["x"])
+        st2.on_alert(Alert("x", "order.rx_pending", "critical", "m", since=now[0], at=now[0] + 9, state="escalated"))
+        j.flush()
+        assert st2.report(day, day)["escalations"] == 1
+    finally:
+        j.close()
