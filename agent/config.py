@@ -345,6 +345,31 @@ class RemoteSettings(_Model):
                        "at the next start and HQ's versions count from 0 again (recovery from a lock-out)")
 
 
+class SecurityConfig(_Model):
+    hq_public_key: Union[str, list[str]] = Field(
+        "", description="config file only: HQ's Ed25519 public key(s), `ed25519:<base64>` (store-fleet keygen); when set, "
+        "config/set and requests must be signed with one of them (a list while a key is being rotated)")
+    replay_window_s: int = Field(300, ge=10, le=86400, description="a signed request older (or further ahead) than "
+                                 "this is refused, and a nonce seen within it is a replay")
+
+    @field_validator("hq_public_key")
+    @classmethod
+    def _keys_parse(cls, v: Union[str, list[str]]) -> Union[str, list[str]]:
+        from .signing import SigningError, parse_public_key  # noqa: PLC0415
+
+        for k in [v] if isinstance(v, str) else v:
+            if k:
+                try:
+                    parse_public_key(k)
+                except SigningError as e:
+                    raise ValueError(str(e)) from None
+        return v
+
+    @property
+    def hq_public_keys(self) -> list[str]:
+        return [k for k in ([self.hq_public_key] if isinstance(self.hq_public_key, str) else self.hq_public_key) if k]
+
+
 class Config(_Model):
     store_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="fixed by the config file; config/set cannot change it")
     state_dir: str = Field("/var/lib/store-agent", description="fixed by the config file; config/set cannot change it")
@@ -364,6 +389,7 @@ class Config(_Model):
     followup: FollowupConfig = FollowupConfig()
     gpio: GpioConfig = GpioConfig()
     remote: RemoteSettings = RemoteSettings()
+    security: SecurityConfig = SecurityConfig()
     rules: dict[EventTypeName, RuleOverride] = Field(default_factory=dict, description="per event type, see agent/rules.py")
     texts: Annotated[dict[str, Union[str, list[str]]], AfterValidator(_check_texts)] = Field(
         default_factory=dict, description="override any ticket wording (see agent/wording.py for the keys)"

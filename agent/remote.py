@@ -157,6 +157,28 @@ def below_remote_minimums(cfg: Config, base: Config) -> list[str]:
     return bad
 
 
+def merged_config(base: Config, overlay: dict[str, Any]) -> Config:
+    """``overlay`` applied to the config file ``base`` as a store applies it: the allow-list, the merge, the
+    models, the remote minimums. ConfigError names what is wrong. (HQ's console checks a push with it.)"""
+    fixed = outside_allow_list(overlay, base)
+    if fixed:
+        raise ConfigError("; ".join(f"{k}: set in the config file only, not remotely" for k in fixed))
+    cfg = parse_config(merge_patch(config_data(base), _expand_printers(overlay, base)))
+    low = below_remote_minimums(cfg, base)
+    if low:
+        raise ConfigError("; ".join(low))
+    return cfg
+
+
+def version_of(payload: bytes) -> Optional[int]:
+    """The ``version`` of a config/set that may not validate (for its refusal); None when unreadable."""
+    try:
+        raw = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    return raw["version"] if isinstance(raw, dict) and type(raw.get("version")) is int else None
+
+
 class ConfigSet(BaseModel):
     """The ``config/set`` payload. Unknown top-level fields are ignored (forward compatible)."""
 
@@ -295,14 +317,7 @@ class RemoteConfig:
 
     # -- the effective config
     def merged(self, overlay: dict[str, Any]) -> Config:
-        fixed = outside_allow_list(overlay, self.base)
-        if fixed:
-            raise ConfigError("; ".join(f"{k}: set in the config file only, not remotely" for k in fixed))
-        cfg = parse_config(merge_patch(config_data(self.base), _expand_printers(overlay, self.base)))
-        low = below_remote_minimums(cfg, self.base)
-        if low:
-            raise ConfigError("; ".join(low))
-        return cfg
+        return merged_config(self.base, overlay)
 
     def effective(self, boot: bool = False) -> Config:
         """At boot: the file plus the stored overlay; the file alone if the overlay no longer fits it.
@@ -341,14 +356,7 @@ class RemoteConfig:
         try:
             req = ConfigSet.model_validate_json(payload)
         except ValidationError as e:
-            version = None
-            try:
-                raw = json.loads(payload)
-                if isinstance(raw, dict) and type(raw.get("version")) is int:
-                    version = raw["version"]
-            except (ValueError, RecursionError):
-                pass
-            return Decision("refused", version, f"bad config/set: {format_validation_error(e)}"[:500])
+            return Decision("refused", version_of(payload), f"bad config/set: {format_validation_error(e)}"[:500])
         with self._lock:
             applied, overlay, reverted = self.version, self.overlay, self.reverted
         if req.version <= applied:

@@ -27,7 +27,9 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from .commands import reply
+from .remote import MAX_SET_BYTES, Decision, version_of
 from .mqtt import Inbound
+from .signing import verifier_for
 
 if TYPE_CHECKING:
     from .app import Agent
@@ -111,6 +113,8 @@ class RequestDesk:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
         self.limits = RateLimits()
+        # security.hq_public_key (file only): requests and config/set must carry HQ's signature (agent/signing.py)
+        self.verifier = verifier_for(getattr(agent, "cfg", None))
         self._configs: "collections.deque[Inbound]" = collections.deque()  # at most the newest (acked) one
         self.superseded = 0
         self._requests: "collections.deque[Inbound]" = collections.deque()
@@ -219,6 +223,11 @@ class RequestDesk:
             if transaction is not None and not isinstance(transaction, (str, int)):
                 transaction = None
                 raise ValueError("transaction must be a string")
+            if self.verifier is not None:
+                why = self.verifier.check(f"request/{command}", body)
+                if why:
+                    log.warning("request %s refused: %s", command, why)
+                    return reply(transaction, error=why)
             return self.agent.commands.run(command, body.get("args"), transaction)
         except (ValueError, UnicodeDecodeError, RecursionError) as e:
             return reply(transaction, error=f"bad request: {str(e)[:300]}")
@@ -236,7 +245,8 @@ class RequestDesk:
         if a.restart_requested:
             a.remote.refuse(None, f"not applied: the agent is restarting for {a.restart_requested}; send it again")
             return
-        d = a.remote.propose(payload, a.cfg)
+        why = self.unsigned_config_set(payload)
+        d = a.remote.propose(payload, a.cfg) if why is None else Decision("refused", version_of(payload), why)
         if d.kind == "refused":
             log.warning("config/set refused: %s", d.message)
             a.remote.refuse(d.version, d.message)
@@ -254,6 +264,19 @@ class RequestDesk:
                 log.info("config version %s applied", d.version)
                 a.apply_live(d.cfg)
         self.publish_config_state()
+
+    def unsigned_config_set(self, payload: bytes) -> Optional[str]:
+        """With security.hq_public_key: why this config/set is not HQ's (None: signed by HQ, or no key set).
+        No time window: a config/set's version is its replay guard (agent/signing.py)."""
+        if self.verifier is None:
+            return None
+        if len(payload) > MAX_SET_BYTES:
+            return None  # propose refuses it by its size
+        try:
+            body = json.loads(payload.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return None  # propose refuses it as unreadable
+        return self.verifier.check("config/set", body, replay=False)
 
     def check_probation(self) -> None:
         """After a restart for a remote change: keep it once subscribed, revert it if that does not happen."""
