@@ -1,5 +1,6 @@
 """Issue 18, findings 4, 5, 7, 8, 10-16: the CLI as a technician meets it, through the real CLI against a running
-agent (``store-agent run``), a real mosquitto and the virtual printer."""
+agent (``store-agent run``), the broker kit as shipped (TLS, password logins, the tech login) and the virtual
+printer."""
 
 import json
 import os
@@ -18,10 +19,24 @@ from conftest import EXAMPLES, ROOT, agent_config, wait_until, write_toml
 from test_tech_connect import RunningAgent, cli
 
 
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    from test_broker_kit import Kit  # noqa: PLC0415
+
+    k = Kit("password", tmp_path_factory.mktemp("tech-cli"), stores=("kit-a",))
+    subprocess.run(["mosquitto_passwd", "-b", str(k.d / "passwd"), "tech", "tech-pw"], check=True, capture_output=True)
+    k.reload()
+    (k.d / "tech.pass").write_text("tech-pw\n")
+    yield k
+    k.stop()
+
+
 @pytest.fixture
-def running(tmp_path, broker, vprinter):
-    agent = RunningAgent(tmp_path, agent_config(tmp_path / "state", broker.port, vprinter.port,
-                                                f"tc-{os.getpid()}-{time.monotonic_ns() % 10**7}"))
+def running(tmp_path, kit, vprinter):
+    cfg = agent_config(tmp_path / "state", kit.port, vprinter.port, "kit-a")
+    cfg["mqtt"] = {**kit.store_mqtt("kit-a"), "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
+    agent = RunningAgent(tmp_path, cfg)
+    agent.tech = ["--username", "tech", "--password-file", str(kit.d / "tech.pass")]  # the kit's login for tools
     assert wait_until(lambda: agent.status()["mqtt"]["subscribed"], 20), agent.log()
     yield agent
     agent.stop()
@@ -132,13 +147,13 @@ def test_shipped_samples_are_listed_and_print(running, vprinter):
     r = running.cli("send", "--list")
     assert r.returncode == 0 and "order-meituan" in r.stdout and str(EXAMPLES) in r.stdout
     example = EXAMPLES / "order-created-meituan.json"
-    stale = running.cli("send", str(example))  # the example's expires_at lies in the past
+    stale = running.cli("send", str(example), *running.tech)  # the example's expires_at lies in the past
     assert "result expired" in stale.stdout, stale.stdout + stale.stderr
-    r = running.cli("send", "--fresh", str(example))
+    r = running.cli("send", "--fresh", str(example), *running.tech)
     assert r.returncode == 0 and "result printed" in r.stdout, r.stdout + r.stderr
-    r = running.cli("send", "--sample", "order-eleme-rx")
+    r = running.cli("send", "--sample", "order-eleme-rx", *running.tech)
     assert r.returncode == 0 and "result printed" in r.stdout, r.stdout + r.stderr
-    r = running.cli("send", "--sample", "trumpet")
+    r = running.cli("send", "--sample", "trumpet", *running.tech)
     assert r.returncode == 2 and "one of order-meituan" in r.stderr
 
 
@@ -250,7 +265,7 @@ def test_every_command_has_one_json_shape(running, tmp_path):
     for args in (["status"], ["queue"], ["config", "show"], ["config", "check"], ["doctor"], ["printers"],
                  ["send", "--list"], ["ack"], ["silence", "5"], ["silence", "--off"], ["test-print"],
                  ["chime", "urgent"], ["reprint", "NOPE"], ["journal", "salvage"], ["led"],
-                 ["send", "--sample", "order-meituan"], ["watch", "--for", "1"]):
+                 ["send", "--sample", "order-meituan", *running.tech], ["watch", "--for", "1", *running.tech]):
         r = running.cli(*args, "--json")
         out = shape(r)
         if args[0] in ("chime", "reprint", "journal", "led"):
@@ -269,5 +284,5 @@ def test_every_command_has_one_json_shape(running, tmp_path):
 def test_config_show_fills_in_the_client_id(running):
     r = running.cli("config", "show")
     assert 'mqtt.client_id = ""' not in r.stdout
-    assert re.search(r'mqtt.client_id = "store-agent-tc-', r.stdout), r.stdout
+    assert 'mqtt.client_id = "store-agent-kit-a"' in r.stdout, r.stdout
     assert json.loads(running.cli("config", "show", "--json").stdout)["data"]["mqtt"]["client_id"].startswith("store-agent-")
