@@ -616,9 +616,18 @@ def send(event_file: str | None, config_path: str | None, as_json: bool, wait_s:
             click.echo(line)
 
     try:
-        with ToolClient(settings, [topics.result]) as c:
+        with ToolClient(settings, [topics.result, topics.status]) as c:
+            # the agent's retained status first: an order for an agent that is away waits at the broker
+            c.wait_for(lambda msgs: any(t == topics.status for t, _ in msgs), 1.0)
+            statuses = [p.decode(errors="replace") for t, p in c.received if t == topics.status]
+            agent_status = statuses[-1] if statuses else None
             c.publish(topics.orders, payload)
             say(f"sent {parsed.id} ({parsed.type}, order {parsed.order.id}) to {topics.orders}; waiting up to {wait_s:g}s for the agent")
+            if agent_status != "online":
+                say(f"note: {topics.status} is {agent_status!r}: the agent is not connected (stopped, or lost: power or "
+                    "network); the order waits at the broker until it is (store-agent status, doctor on the store's Pi)"
+                    if agent_status else f"note: nothing retained on {topics.status}: this store's agent has never connected to "
+                    "this broker, and orders for it are not kept (start it once)")
             import time as _time  # noqa: PLC0415
 
             deadline = _time.monotonic() + wait_s
@@ -641,11 +650,13 @@ def send(event_file: str | None, config_path: str | None, as_json: bool, wait_s:
     if taken:
         error = f"another client logged in as {tool.name or client_id} and took this tool's session over; try again"
     elif not results:
-        error = f"no result within {wait_s:g}s: is the agent running and subscribed? (store-agent status)"
+        error = (f"no result within {wait_s:g}s: is the agent running and subscribed? (store-agent status)" if agent_status == "online"
+                 else f"no result within {wait_s:g}s: the agent is not connected ({topics.status}: {agent_status or 'nothing'})")
     elif not any(r["status"] in final for r in results):
         error = f"no final result within {wait_s:g}s (last: {results[-1]['status']}): store-agent status shows the printer"
     if as_json:
-        emit_json(error is None or bool(results), {"event_id": parsed.id, "results": results}, error)
+        emit_json(error is None or bool(results), {"event_id": parsed.id, "results": results, "agent_status": agent_status},
+                  error)
     if error:
         click.echo(error, err=True)
         if not results or taken:

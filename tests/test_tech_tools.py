@@ -252,3 +252,15 @@ def test_watch_with_the_tech_login_shows_what_the_store_says(tkit, store, vprint
     nobody_kicked(agent, hq, connects)
     r = cli(cfg_file, "watch", "--for", "1", *login(tkit, "hq"))
     assert r.returncode == 2 and "HQ's order system" in r.stderr
+
+
+def test_send_says_when_the_agent_is_away_and_the_order_waits(tkit, store, vprinter, make_agent):
+    agent, hq, cfg_file = store
+    agent.stop()
+    r = cli(cfg_file, "send", "--sample", "order-meituan", "--wait", "2", *login(tkit, "tech"))
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "note: stores/kit-a/status is 'stopped': the agent is not connected" in r.stdout, r.stdout
+    assert "the agent is not connected (stores/kit-a/status: stopped)" in r.stderr
+    mqtt = {**tkit.store_mqtt("kit-a"), "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
+    make_agent(tkit.port, vprinter.port, "kit-a", mqtt=mqtt)  # back: the order waited at the broker
+    assert vprinter.wait_jobs(2)
