@@ -491,6 +491,11 @@ class MqttLink:
                 return
             reason = "the broker closed the connection and is not listening (restarting or stopped)"
             fix = "nothing if it is a restart: the agent reconnects by itself; tell the info department if it lasts"
+        elif not was:  # closed (or reset) before any CONNACK: most often plain MQTT to a TLS port
+            reason = "the broker closed the connection before answering the login" + (
+                f" ({self._socket_error.replace('failed to receive on socket: ', '')})" if self._socket_error else "")
+            fix = (f"mqtt.tls must be true for a TLS port (the broker kit's is 8883; mqtt.tls = {str(self.settings.tls).lower()}, "
+                   f"mqtt.port = {self.settings.port}); else the broker's log says why")
         else:
             reason = f"connection lost ({self._socket_error or reason_code})"
             fix = "check the network and the broker; the agent reconnects by itself"

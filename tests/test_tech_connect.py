@@ -106,7 +106,8 @@ FAULTS = {
     "broker down": (lambda t, k: {"port": free_port()}, "nothing listens on 127.0.0.1:", "nc -vz 127.0.0.1"),
     "unresolvable host": (lambda t, k: {"host": "no-such-broker.invalid"},
                           "cannot resolve the broker's name 'no-such-broker.invalid'", "check mqtt.host"),
-    "not TLS": (lambda t, k: {"tls": False}, "connection lost", "check the network"),
+    "not TLS": (lambda t, k: {"tls": False}, "the broker closed the connection before answering the login",
+                "mqtt.tls must be true for a TLS port"),
 }
 
 
