@@ -758,7 +758,7 @@ def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: 
     print()
     print("| run | n | p50 | p95 | p99 | max | orders/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(lat_row(f"agent: first {warm} orders after start, 1 per {interval:g} s", R["a_cold"], False))
+    print(lat_row(f"agent: {warm} orders after the idle window, 1 per {interval:g} s", R["a_cold"], False))
     print(lat_row(f"agent: paced, 1 per {interval:g} s", R["a_paced"], False))
     if "a_paced10" in R:
         print(lat_row("agent: paced, 10 per s", R["a_paced10"], False))
@@ -767,7 +767,7 @@ def report(R: dict[str, Any], work: Path, paced: int, burst: int, orders_total: 
         allc = Phase("orders", sum(c.n for c in chunks), [x for c in chunks for x in c.lat_ms],
                      chunks[0].first_publish, chunks[-1].last_cut, 0, 0, 0)
         print(lat_row(f"agent: orders phase, {len(chunks)} bursts of <= {chunk} (each waits for the last)", allc))
-    print(lat_row(f"baseline: first {warm} orders after start", R["n_cold"], False))
+    print(lat_row(f"baseline: {warm} orders after a 1 s pause", R["n_cold"], False))
     print(lat_row(f"baseline: paced, 1 per {interval:g} s", R["n_paced"], False))
     if "n_paced10" in R:
         print(lat_row("baseline: paced, 10 per s", R["n_paced10"], False))
