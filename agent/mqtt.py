@@ -109,6 +109,25 @@ def explain_reason(code: object) -> tuple[str, str]:
     return f"broker said: {code}", "see the broker's log (journalctl -u mosquitto) with the info department"
 
 
+def explain_tls_alert(text: str, s: "MqttSettings") -> tuple[str, str]:
+    """(reason, fix) for a TLS error or alert, from its text (raised at the handshake, or read later: a revoked
+    certificate's alert may come with the first read)."""
+    where = f"{s.host}:{s.port}"
+    reason = text.upper()
+    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
+        return (f"TLS: the broker does not accept this store's certificate mqtt.cert_file {s.cert_file or '(none)'} ({text})",
+                "install the certificate add-store.sh issued for this store (client.crt, client.key)")
+    if "REVOKED" in reason:
+        return (f"TLS: this store's certificate mqtt.cert_file {s.cert_file} has been revoked ({text})",
+                "the store was re-keyed: install its new client.crt and client.key from the info department")
+    if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+        return (f"TLS: the broker wants a client certificate (mqtt.cert_file / key_file) ({text})",
+                "set mqtt.cert_file and mqtt.key_file to the store's client.crt and client.key")
+    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
+        return (f"TLS: {where} does not speak TLS ({text})", "check mqtt.port (8883 is TLS) and mqtt.tls")
+    return f"TLS with {where} failed: {text}", "check mqtt.ca_file, cert_file, key_file with the info department"
+
+
 def explain_exception(e: BaseException, s: "MqttSettings") -> tuple[str, str]:
     """(reason, fix) for an error raised while connecting (DNS, TCP, TLS), naming the host, port and files."""
     where = f"{s.host}:{s.port}"
@@ -123,19 +142,7 @@ def explain_exception(e: BaseException, s: "MqttSettings") -> tuple[str, str]:
         return (f"TLS: the broker's certificate is not signed by the CA in mqtt.ca_file {s.ca_file or '(system CAs)'} ({msg})",
                 "install the kit's ca.crt from the info department as mqtt.ca_file")
     if isinstance(e, ssl.SSLError):
-        reason = (getattr(e, "reason", None) or str(e)).upper()
-        if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
-            return (f"TLS: the broker does not accept this store's certificate mqtt.cert_file {s.cert_file or '(none)'} ({reason})",
-                    "install the certificate add-store.sh issued for this store (client.crt, client.key)")
-        if "REVOKED" in reason:
-            return (f"TLS: this store's certificate mqtt.cert_file {s.cert_file} has been revoked ({reason})",
-                    "the store was re-keyed: install its new client.crt and client.key from the info department")
-        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
-            return (f"TLS: the broker wants a client certificate (mqtt.cert_file / key_file) ({reason})",
-                    "set mqtt.cert_file and mqtt.key_file to the store's client.crt and client.key")
-        if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
-            return (f"TLS: {where} does not speak TLS ({reason})", "check mqtt.port (8883 is TLS) and mqtt.tls")
-        return f"TLS handshake with {where} failed: {reason}", "check mqtt.ca_file, cert_file, key_file with the info department"
+        return explain_tls_alert((getattr(e, "reason", None) or str(e)), s)
     if isinstance(e, socket.gaierror):
         return f"cannot resolve the broker's name {s.host!r} ({e.strerror or e})", "check mqtt.host, the network and DNS (ping it)"
     if isinstance(e, ConnectionRefusedError):
@@ -491,6 +498,8 @@ class MqttLink:
                 return
             reason = "the broker closed the connection and is not listening (restarting or stopped)"
             fix = "nothing if it is a restart: the agent reconnects by itself; tell the info department if it lasts"
+        elif not was and "SSL" in self._socket_error:  # a TLS alert read after the handshake (a revoked certificate)
+            reason, fix = explain_tls_alert(self._socket_error.replace("failed to receive on socket: ", ""), self.settings)
         elif not was:  # closed (or reset) before any CONNACK: most often plain MQTT to a TLS port
             reason = "the broker closed the connection before answering the login" + (
                 f" ({self._socket_error.replace('failed to receive on socket: ', '')})" if self._socket_error else "")

@@ -264,3 +264,35 @@ def test_send_says_when_the_agent_is_away_and_the_order_waits(tkit, store, vprin
     mqtt = {**tkit.store_mqtt("kit-a"), "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
     make_agent(tkit.port, vprinter.port, "kit-a", mqtt=mqtt)  # back: the order waited at the broker
     assert vprinter.wait_jobs(2)
+
+
+@pytest.mark.parametrize("case", ["revoked", "other CA"])
+def test_certificate_kit_says_why_the_store_certificate_is_refused(ckit, vprinter, tmp_path, case):
+    """Finding 1 on the certificate kit: a revoked store certificate and one from another CA, each in words."""
+    from test_broker_kit import script  # noqa: PLC0415
+    from test_tech_connect import RunningAgent  # noqa: PLC0415
+
+    mqtt = {**ckit.store_mqtt("kit-a"), "reconnect_min_s": 0.2, "reconnect_max_s": 0.5}
+    if case == "revoked":
+        script("add-store.sh", "kit-rv", "localhost", kit_dir=ckit.d)
+        script("make-certs.sh", "--revoke", "kit-rv", kit_dir=ckit.d)
+        ckit.reload()  # mosquitto re-reads crl.pem
+        mqtt.update(cert_file=str(ckit.d / "stores" / "kit-rv.crt"), key_file=str(ckit.d / "stores" / "kit-rv.key"))
+        store, says = "kit-rv", "has been revoked"
+    else:
+        other = tmp_path / "other"
+        other.mkdir()
+        script("make-certs.sh", "localhost", kit_dir=other)
+        script("make-certs.sh", "--client", "kit-a", kit_dir=other)
+        mqtt.update(cert_file=str(other / "clients" / "kit-a.crt"), key_file=str(other / "clients" / "kit-a.key"))
+        store, says = "kit-a", "the broker does not accept this store's certificate"
+    cfg = agent_config(tmp_path / "state", ckit.port, vprinter.port, store)
+    cfg["mqtt"] = mqtt
+    agent = RunningAgent(tmp_path / "agent", cfg)
+    try:
+        assert wait_until(lambda: (agent.status()["mqtt"].get("last_error") or {}).get("failed_attempts", 0) >= 2, 20), agent.log()
+        err = agent.status()["mqtt"]["last_error"]
+        assert says in err["error"] and "mqtt.cert_file" in err["error"] and err["fix"], err
+        assert agent.log().count("cannot connect to the broker") == 1
+    finally:
+        agent.stop()
