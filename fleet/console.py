@@ -105,13 +105,20 @@ class Console:
         tx = {s: f"fleet-{run}-{s}" for s in stores}
         with self._resp_cv:
             self._waiting.update(tx.values())
+        infos = {}
         for s in stores:
             body: dict[str, Any] = {"transaction": tx[s]}
             if args is not None:
                 body["args"] = args
-            self.link.publish(f"{self.cfg.prefix}/{s}/request/{command}", self._body(body, s, f"request/{command}"))
+            infos[s] = self.link.publish(f"{self.cfg.prefix}/{s}/request/{command}", self._body(body, s, f"request/{command}"))
         deadline = time.monotonic() + timeout
+        refused = {}
+        for s, info in infos.items():
+            why = self.link.rejected(info, max(0.1, deadline - time.monotonic()))
+            if why:
+                refused[s] = {"transaction": tx[s], "status": "error", "error": why, "data": None, "_store": s}
         with self._resp_cv:
+            self._waiting.difference_update(tx[s] for s in refused)
             while self._waiting & set(tx.values()):
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -119,6 +126,7 @@ class Console:
                 self._resp_cv.wait(left)
             answers = {s: self._responses.pop(t) for s, t in tx.items() if t in self._responses}
             self._waiting.difference_update(tx.values())
+        answers.update(refused)
         return answers, [s for s in stores if s not in answers]
 
     # -- picking stores

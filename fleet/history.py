@@ -152,6 +152,14 @@ class History:
 
         self._tx(fn)
 
+    def unpush(self, store: str, before: Optional[tuple[int, dict[str, Any]]]) -> None:
+        """A config/set the broker refused never reached the store: what HQ pushed to it is as before."""
+        if before is None:
+            self._tx(lambda db: db.execute("DELETE FROM pushed WHERE store=?", (store,)))
+        else:
+            self._tx(lambda db: db.execute("UPDATE pushed SET version=?, overlay=? WHERE store=?",
+                                           (before[0], json.dumps(before[1], ensure_ascii=False), store)))
+
     def outcome(self, push_id: int, store: str, outcome: str, detail: str = "") -> None:
         self._tx(lambda db: db.execute("UPDATE push_steps SET outcome=?, detail=?, at=? WHERE push_id=? AND store=?",
                                        (outcome, detail[:500], time.time(), push_id, store)))

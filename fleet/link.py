@@ -33,7 +33,7 @@ class FleetLink:
         self.subscribed = threading.Event()
         self.refused: Optional[str] = None
         self.connected = False
-        self._pending_subs: set[int] = set()
+        self._acks: dict[int, object] = {}  # mid -> the PUBACK's reason code (MQTT 5: "Not authorized" = the ACL)
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=paho.MQTTv5)
         c.suppress_exceptions = True
         c.max_queued_messages_set(0)
@@ -43,8 +43,8 @@ class FleetLink:
         if s.tls:
             c.tls_set(ca_certs=s.ca_file or None, certfile=s.cert_file or None, keyfile=s.key_file or None)
         c.reconnect_delay_set(s.reconnect_min_s, s.reconnect_max_s)
-        c.on_connect, c.on_subscribe, c.on_message, c.on_disconnect = (
-            self._on_connect, self._on_subscribe, self._on_message, self._on_disconnect)
+        c.on_connect, c.on_subscribe, c.on_message, c.on_disconnect, c.on_publish = (
+            self._on_connect, self._on_subscribe, self._on_message, self._on_disconnect, self._on_publish)
         self.c = c
 
     def start(self, timeout: float = 10.0) -> "FleetLink":
@@ -85,7 +85,29 @@ class FleetLink:
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> paho.MQTTMessageInfo:
         return self.c.publish(topic, payload, qos=1, retain=retain)
 
+    def rejected(self, info: paho.MQTTMessageInfo, timeout: float = 10.0) -> Optional[str]:
+        """Wait for a publish's PUBACK: None when the broker took it, else why not (the ACL refused it, or
+        no PUBACK within ``timeout``)."""
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as e:
+            return f"not sent: {e}"
+        if not info.is_published():
+            return f"the broker did not acknowledge it within {timeout:g} s"
+        deadline = time.monotonic() + 1.0
+        while info.mid not in self._acks and time.monotonic() < deadline:
+            time.sleep(0.005)
+        rc = self._acks.pop(info.mid, None)
+        if rc is not None and getattr(rc, "is_failure", False):
+            return f"the broker refused it: {rc} (the console's login may not publish there: see the ACL in docs/FLEET.md)"
+        return None
+
     # -- paho callbacks (paho's thread: never raise, never block)
+    def _on_publish(self, client, userdata, mid, rc, props) -> None:  # noqa: ANN001
+        self._acks[mid] = rc
+        if len(self._acks) > 100_000:
+            self._acks.clear()
+
     def _on_connect(self, client, userdata, flags, rc, props) -> None:  # noqa: ANN001
         if rc.is_failure:
             reason, fix = explain_reason(rc)

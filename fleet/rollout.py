@@ -70,6 +70,8 @@ class Step:
     before_failed: int = 0
     outcome: str = "sent"
     detail: str = ""
+    info: Any = None  # paho's MQTTMessageInfo of the config/set
+    pushed_before: Optional[tuple[int, dict[str, Any]]] = None
 
 
 class Halted(Exception):
@@ -156,14 +158,14 @@ class Rollout:
             prev_overlay = {}
         else:
             prev_overlay = pushed[1] if pushed and pushed[0] == running else None
-        step = Step(sid, version, overlay)
+        step = Step(sid, version, overlay, pushed_before=pushed)
         if st is not None and st.health is not None:
             step.before_faults = {p.name for p in st.health.printers if p.state in FAULTS}
         step.before_failed = st.failed_results if st else 0
         self.c.history.step(self.push_id, sid, running, prev_overlay, version, overlay)
         with self.c.state.lock:
             self.c.state.pushed[sid] = version
-        self.c.send_config(sid, version, overlay)
+        step.info = self.c.send_config(sid, version, overlay)
         self.steps[sid] = step
         return step
 
@@ -206,9 +208,22 @@ class Rollout:
 
     def _batch(self, batch: list[str]) -> None:
         live: list[Step] = []
-        for sid in batch:
-            st = self._store(sid)
-            step = self._send(sid)
+        sent = [(self._store(sid), self._send(sid)) for sid in batch]
+        refused = [(step, self.c.link.rejected(step.info)) for _, step in sent]
+        for step, why in refused:
+            if why:  # never reached its store: what HQ pushed to it is as before
+                self.c.history.unpush(step.store, step.pushed_before)
+                with self.c.state.lock:
+                    if step.pushed_before:
+                        self.c.state.pushed[step.store] = step.pushed_before[0]
+                    else:
+                        self.c.state.pushed.pop(step.store, None)
+        for step, why in refused:
+            if why:
+                self._set(step, "failed", why)
+                raise Halted(step.store, why)
+        for st, step in sent:
+            sid = step.store
             if st is None or st.status != "online":
                 self._set(step, "pending", f"agent {st.status if st else 'never seen'}: retained config/set waits for it")
                 self._say(f"{sid}: {step.detail}", store=sid)
