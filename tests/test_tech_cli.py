@@ -270,6 +270,18 @@ def test_every_command_has_one_json_shape(running, tmp_path):
         out = shape(r)
         if args[0] in ("chime", "reprint", "journal", "led"):
             assert out["ok"] is False and out["error"], (args, out)
+    # finding 9: no raw epoch anywhere in what status and queue say (times are ISO 8601 with an offset)
+    def epochs(obj):
+        if isinstance(obj, dict):
+            return [x for v in obj.values() for x in epochs(v)]
+        if isinstance(obj, list):
+            return [x for v in obj for x in epochs(v)]
+        return [obj] if isinstance(obj, (int, float)) and not isinstance(obj, bool) and obj > 1e9 else []
+
+    for command in ("status", "queue"):
+        data = shape(running.cli(command, "--json"))["data"]
+        assert epochs(data) == [], (command, data)
+    assert re.match(r"\d{4}-\d\d-\d\dT", shape(running.cli("status", "--json"))["data"]["printers"][0]["last_print_at"])
     gone = write_toml(tmp_path / "gone.toml", agent_config(tmp_path / "nostate", 1, 1, "nobody"))
     out = shape(cli(gone, "status", "--json"))
     assert out["ok"] is False and "not running" in out["error"]
