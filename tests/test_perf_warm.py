@@ -30,7 +30,7 @@ class SlowToAnswerPrinter:
     def online(self) -> bool:
         return True
 
-    def send(self, data: bytes, on_written=lambda: None) -> None:  # noqa: ANN001
+    def send(self, data: bytes, on_written=lambda: None, **_) -> None:  # noqa: ANN001, ANN003
         self.jobs.append(data)
         on_written()
 
@@ -102,3 +102,12 @@ def test_second_order_compiles_and_imports_nothing(broker, vprinter, make_agent,
     assert wait_until(lambda: len(hq.final()) == 2, 15)
     assert compiled == []  # not even the first order compiled: the warm-up did
     assert set(sys.modules) - modules == set()  # nothing imported for the second order
+
+
+def test_warm_does_not_wait_for_custom_templates():
+    r = TicketRenderer(store_name="店", store_phone="1", template_overrides={"receipt": "@center| 自定义\n@cut"})
+    try:
+        assert r.warm({(48, "text", "native")}) == 1  # the card; the custom receipt is the child's, later
+        assert r.sandbox is not None and r.sandbox.spawned == 1  # started, not waited for
+    finally:
+        r.close()
