@@ -48,9 +48,9 @@ dev_install() {
         log "creating .venv with $py"
         "$py" -m venv "$HERE/.venv"
     fi
-    log "installing store-agent (editable) with test extras"
+    log "installing store-agent and store-fleet (editable) with test extras"
     "$HERE/.venv/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$HERE/.venv/bin/python" -m pip install -q -e "$HERE[test]"
+    "$HERE/.venv/bin/python" -m pip install -q -e "$HERE[test,fleet]"
     log "done: .venv/bin/store-agent demo   |   .venv/bin/pytest"
 }
 

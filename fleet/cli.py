@@ -253,6 +253,64 @@ def request(command: str, pattern: str, args_json: Optional[str], timeout: float
 
 
 @main.command()
+@click.option("--listen", default=None, help="HOST:PORT (default web.listen, 127.0.0.1:8080)")
+@config_option
+def serve(listen: Optional[str], config_path: Optional[str]) -> None:
+    """The fleet as a web page with live updates (login: web.token or [web.users]; never open)."""
+    from .web import NotProtected, WebServer  # noqa: PLC0415
+
+    cfg = fconfig.load(config_path)
+    if not cfg.web.token and not cfg.web.users:
+        raise ConfigError("serve needs a login: set web.token or [web.users] (the page is never served open)")
+    listen = listen or cfg.web.listen
+    host = listen.rpartition(":")[0].strip("[]")
+    if host not in ("127.0.0.1", "::1", "localhost") and not cfg.web.tls_cert:
+        click.echo(f"warning: serving on {host} without TLS (web.tls_cert): logins cross the network in clear; "
+                   "put it behind a TLS proxy or set web.tls_cert/tls_key", err=True)
+    from .console import Console  # noqa: PLC0415
+
+    c = Console(cfg, role="serve").start()
+    try:
+        server = WebServer(c, listen)
+        click.echo(f"store-fleet: {server.url}/ (Ctrl-C stops)", err=True)
+        server.run()
+    except NotProtected as e:
+        raise ConfigError(str(e)) from None
+    finally:
+        c.stop()
+
+
+@main.command()
+@click.option("--problems", is_flag=True, help="only stores with a problem")
+@click.option("--every", default=1.0, show_default=True, help="seconds between redraws (when something changed)")
+@config_option
+def watch(problems: bool, every: float, config_path: Optional[str]) -> None:
+    """A live view in the terminal: the status lines, the summary and the latest push's progress (Ctrl-C stops)."""
+    from .view import status_text  # noqa: PLC0415
+
+    c = _console(config_path, "watch").start()
+    seen, push_seen = -1, None
+    try:
+        while True:
+            gen = c.state.generation
+            p = c.history.push(kind="push")
+            pk = (p["id"], p["state"], len(p["log"])) if p else None
+            if gen != seen or pk != push_seen:
+                seen, push_seen = gen, pk
+                out = status_text(c.state, problems, c.cfg.stores)
+                if p:
+                    out += f"\n\n{p['kind']} #{p['id']} ({p['pattern']}): {p['state']}" + (f" - {p['result']}" if p["result"] else "")
+                    out += "".join(f"\n  {time.strftime('%H:%M:%S', time.localtime(x['at']))} {x['text']}" for x in p["log"][-8:])
+                click.echo("\x1b[H\x1b[2J" + time.strftime("%H:%M:%S ") + ("connected" if c.link.connected else "NOT CONNECTED")
+                           + "\n" + out)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        c.stop()
+
+
+@main.command()
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="where the private key goes (mode 0600)")
 @click.option("--force", is_flag=True, help="replace an existing key file")
 def keygen(out: str, force: bool) -> None:
