@@ -1,4 +1,4 @@
-"""``bench/profile.py --tool cprofile``: the agent under cProfile, every thread, when py-spy is not at hand.
+"""``bench/profile_agent.py --tool cprofile``: the agent under cProfile, every thread, when py-spy is not at hand.
 
     python bench/cprofile_agent.py OUT_DIR -m agent.cli run --config ... 
 

@@ -1,6 +1,6 @@
 """Where the agent's CPU goes: py-spy on the running agent process during a paced and a burst run.
 
-    .venv/bin/python bench/profile.py [--paced 100] [--rate 10] [--burst 500] [--top 25]
+    .venv/bin/python bench/profile_agent.py [--paced 100] [--rate 10] [--burst 500] [--top 25]
                                       [--py-spy PATH] [--agent-root DIR] [--out DIR] [--sound]
 
 Runs what bench/suite.py runs (a private mosquitto, the virtual ESC/POS network printer, the agent
