@@ -311,6 +311,15 @@ def watch(problems: bool, every: float, config_path: Optional[str]) -> None:
 
 
 @main.command()
+@click.option("--serve", "serve_s", default=0.0, help="keep the web page up this many seconds at the end")
+def demo(serve_s: float) -> None:
+    """The console over five real agents on a private broker: a fault, a staged push, a halted one, a rollback."""
+    from .demo import run  # noqa: PLC0415
+
+    sys.exit(run(click.echo, serve_s))
+
+
+@main.command()
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="where the private key goes (mode 0600)")
 @click.option("--force", is_flag=True, help="replace an existing key file")
 def keygen(out: str, force: bool) -> None:

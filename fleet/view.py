@@ -6,6 +6,8 @@ import time
 from datetime import datetime
 from typing import Any, Optional
 
+from wcwidth import wcwidth
+
 from .state import FleetState, Problem, Store, _age, store_dict, summary_line
 
 
@@ -25,6 +27,17 @@ def _printers(s: Store) -> str:
     return " ".join(out)
 
 
+def pad(text: str, width: int) -> str:
+    """``text`` cut or padded to ``width`` terminal columns (a Chinese character takes two)."""
+    out, used = "", 0
+    for ch in text:
+        w = max(0, wcwidth(ch))
+        if used + w > width:
+            break
+        out, used = out + ch, used + w
+    return out + " " * (width - used)
+
+
 def store_line(s: Store, problems: list[Problem], cfg_names: dict[str, Any], pushed: Optional[int]) -> str:
     agent = (s.status or "?").upper() if s.status != "online" else "online"
     since = f" since {clock(s.status_since)}" if s.status_since and s.status != "online" else ""
@@ -35,7 +48,8 @@ def store_line(s: Store, problems: list[Problem], cfg_names: dict[str, Any], pus
         cfg += f"/v{pushed}"
     today = f"today {s.stats.orders.total}" if s.stats else ""
     name = getattr(cfg_names.get(s.id), "name", "") if cfg_names else ""
-    head = f"{s.id:<14} {(name or '')[:12]:<12} {agent + since:<22} {_printers(s)[:40]:<40} {q:<9} {cfg:<11} {s.version or '-':<8} {today}"
+    head = (f"{pad(s.id, 14)} {pad(name or '', 10)} {pad(agent + since, 22)} {pad(_printers(s), 36)} {q:<9} {cfg:<11} "
+            f"{s.version or '-':<8} {today}")
     flag = ("  ! " + "; ".join(p.text for p in problems)) if problems else ""
     return head.rstrip() + flag
 
