@@ -317,8 +317,9 @@ class Agent:
         docs = [(d, printer) for d in self.rules["order.created"].documents]
         self.journal.record_event(key, order_id, "agent.reprint", payload, docs, reprint=True, now=self.clock())
         self._wake_all()
-        for x in self.alerts.open_alerts():  # a person looked and chose to reprint: the question is answered
-            if x.code == "printer.uncertain" and x.order_id == order_id:
+        reprinted = {d for d, _ in docs}
+        for x in self.alerts.open_alerts():  # a person looked and chose to reprint: those questions are answered
+            if x.code == "printer.uncertain" and x.order_id == order_id and x.id.rsplit(":", 1)[-1] in reprinted:
                 self.alerts.clear(x.id, f"已补打 {order_id}")
         return [d for d, _ in docs]
 

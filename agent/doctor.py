@@ -313,6 +313,9 @@ def _printer_facts(name: str, st: dict) -> list[Check]:
              "unsupported": (None, "no: the printer does not answer GS r 1, tickets print unconfirmed",
                              "a ticket cut off mid-way is reprinted once (补打), then the store is asked to look"),
              "off": (None, "no: confirm = none or a write-only printer, tickets print unconfirmed", ""),
+             "undecided": (None, "not known yet: GS r 1 not answered so far (asked again while the printer is idle); "
+                                 "until then tickets print unconfirmed unless an earlier run found it confirms",
+                           f"store-agent printers probe {name}"),
              "unprobed": (None, "not known yet: the printer has not been probed (it was never ready)",
                           f"store-agent printers probe {name}")}
     ok, detail, fix = words.get(confirm, (None, confirm, ""))

@@ -12,6 +12,11 @@ if TYPE_CHECKING:
     from .app import Agent
 
 
+# the printer's own faults (one open at a time, cleared by a stable good status); other printer alerts
+# (paper_low, paper_left, uncertain) have their own lives
+FAULT_CODES = frozenset(f"printer.{s}" for s in ("paper_out", "cover_open", "offline", "unreachable", "unknown", "error"))
+
+
 class PrinterFaults:
     def __init__(self, agent: "Agent") -> None:
         self.agent = agent
@@ -31,7 +36,7 @@ class PrinterFaults:
                           printer=name, needs_ack=False, sound="none")
         elif st.state == "ready" and alerts.get(low_id):
             alerts.clear(low_id, f"打印机 {name} 已换纸")
-        open_faults = [x for x in alerts.open_alerts() if x.printer == name and x.code != "printer.paper_low"]
+        open_faults = [x for x in alerts.open_alerts() if x.printer == name and x.code in FAULT_CODES]
         if faulted:
             self._ok_since.pop(name, None)
             aid = f"printer:{name}:{kind}"

@@ -796,19 +796,28 @@ class Journal:
             db.execute("UPDATE printers SET paper_mm=paper_mm+?, updated_at=? WHERE name=?", (mm, now, name))
         self.submit(tx, lazy=True)
 
-    def paper_loaded(self, name: str, *, near_end: bool = False, now: Optional[float] = None) -> float:
-        """A new roll: the count starts again. ``near_end``: the near-end sensor tripped, so what was
-        used so far is (nearly) a roll: it is kept as the learnt roll length. Returns the mm counted."""
+    def paper_loaded(self, name: str, now: Optional[float] = None) -> float:
+        """A new roll: the count starts again (from a known start: ``loaded_at``). Returns the mm counted."""
         now = time.time() if now is None else now
 
         def tx(db: sqlite3.Connection) -> float:
             self._printer_row(db, name, now)
             used = db.execute("SELECT paper_mm FROM printers WHERE name=?", (name,)).fetchone()[0]
-            if near_end:
-                db.execute("UPDATE printers SET mm_per_roll=?, updated_at=? WHERE name=?", (used, now, name))
-            else:
-                db.execute("UPDATE printers SET paper_mm=0, loaded_at=?, updated_at=? WHERE name=?", (now, now, name))
+            db.execute("UPDATE printers SET paper_mm=0, loaded_at=?, updated_at=? WHERE name=?", (now, now, name))
             return used
+        return self.call(tx)
+
+    def learn_roll(self, name: str, min_mm: float, now: Optional[float] = None) -> Optional[float]:
+        """The near-end sensor tripped: the paper counted since a known roll start (``loaded_at`` set), when at
+        least ``min_mm``, becomes the learnt roll length. Returns it, or None when nothing was learnt."""
+        now = time.time() if now is None else now
+
+        def tx(db: sqlite3.Connection) -> Optional[float]:
+            row = db.execute("SELECT paper_mm, loaded_at FROM printers WHERE name=?", (name,)).fetchone()
+            if row is None or row[1] is None or row[0] < min_mm:
+                return None
+            db.execute("UPDATE printers SET mm_per_roll=?, updated_at=? WHERE name=?", (row[0], now, name))
+            return row[0]
         return self.call(tx)
 
     def printer_facts(self) -> dict[str, dict]:

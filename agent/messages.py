@@ -225,9 +225,11 @@ class PrinterHealth(BaseModel):
 class PrinterCapabilities(BaseModel):
     """What the printer does (probed) and how the agent lays tickets out for it."""
 
-    confirm: Literal["gs_r", "unsupported", "off", "unprobed"] = Field(
+    confirm: Literal["gs_r", "unsupported", "undecided", "off", "unprobed"] = Field(
         description="gs_r: each ticket confirmed by GS r 1; unsupported: confirm=auto and the printer does not answer "
-                    "GS r 1, tickets print unconfirmed; off: confirm=none or a write-only printer; unprobed: not asked yet")
+                    "GS r 1 (asked 3 times while idle), tickets print unconfirmed; undecided: not answered yet (a busy "
+                    "printer holds it), asked again while idle; off: confirm=none or a write-only printer; unprobed: "
+                    "not asked yet")
     status_answers: Optional[bool] = Field(None, description="answers DLE EOT status queries (None: not probed)")
     cutter: Optional[bool] = Field(None, description="GS I 2 type id says it has an autocutter (None: not said)")
     model: Optional[str] = Field(None, description="maker and model as the printer reports them (GS I 66/67)")

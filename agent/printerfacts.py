@@ -35,11 +35,13 @@ log = logging.getLogger(__name__)
 
 LOW_TICKETS = 40  # the paper-left alert: about this many tickets left on the roll
 MEAN_TICKET_MM = 120.0  # until this printer has printed a few: a typical receipt
+LOW_HOLD_S = 30.0  # a near-end spell shorter than this (and no cover opened) is a flapping sensor, not a new roll
+MIN_LEARNT_MM = 1000.0  # a near-end count shorter than this is not learnt as a roll's length
 
 
 def confirm_word(printer: Any, caps: Optional[dict]) -> str:
-    """``gs_r`` (jobs confirmed), ``unsupported`` (auto, the printer does not answer GS r), ``off``, or
-    ``unprobed``."""
+    """``gs_r`` (jobs confirmed), ``unsupported`` (auto, the printer does not answer GS r), ``undecided``
+    (auto, GS r not answered yet: asked again while idle), ``off``, or ``unprobed``."""
     mode = getattr(printer, "confirm_mode", "none")
     if not getattr(printer, "queryable", False) or mode == "none":
         return "off"
@@ -47,7 +49,8 @@ def confirm_word(printer: Any, caps: Optional[dict]) -> str:
         return "gs_r"
     if caps is None:
         return "unprobed"
-    return "gs_r" if caps.get("gs_r") else "unsupported"
+    gs_r = caps.get("gs_r")
+    return "undecided" if gs_r is None else ("gs_r" if gs_r else "unsupported")
 
 
 class PrinterFacts:
@@ -61,15 +64,24 @@ class PrinterFacts:
             self._known = {}
         self._mean_mm: dict[str, float] = {}
         self._last_state: dict[str, str] = {}
+        self._roll_out: dict[str, bool] = {}  # the paper ran out: the next printable state is a new roll
+        self._low_since: dict[str, float] = {}  # the near-end sensor has said so since (clock)
+        self._opened: dict[str, bool] = {}  # the cover was opened during that near-end spell
 
     # -- wiring (called when a worker is made)
     def attach(self, p: Any, worker: "PrintWorker") -> None:
         known = self._known.get(p.name, {})
-        worker.paper_mm = float(known.get("paper_mm") or 0.0)
-        worker.apply(choose(p, known.get("caps")))
+        before = getattr(self.agent, "workers", {}).get(p.name)  # a live config change replaces a worker
+        worker.paper_mm = before.paper_mm if before is not None else float(known.get("paper_mm") or 0.0)
+        if before is not None and before.print_s is not None:
+            worker.print_s = before.print_s
+        caps = self.caps(p.name) if before is not None else known.get("caps")
+        worker.apply(choose(p, caps))
         drv = worker.printer
         if hasattr(drv, "on_probe"):
             drv.on_probe = lambda caps, name=p.name: self.on_probe(name, caps)
+        if hasattr(drv, "hint_gs_r"):  # while this run's probe is undecided, what an earlier one found
+            drv.hint_gs_r = (known.get("caps") or {}).get("gs_r")
 
     def caps(self, name: str) -> Optional[dict]:
         drv = self.agent.printers.get(name)
@@ -112,29 +124,49 @@ class PrinterFacts:
         self._check_low(name)
 
     def on_status(self, name: str, st: PrinterStatus) -> None:
-        """Roll changes seen in the printer's status (the worker's thread)."""
-        prev = self._last_state.get(name)
-        self._last_state[name] = st.state
-        if prev is None or prev == st.state:
-            return
-        if prev == "paper_out" and st.printable:
-            self.loaded(name, why="paper_out -> " + st.state)
-        elif prev == "paper_low" and st.state == "ready":
-            self.loaded(name, why="near-end sensor cleared")
-        elif st.state == "paper_low" and prev == "ready":
+        """Roll changes seen in the printer's status (the worker's thread). A new roll: printable again after
+        the paper ran out (whatever came between: the cover opened, the printer switched off), or ``ready``
+        after a near-end spell that lasted ``LOW_HOLD_S`` or saw the cover open (a flapping near-end sensor
+        is not a new roll)."""
+        now = self.agent.clock()
+        with self._lock:
+            prev = self._last_state.get(name)
+            self._last_state[name] = st.state
+            if prev == st.state or st.error:
+                return
+            new_roll = learn = ""
+            if st.state == "paper_out":
+                self._roll_out[name] = True
+            elif st.state == "cover_open" and name in self._low_since:
+                self._opened[name] = True
+            elif st.state == "paper_low" and name not in self._low_since and not self._roll_out.get(name):
+                self._low_since[name] = now
+                learn = "near-end sensor tripped"
+            if st.printable and self._roll_out.pop(name, False):
+                new_roll = f"the paper ran out, then {st.state}"
+            elif st.state == "ready" and name in self._low_since:
+                held = now - self._low_since.pop(name)
+                if self._opened.pop(name, False) or held >= LOW_HOLD_S:
+                    new_roll = "the near-end sensor cleared"
+            if new_roll:
+                self._low_since.pop(name, None)
+                self._opened.pop(name, None)
+        if learn:
             self._learn(name)
+        if new_roll:
+            self.loaded(name, why=new_roll)
 
     def _learn(self, name: str) -> None:
         a = self.agent
         try:
-            used = a.journal.paper_loaded(name, near_end=True, now=a.clock())
+            learnt = a.journal.learn_roll(name, MIN_LEARNT_MM, now=a.clock())
         except Exception as e:  # noqa: BLE001
             log.warning("printer %s: cannot learn the roll length: %s", name, e)
             return
-        if used > 1000:  # a roll counted from its start (not a count that began mid-roll)
-            self._known.setdefault(name, {})["mm_per_roll"] = used
+        if learnt is not None:  # counted from a known roll start, and long enough to be a roll
+            self._known.setdefault(name, {})["mm_per_roll"] = learnt
             log.info("printer %s: near-end sensor tripped after %.1f m of paper: the forecast uses that from now on",
-                     name, used / 1000)
+                     name, learnt / 1000)
 
     def loaded(self, name: str, why: str = "store-agent paper loaded") -> float:
         """A new roll in printer ``name``: the count starts again. Returns the metres the last roll gave."""
@@ -163,9 +195,9 @@ class PrinterFacts:
 
     def _check_low(self, name: str) -> None:
         f = self.forecast(name)
-        if f is None:
-            return
         aid = f"printer:{name}:paper_left"
+        if f is None or self.agent.alerts.get(aid) is not None:  # raised once; it stays until a new roll
+            return
         if f["tickets_left"] <= LOW_TICKETS:
             self.agent.alerts.raise_(aid, "printer.paper_left", f"打印机 {name} 纸卷约剩 {f['tickets_left']} 单,请备纸",
                                      severity="info", printer=name, needs_ack=False, sound="none")

@@ -92,6 +92,7 @@ class PrintWorker:
         self.describe = describe or {"name": printer.name, "connection": "", "paper_width_mm": 80}
         self.qr_mode = qr_mode
         self.cut, self.charset = cut, charset
+        self._fault_logged = ""  # the last unexpected error whose traceback was logged
         self.output: Optional[Output] = None  # the profile-driven layout in use (set by apply())
         self.paper_mm = 0.0  # paper used since the roll was loaded (kept in the journal)
         self.print_s: Optional[float] = None  # seconds per ticket, send to confirmation (confirming printers)
@@ -136,10 +137,11 @@ class PrintWorker:
         self._wake.set()
 
     def apply(self, out: Output) -> None:
-        """Lay tickets out as ``out`` says from the next job on (a probe can change it)."""
-        self.output = out
+        """Lay tickets out as ``out`` says from the next job on (a probe can change it; the print thread
+        reads ``output`` once per job, so a job never mixes two layouts)."""
         self.columns, self.render_mode, self.qr_mode = out.columns, out.render, out.qr
         self.cut, self.charset = out.cut, out.charset
+        self.output = out
 
     # -- loop
     def _run(self) -> None:
@@ -163,11 +165,13 @@ class PrintWorker:
         """An unexpected error in this worker is a device fault like any other: health shows the printer
         ``unknown`` with the error, the store is alerted and IT escalated; a later good status clears it."""
         detail = f"agent error: {type(e).__name__}: {e}".replace("\n", " ")[:300]
-        if detail != self.status.detail:  # the traceback once per distinct error, not every retry
+        if detail != self._fault_logged:  # the traceback once per distinct error, not at every retry
+            self._fault_logged = detail
             log.exception("printer %s: unexpected error", self.name)
-            self.status_since = self.clock()
         else:
             log.debug("printer %s: %s (again)", self.name, detail)
+        if detail != self.status.detail:
+            self.status_since = self.clock()
         self.status = PrinterStatus("unknown", detail, error=True)
         try:
             self.on_status(self.name, self.status)
@@ -246,15 +250,18 @@ class PrintWorker:
 
     def _render(self, job: Job) -> tuple[bytes, float]:
         """The job's bytes, and the paper it will use (mm)."""
+        out = self.output  # one layout for the whole job (apply() may swap it meanwhile)
+        columns, render, qr, cut, charset = ((out.columns, out.render, out.qr, out.cut, out.charset) if out else
+                                             (self.columns, self.render_mode, self.qr_mode, self.cut, self.charset))
         if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
-            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=True)
+            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=columns, reprint=True)
         elif job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
-            ctx = {**context_from(job.payload), "printer": {**self.describe, "output": self.output.as_dict() if self.output else None}}
-            doc = self.renderer.render_named(job.document, ctx, columns=self.columns)
+            ctx = {**context_from(job.payload), "printer": {**self.describe, "output": out.as_dict() if out else None}}
+            doc = self.renderer.render_named(job.document, ctx, columns=columns)
         else:
-            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=self.columns, reprint=job.reprint)
-        data = encode(doc, self.render_mode, self.qr_mode, cut=self.cut, charset=self.charset)
-        return data, paper_mm(document_lines(doc), self.cut)
+            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=columns, reprint=job.reprint)
+        data = encode(doc, render, qr, cut=cut, charset=charset)
+        return data, paper_mm(document_lines(doc), cut)
 
     def _attempt(self, job: Job) -> bool:
         """One attempt at a claimed job; False means 'wait before the next attempt'."""
@@ -287,7 +294,7 @@ class PrintWorker:
         self.current = job
         t0 = time.monotonic()
         try:
-            self.printer.send(data)
+            self.printer.send(data, paper_mm=mm)
         except PrinterIOError as e:  # bytes may have left: the next attempt is a reprint
             log.warning("printer %s: job %s interrupted: %s", self.name, job.id, e)
             self.journal.note_error(job.id, str(e), now=self.clock())
@@ -298,6 +305,9 @@ class PrintWorker:
             self._unarm(job.id)
             self._check()
             return False
+        except Exception:  # a driver failing in its own way: our drivers raise PrinterIOError once a byte left,
+            self._unarm(job.id)  # so this one sent nothing: back to queued; the fault itself is raised by _run
+            raise
         finally:
             self.current = None
         after = self._quick_check()
@@ -309,6 +319,7 @@ class PrintWorker:
             took = time.monotonic() - t0
             self.print_s = took if self.print_s is None else 0.8 * self.print_s + 0.2 * took
         self.last_print_at = self.clock()
+        self._fault_logged = ""  # printing works: the same error later is news again
         self.paper_mm += mm
         self.journal.add_paper(self.name, mm, now=self.clock())
         self._finish(job, "printed", None)

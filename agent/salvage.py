@@ -7,7 +7,9 @@ can still be read (row by row where a page is damaged) and writes a fresh journa
 * every event with an unfinished job, and all of its jobs as they were (a ``printing`` one stays
   ``printing``, so it prints marked 补打: it may have reached paper);
 * the dedupe keys of every other readable event (a re-sent event is not printed as new);
-* open alerts and the timers (reminders already printed are not printed again).
+* open alerts and the timers (reminders already printed are not printed again);
+* what is known of the printers (probe, paper count, learnt roll length), the day's figures and the
+  follow-up calls.
 
 The damaged file (with its -wal/-shm) is kept beside it as ``<name>.damaged-<UTC time>``, and the
 fresh journal takes its name in one rename. The agent must be stopped.
@@ -61,12 +63,19 @@ def _rows(db: sqlite3.Connection, sql: str, one_by_one: list[str], report: Salva
         return out
 
 
+def _optional(db: sqlite3.Connection, sql: str) -> list[tuple]:
+    try:
+        return db.execute(sql).fetchall()
+    except sqlite3.DatabaseError:
+        return []
+
+
 def _max_rowid(db: sqlite3.Connection, table: str, key: str) -> int:
     for sql in (f"SELECT MAX({key}) FROM {table}", f"SELECT {key} FROM {table} ORDER BY {key} DESC LIMIT 1"):
         try:
-            v = db.execute(sql).fetchone()[0]
-            if v is not None:
-                return int(v)
+            row = db.execute(sql).fetchone()
+            if row is not None and row[0] is not None:
+                return int(row[0])
         except sqlite3.DatabaseError:
             continue
     return 0
@@ -99,11 +108,13 @@ def salvage(path: str | Path, now: float | None = None) -> SalvageReport:
                 jobs += evjobs
         alerts = _rows(old, "SELECT id, open, updated_at, body FROM alerts WHERE open=1", [], report)
         timers = _rows(old, "SELECT key, fired_at FROM timers", [], report)
-        dedupe = []
-        try:
-            dedupe = old.execute("SELECT key, value, at FROM dedupe").fetchall()
-        except sqlite3.DatabaseError:
-            pass
+        dedupe = _optional(old, "SELECT key, value, at FROM dedupe")
+        # what is known beyond the orders (schema 4): the printers' probe and paper count, the day's figures,
+        # the follow-up calls; a table that is missing (an older journal) or unreadable is left behind
+        printers = _optional(old, "SELECT name, caps, paper_mm, loaded_at, mm_per_roll, updated_at FROM printers")
+        stats = _optional(old, "SELECT day, key, n FROM stats")
+        samples = _optional(old, "SELECT day, kind, value FROM stat_samples")
+        followups = _optional(old, "SELECT order_id, outcome, at FROM followups")
     finally:
         old.close()
     kept_seqs = {ev[0] for ev in keep}
@@ -126,6 +137,11 @@ def salvage(path: str | Path, now: float | None = None) -> SalvageReport:
         new.executemany("INSERT OR IGNORE INTO alerts(id, open, updated_at, body) VALUES (?,?,?,?)", alerts)
         new.executemany("INSERT OR IGNORE INTO timers(key, fired_at) VALUES (?,?)", timers)
         new.executemany("INSERT OR IGNORE INTO dedupe(key, value, at) VALUES (?,?,?)", dedupe)
+        new.executemany("INSERT OR IGNORE INTO printers(name, caps, paper_mm, loaded_at, mm_per_roll, updated_at) "
+                        "VALUES (?,?,?,?,?,?)", printers)
+        new.executemany("INSERT OR IGNORE INTO stats(day, key, n) VALUES (?,?,?)", stats)
+        new.executemany("INSERT INTO stat_samples(day, kind, value) VALUES (?,?,?)", samples)
+        new.executemany("INSERT OR IGNORE INTO followups(order_id, outcome, at) VALUES (?,?,?)", followups)
 
     build_journal_file(fresh, fill)
     check = sqlite3.connect(str(fresh))

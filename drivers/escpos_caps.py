@@ -8,8 +8,9 @@ when that is newer than the bundled ``capabilities.json``; otherwise it parses t
 * ``prepare_pickle_dir()`` checks the pickle there and, when it is missing, damaged or stale, writes a new
   one itself: a temporary file, fsync, rename (a crash leaves the old file or the new one, never half).
 * When the cache directory cannot be written (full card, read-only home), the pickle goes to a private
-  directory in RAM (``/dev/shm``) or the temp dir instead; only when none can be written does the import fail,
-  with a ``CapabilitiesError`` that names the directories.
+  directory in RAM (``/dev/shm/store-agent-escpos-<uid>``, reused by later processes) or the temp dir
+  instead; only when none can be written does the import fail, with a ``CapabilitiesError`` that names them.
+* The pickle's mtime is never older than the JSON's, even with a clock behind the package's files.
 
 ``profiles()`` reads the same JSON directly (it is JSON: no pickle, no YAML) for the agent's own use.
 """
@@ -23,6 +24,7 @@ import pickle
 import platform
 import stat
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
@@ -74,13 +76,17 @@ def _good(path: Path, source: Path) -> bool:
     return isinstance(data, dict) and isinstance(data.get("profiles"), dict)
 
 
-def _write(path: Path) -> None:
+def _write(path: Path, source: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".capabilities-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             pickle.dump(database(), f, protocol=2)
             f.flush()
             os.fsync(f.fileno())
+        # never older than the JSON (escpos would call it stale), also when this clock is behind the package's
+        # (a Raspberry Pi without a real-time clock before NTP has set it)
+        stamp = max(time.time(), source.stat().st_mtime + 1)
+        os.utime(tmp, (stamp, stamp))
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -105,10 +111,23 @@ def _try_dir(d: Path, source: Path) -> Optional[str]:
         path = d / pickle_name()
         if _good(path, source):
             return None
-        _write(path)
+        _write(path, source)
         return None if _good(path, source) else f"{path}: written but does not load back"
     except OSError as e:
         return f"{d}: {e.strerror or e}"
+
+
+def _private_dir(base: Path) -> Optional[Path]:
+    """``base/store-agent-escpos-<uid>``: made 0700 if missing; used only when it is ours and nobody else's."""
+    d = base / f"store-agent-escpos-{os.geteuid()}"
+    try:
+        d.mkdir(mode=0o700, exist_ok=True)
+        st = d.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return None  # someone else's, or a link, or open to others: not for a pickle we will load
+    return d
 
 
 def prepare_pickle_dir(preferred: Optional[str] = None) -> str:
@@ -124,13 +143,12 @@ def prepare_pickle_dir(preferred: Optional[str] = None) -> str:
             return d
         problems.append(why)
     for base in ("/dev/shm", tempfile.gettempdir()):
-        try:
-            d = tempfile.mkdtemp(prefix="store-agent-escpos-", dir=base)
-        except OSError as e:
-            problems.append(f"{base}: {e.strerror or e}")
+        d = _private_dir(Path(base))  # one per user, reused by every later process (never one per start)
+        if d is None:
+            problems.append(f"{base}: no private directory can be made there")
             continue
-        why = _try_dir(Path(d), source)
+        why = _try_dir(d, source)
         if why is None:
-            return d
+            return str(d)
         problems.append(why)
     raise CapabilitiesError("cannot write python-escpos' capability cache anywhere: " + "; ".join(problems))

@@ -40,7 +40,7 @@ class Printer(Protocol):
 
     def status(self) -> PrinterStatus: ...
 
-    def send(self, data: bytes, on_written: Callable[[], None] = ...) -> None: ...
+    def send(self, data: bytes, on_written: Callable[[], None] = ..., paper_mm: float = ...) -> None: ...
 
     def close(self) -> None: ...
 
@@ -92,8 +92,11 @@ class StreamPrinter:
     queryable = True
 
     CHUNK = 4096
-    CONFIRM_BYTES_PER_S = 4096  # how long a job may take to print, at worst, before GS r must answer
+    CONFIRM_BYTES_PER_S = 4096  # how long a job may take to print, at worst, before GS r must answer ...
+    SLOWEST_MM_S = 40.0  # ... or its paper at the slowest thermal printer's speed, whichever is longer
     PROBE_WAIT_S = 1.0  # how long a probe waits for each answer (an idle printer answers in milliseconds)
+    REPROBE_S = 5.0  # an unanswered GS r is asked again this often while the printer is idle and printable ...
+    GS_R_TRIES = 3  # ... and taken for "does not answer GS r" after this many probes without an answer
 
     def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True, confirm: "str | bool" = "auto") -> None:
         self.name = name
@@ -103,43 +106,98 @@ class StreamPrinter:
         if self.confirm_mode not in CONFIRM_MODES:
             raise ValueError(f"confirm must be one of {', '.join(CONFIRM_MODES)}, not {confirm!r}")
         self.caps: Optional[dict[str, Any]] = None  # what the last probe found (see probe())
+        self.hint_gs_r: Optional[bool] = None  # what an earlier run found (the journal): used while undecided
         self.on_probe: Callable[[dict[str, Any]], None] = lambda caps: None
+        self._gs_r_misses = 0
+        self._probed_at = 0.0
         self._t: Optional[_Transport] = None
         self._lock = threading.Lock()
 
     @property
     def confirm(self) -> bool:
-        """Wait for ``GS r 1`` after each job: always with ``gs_r``, never with ``none``, and with ``auto``
-        where the probe found the printer answers it (and until it could be probed)."""
+        """Wait for ``GS r 1`` after each job: always with ``gs_r``, never with ``none``. With ``auto``: where
+        the probe found the printer answers it; not where it found it never does (``GS_R_TRIES`` idle probes
+        without an answer); while undecided (a busy printer holds GS r), as an earlier run found
+        (``hint_gs_r``), else not (the DLE EOT checks around each job still apply); not probed at all yet:
+        yes (the careful default; the probe runs before the first job)."""
         if not self.queryable or self.confirm_mode == "none":
             return False
-        if self.confirm_mode == "gs_r" or self.caps is None:  # not probed yet: ask, as the careful default
+        if self.confirm_mode == "gs_r" or self.caps is None:
             return True
-        return bool(self.caps.get("gs_r"))
+        gs_r = self.caps.get("gs_r")
+        if gs_r is None:
+            return bool(self.hint_gs_r)
+        return bool(gs_r)
 
     def probe(self) -> dict[str, Any]:
-        """Ask the printer what it does (``DLE EOT``, ``GS r 1``, ``GS I``); see ``probe_transport``."""
+        """Ask the printer what it does (``DLE EOT``, ``GS r 1``, ``GS I``; see ``probe_transport``), for a
+        person (``printers probe``): an unanswered GS r is asked again right away until decided."""
         with self._lock:
             try:
                 t = self._transport()
             except PrinterError as e:
                 return {"reachable": False, "error": str(e)}
-            return self._probe(t)
+            caps = self._probe(t)
+            while (not caps.get("deferred") and caps.get("reachable", True) and self.caps is caps
+                   and caps.get("gs_r") is None and self._gs_r_misses < self.GS_R_TRIES):
+                time.sleep(0.2)
+                try:
+                    t = self._transport()
+                except PrinterError:
+                    break
+                self._ask_gs_r_again(t)
+                caps = self.caps
+            return caps
 
     def _probe(self, t: _Transport) -> dict[str, Any]:
+        self._probed_at = time.monotonic()
         try:
             caps = probe_transport(t, min(self.timeout_s, self.PROBE_WAIT_S))
         except (OSError, PrinterError) as e:
             self._drop()
             return {"reachable": False, "error": f"probe failed: {e}"}
+        if caps.pop("timed_out", False):
+            self._drop()  # an answer that comes late must never pass for a job's confirmation: a fresh link
         if caps.get("deferred"):
-            return caps  # not idle and printable: asked again next time
+            return caps  # silent, offline or busy: nothing is concluded; asked again next time
+        old = self.caps or {}
+        if caps.get("gs_r") is None:  # unanswered: a busy printer holds GS r, a clone never answers it
+            if old.get("gs_r") is not None:
+                caps["gs_r"] = old["gs_r"]
+            else:
+                self._gs_r_misses += 1
+                if self._gs_r_misses >= self.GS_R_TRIES:
+                    caps["gs_r"] = False
+        else:
+            self._gs_r_misses = 0
+        self._set_caps(caps)
+        return caps
+
+    def _set_caps(self, caps: dict[str, Any]) -> None:
         self.caps = caps
         try:
             self.on_probe(caps)
         except Exception:  # noqa: BLE001 - a listener must not break the driver
             log.exception("printer %s: probe listener failed", self.name)
-        return caps
+
+    def _ask_gs_r_again(self, t: _Transport) -> None:
+        """Undecided whether the printer answers GS r: ask once more (idle and printable: it would answer now)."""
+        self._probed_at = time.monotonic()
+        try:
+            t.drain()
+            t.write(TRANSMIT_PAPER_STATUS)
+            b = t.read1(min(self.timeout_s, self.PROBE_WAIT_S))
+        except (OSError, PrinterError):
+            self._drop()
+            return
+        if b is not None and transmit_status_ok(b):
+            self._gs_r_misses = 0
+            self._set_caps({**(self.caps or {}), "gs_r": True})
+            return
+        self._drop()  # (a late answer must not reach the next job)
+        self._gs_r_misses += 1
+        if self._gs_r_misses >= self.GS_R_TRIES:
+            self._set_caps({**(self.caps or {}), "gs_r": False})
 
     def _connect(self) -> _Transport:
         raise PrinterError(f"{type(self).__name__} cannot connect")
@@ -165,6 +223,8 @@ class StreamPrinter:
                 t = self._transport()
             except PrinterError as e:
                 return PrinterStatus("unreachable", str(e))
+            if not self.queryable:  # its connection found it write-only (a USB printer with no IN endpoint)
+                return PrinterStatus("unknown", "write-only printer: no status answers")
             answers: dict[int, Optional[int]] = {}
             try:
                 t.drain()
@@ -181,6 +241,9 @@ class StreamPrinter:
                 self._drop()  # a silent or garbled link is re-made next time
             elif self.caps is None and st.printable:
                 self._probe(t)  # once per run, while it is idle and can print (a held GS r proves nothing)
+            elif (st.printable and self.caps.get("gs_r") is None and self.confirm_mode == "auto"
+                  and time.monotonic() - self._probed_at >= self.REPROBE_S):
+                self._ask_gs_r_again(t)
             return st
 
     def online(self) -> Optional[bool]:
@@ -192,6 +255,8 @@ class StreamPrinter:
         with self._lock:
             try:
                 t = self._transport()
+                if not self.queryable:
+                    return None
                 t.drain()
                 t.write(dle_eot(1))
                 b = t.read1(self.timeout_s)
@@ -203,25 +268,36 @@ class StreamPrinter:
                 return None
             return not b & 0x08
 
-    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None) -> None:
-        """Write a job (``on_written`` runs once all of it is written); with ``confirm``, return only once the printer has processed all of it.
+    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None, paper_mm: float = 0.0) -> None:
+        """Write a job (``on_written`` runs once all of it is written); with ``confirm``, return only once the
+        printer has processed all of it.
 
         ``DLE EOT`` is answered in real time, ahead of buffered data, so it cannot tell that a job
         printed. ``GS r 1`` is executed in sequence: its answer arrives after everything before it
-        was printed. No answer in time means the job may not have printed: ``PrinterIOError``.
+        was printed; it is waited for as long as the job's bytes or its paper (``paper_mm`` at the
+        slowest printers' speed) can take. No answer in time means the job may not have printed:
+        ``PrinterIOError``. Any failure before the first byte is written is a ``PrinterError`` (nothing
+        sent), whatever raised it; any after it a ``PrinterIOError``.
         """
         with self._lock:
-            t = self._transport()  # PrinterError: nothing sent
-            if self.caps is None and self.confirm_mode == "auto" and self.queryable:
-                self._probe(t)  # whether it can confirm, before the first job relies on it
+            try:
                 t = self._transport()
+                if self.caps is None and self.confirm_mode == "auto" and self.queryable:
+                    self._probe(t)  # whether it can confirm, before the first job relies on it
+                    t = self._transport()
+                t.drain()  # nothing said before this job may pass for its confirmation
+            except PrinterError:
+                raise
+            except Exception as e:  # noqa: BLE001 - nothing was written: no reprint implied
+                self._drop()
+                raise PrinterError(f"{self.name}: {type(e).__name__}: {e}") from e
             try:
                 for i in range(0, len(data), self.CHUNK):  # the timeout applies per chunk, not per job
                     t.write(data[i : i + self.CHUNK])
                 on_written()
                 if self.confirm:
-                    self._confirm(t, self.timeout_s + len(data) / self.CONFIRM_BYTES_PER_S)
-            except (OSError, PrinterError) as e:
+                    self._confirm(t, self.timeout_s + max(len(data) / self.CONFIRM_BYTES_PER_S, paper_mm / self.SLOWEST_MM_S))
+            except Exception as e:  # noqa: BLE001 - bytes may have reached paper: the next attempt is a 补打
                 self._drop()
                 raise PrinterIOError(f"{self.name}: {e}") from e
 
@@ -267,7 +343,9 @@ def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
 
     * ``DLE EOT 1`` answered (fixed bits right)? If not, nothing more is asked: silence is never
       taken for a capability (a silent printer is configured ``status_query = false`` by a person).
-    * ``GS r 1`` answered? Then jobs can be confirmed (``confirm = "auto"``).
+    * ``GS r 1`` answered? Then jobs can be confirmed (``confirm = "auto"``). Unanswered is undecided
+      (``None``): a busy printer holds it; the driver asks again and decides "no" only after
+      ``GS_R_TRIES`` idle probes.
     * ``GS I 1/2/3`` (model, type, firmware ids; type bit 1 = autocutter), and where those are
       answered ``GS I 65..69`` (firmware, maker, model, serial, font strings).
     """
@@ -277,18 +355,20 @@ def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
     t.write(dle_eot(1))
     b = t.read1(wait)
     caps["dle_eot"] = b is not None and fixed_bits_ok(b)
-    if not caps["dle_eot"]:
-        return caps
+    if not caps["dle_eot"]:  # silent (write-only, hung, busy) or garbled: nothing is concluded from it
+        return {**caps, "gs_r": None, "deferred": "no answer to DLE EOT", "timed_out": b is None}
     if b & 0x08:  # offline (cover, paper, error): it would hold GS r, which then proves nothing
         return {**caps, "gs_r": None, "deferred": "printer offline"}
     t.write(TRANSMIT_PAPER_STATUS)
     b = t.read1(wait)
-    caps["gs_r"] = b is not None and transmit_status_ok(b)
+    caps["gs_r"] = True if b is not None and transmit_status_ok(b) else None  # None: undecided (busy, or never)
+    timed_out = b is None
     ident: dict[str, Any] = {}
     for n, key in IDENT_NUMBERS.items():
         t.write(identify(n))
         b = t.read1(wait)
         if b is None:
+            timed_out = True
             break
         ident[key] = b
     if ident:
@@ -296,14 +376,16 @@ def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
             t.write(identify(n))
             text = _read_block(t, wait)
             if text is None:
+                timed_out = True
                 break
             if text:
                 ident[key] = text
     if "type_id" in ident:
         caps["cutter"] = bool(ident["type_id"] & TYPE_CUTTER)
     caps["ident"] = ident
+    caps["timed_out"] = timed_out  # the driver drops the link then: a late answer never reaches a later job
     time.sleep(0.05)
-    t.drain()  # a late answer must never pass for the confirmation of a job
+    t.drain()
     return caps
 
 
@@ -512,7 +594,7 @@ class FilePrinter:
             return PrinterStatus("unreachable", f"{self.path} is not writable by this user")
         return PrinterStatus("unknown", "write-only device: status not available")
 
-    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None) -> None:
+    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None, paper_mm: float = 0.0) -> None:
         ep = import_escpos_printers()
         try:
             dev = ep.File(devfile=self.path, auto_flush=True)
@@ -568,7 +650,7 @@ class SpoolPrinter:
             return PrinterStatus("unknown", f"spool STATE file says {state!r}")
         return PrinterStatus(state, "virtual printer")
 
-    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None) -> None:
+    def send(self, data: bytes, on_written: Callable[[], None] = lambda: None, paper_mm: float = 0.0) -> None:
         from .preview import write_job_files
 
         with self._lock:

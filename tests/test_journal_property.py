@@ -55,7 +55,7 @@ class Paper:
     def online(self):
         return self.state == "ready"
 
-    def send(self, data, on_written=lambda: None):
+    def send(self, data, on_written=lambda: None, **_):
         job = self.worker.current
         if self.send_mode == "refuse":
             raise PrinterError("connection refused")

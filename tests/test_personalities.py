@@ -30,6 +30,14 @@ EXPECT = {
 }
 
 
+@pytest.fixture(autouse=True)
+def quick_reprobe(monkeypatch):
+    """An unanswered GS r is asked again every 0.3 s here (5 s in the agent): a clone is decided quickly."""
+    from drivers.printers import StreamPrinter
+
+    monkeypatch.setattr(StreamPrinter, "REPROBE_S", 0.3)
+
+
 def printer_over(personality: str) -> dict:
     over: dict = {}
     if personality == "write_only":
@@ -62,6 +70,9 @@ def test_each_personality_prints_every_order_once(broker, make_agent, hq_factory
         stats = check_exactly_once(vp, ids)
         check_exactly_once(vp, ids, "warm_tip")
         assert stats["first_copies_marked"] == 0 and stats["extra_marked_copies"] == 0, stats
+        want_confirm = EXPECT[personality]["confirm"]
+        assert wait_until(lambda: agent.printer_facts.view("counter")["confirm"] == want_confirm, 15), \
+            agent.printer_facts.view("counter")
         view = agent.printer_facts.view("counter")
         for key, want in EXPECT[personality].items():
             assert view[key] == want, (key, view)

@@ -101,9 +101,13 @@ def test_low_paper_alert_before_the_sensor_trips(tmp_path, broker, hq_factory, s
         assert "纸卷约剩" in a["message"] and a["severity"] == "info" and a["audience"] == "store"
 
 
-def test_doctor_says_a_clone_prints_unconfirmed(tmp_path, broker, hq_factory, store_id, make_agent):
+def test_doctor_says_a_clone_prints_unconfirmed(tmp_path, broker, hq_factory, store_id, make_agent, monkeypatch):
+    from drivers.printers import StreamPrinter
+
+    monkeypatch.setattr(StreamPrinter, "REPROBE_S", 0.3)
     with VirtualPrinter(personality="clone") as vp:
-        make_agent(broker.port, vp.port, store_id)
+        agent = make_agent(broker.port, vp.port, store_id)
+        assert wait_until(lambda: agent.printer_facts.view("counter")["confirm"] == "unsupported", 15)
         cfg = write_toml(tmp_path / "c.toml", agent_config(tmp_path / "state", broker.port, vp.port, store_id))
         r = cli(cfg, "doctor")
         assert "the printer does not answer GS r 1, tickets print unconfirmed" in r.stdout, r.stdout

@@ -108,7 +108,7 @@ class RaisingPrinter:
         self._check()
         return self.inner.online()
 
-    def send(self, data, on_written=lambda: None):  # noqa: ANN001, ANN201
+    def send(self, data, on_written=lambda: None, **_):  # noqa: ANN001, ANN003, ANN201
         self._check()
         return self.inner.send(data, on_written)
 

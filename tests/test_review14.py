@@ -48,10 +48,12 @@ def network(vp: VirtualPrinter, **kw):  # noqa: ANN003, ANN201
 # ---------------------------------------------------------------------------------------------- probe
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: probe_transport takes one unanswered GS r (1 s) for 'cannot "
-                   "confirm'; a printer still printing holds GS r, so a busy Epson-class printer is run unconfirmed "
-                   "for the whole run (a ticket cut off by paper end then counts as printed: a lost order)")
-def test_probe_of_a_busy_printer_does_not_decide_it_cannot_confirm():
+def test_probe_of_a_busy_printer_does_not_decide_it_cannot_confirm(monkeypatch):
+    """review 14: one unanswered GS r (a busy printer holds it) used to mean 'cannot confirm' for the whole
+    run. Now it is undecided, asked again while idle, and the printer is confirmed once it answers."""
+    from drivers.printers import StreamPrinter
+
+    monkeypatch.setattr(StreamPrinter, "REPROBE_S", 0.2)
     with VirtualPrinter(personality="slow") as vp:
         other = busy_slow_printer(vp)
         try:
@@ -59,17 +61,29 @@ def test_probe_of_a_busy_printer_does_not_decide_it_cannot_confirm():
             st = p.status()  # the worker's first status: the probe runs inside it
             assert st.printable
             assert p.caps is not None
-            # the printer does answer GS r 1 (it is the 'slow' Epson): it must be confirmed, or asked again later
-            assert p.caps.get("gs_r") is not False and p.confirm is True, p.caps
+            assert p.caps.get("gs_r") is None, p.caps  # undecided, not "no"
+            assert wait_until(lambda: vp._busy_until < time.monotonic(), 10)  # the other host's ticket is out
+            assert wait_until(lambda: p.status().printable and p.confirm is True, 5), p.caps  # asked again: it answers
+            assert p.caps["gs_r"] is True
             p.close()
         finally:
             other.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: the probe's late answers (GS r / GS I held by a busy printer) "
-                   "stay in the stream; send() does not drain and _confirm() takes any byte with bits 4 and 7 clear "
-                   "(GS r 0x00, GS I 1 0x20, 'E' of a GS I string) as GS r 1: a job the printer discarded is "
-                   "reported printed (a lost order)")
+def test_a_printer_that_never_answers_gs_r_is_decided_after_a_few_idle_probes(monkeypatch):
+    from drivers.printers import StreamPrinter
+
+    monkeypatch.setattr(StreamPrinter, "REPROBE_S", 0.1)
+    with VirtualPrinter(personality="clone") as vp:
+        p = network(vp, timeout_s=0.5)
+        assert p.status().printable and p.caps["gs_r"] is None and p.confirm is False  # no hint: not waited for
+        p.hint_gs_r = True  # an earlier run found it answers (another printer, since swapped): waited for meanwhile
+        assert p.confirm is True
+        assert wait_until(lambda: p.status() and p.caps["gs_r"] is False, 10), p.caps
+        assert p.confirm is False
+        p.close()
+
+
 def test_a_late_probe_answer_is_never_the_confirmation_of_a_later_job():
     with VirtualPrinter(personality="slow") as vp:
         other = busy_slow_printer(vp)
@@ -88,10 +102,6 @@ def test_a_late_probe_answer_is_never_the_confirmation_of_a_later_job():
             other.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: StreamPrinter.probe() stores a probe whose DLE EOT went "
-                   "unanswered (a hung or busy printer at `printers probe`) as the printer's caps: gs_r False, and "
-                   "confirm 'auto' turns off for the rest of the run although the printer confirms; silence is "
-                   "taken for a capability")
 def test_a_probe_of_a_hung_printer_does_not_turn_confirmation_off():
     with VirtualPrinter() as vp:  # generic: answers DLE EOT and GS r
         p = network(vp, timeout_s=1.0)
@@ -108,10 +118,6 @@ def test_a_probe_of_a_hung_printer_does_not_turn_confirmation_off():
 # -------------------------------------------------------------------------------- alerts of a printer
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: PrinterFaults.on_status treats every open alert with "
-                   "printer == name (but paper_low) as a device fault and clears it once the printer has been ready "
-                   "for clear_after_s: the printer.uncertain question '请查看打印机是否已出单' disappears without "
-                   "anybody looking, and the ticket that may never have come out is forgotten (a lost order)")
 def test_the_uncertain_ticket_alert_waits_for_a_person(broker, make_agent, hq_factory, store_id):
     with VirtualPrinter(personality="clone") as vp:
         hq = hq_factory(broker.port, store_id)
@@ -129,9 +135,6 @@ def test_the_uncertain_ticket_alert_waits_for_a_person(broker, make_agent, hq_fa
         assert any(a.code == "printer.uncertain" for a in agent.alerts.open_alerts())
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: the low-paper alert printer.paper_left carries printer=name, so "
-                   "PrinterFaults clears it ('打印机 … 已恢复') after clear_after_s of a ready printer and the next ticket "
-                   "raises it again: one raise and one clear per ticket until the roll is changed (alert spam)")
 def test_the_paper_left_alert_is_raised_once_and_stays_until_a_new_roll(broker, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     with VirtualPrinter() as vp:
@@ -153,10 +156,6 @@ def wait_state(agent, state: str, timeout: float = 10) -> bool:  # noqa: ANN001
     return wait_until(lambda: agent.workers["counter"].status.state == state, timeout)
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: PrinterFacts.on_status only sees a new roll on a direct "
-                   "paper_out -> ready (or paper_low -> ready) step; changing a roll opens the cover, so the agent sees "
-                   "paper_out -> cover_open -> ready and keeps counting the old roll: a false '纸卷约剩 N 单' that never "
-                   "clears (wasted paper: rolls changed early)")
 def test_a_roll_changed_with_the_cover_open_restarts_the_paper_count(broker, vprinter, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     agent = make_agent(broker.port, vprinter.port, store_id)
@@ -171,10 +170,6 @@ def test_a_roll_changed_with_the_cover_open_restarts_the_paper_count(broker, vpr
     assert agent.journal.printer_facts()["counter"]["paper_mm"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: PrinterFacts._learn keeps a near-end count only above 1 m in "
-                   "memory, but Journal.paper_loaded(near_end=True) has already stored it as mm_per_roll whatever it "
-                   "is: after a restart a 0.2 m count becomes the roll length, the forecast says 0 left and the "
-                   "paper_left alert follows every ticket")
 def test_a_near_end_count_too_short_to_learn_is_not_learnt_after_a_restart(broker, vprinter, make_agent, hq_factory, store_id):
     hq = hq_factory(broker.port, store_id)
     agent = make_agent(broker.port, vprinter.port, store_id)
@@ -212,10 +207,6 @@ def made_dirs(monkeypatch):
         shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: escpos_caps._write leaves the new pickle with the clock's mtime; "
-                   "when the clock is behind capabilities.json (a Raspberry Pi without RTC before NTP, an image built "
-                   "elsewhere) _good() calls it stale, every directory fails 'written but does not load back' and "
-                   "no printer can connect until the clock is set (a stall)")
 def test_a_clock_behind_the_package_files_still_gets_a_loadable_pickle(tmp_path, monkeypatch, made_dirs):
     import drivers.escpos_caps as caps
 
@@ -228,9 +219,6 @@ def test_a_clock_behind_the_package_files_still_gets_a_loadable_pickle(tmp_path,
     assert (Path(d) / caps.pickle_name()).stat().st_mtime >= source.stat().st_mtime
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: prepare_pickle_dir makes a new mkdtemp dir in /dev/shm (RAM) on "
-                   "every process start when the cache dir cannot be written, and never reuses or removes it (nor the "
-                   "empty ones left when writing there fails): every CLI run and agent start leaks ~70 KB of RAM")
 def test_the_ram_fallback_for_the_pickle_is_reused_not_leaked(tmp_path, made_dirs):
     from drivers.escpos_caps import prepare_pickle_dir
 
@@ -258,7 +246,7 @@ class BrokenSend:
     def online(self):  # noqa: ANN201
         return self.inner.online()
 
-    def send(self, data, on_written=lambda: None):  # noqa: ANN001, ANN201
+    def send(self, data, on_written=lambda: None, **_):  # noqa: ANN001, ANN003, ANN201
         if self.broken:
             raise RuntimeError("driver bug: 'NoneType' object has no attribute 'write'")
         return self.inner.send(data, on_written)
@@ -278,11 +266,6 @@ def agent_with_broken_send(broker, vprinter, make_agent, store_id):  # noqa: ANN
     return agent, bad
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: an unexpected exception out of send() (a device fault by the "
-                   "issue's rule: it 'clears when printing works again') leaves the job 'printing' as if bytes may have "
-                   "left; each retry is then an uncertain attempt: the order fails after two, the store is asked "
-                   "'请查看打印机是否已出单' for a ticket never sent, and nothing prints when the fault clears "
-                   "(and a fault gone after one retry prints the first copy marked 补打)")
 def test_a_send_that_raises_before_any_byte_is_a_fault_the_order_waits_out(broker, vprinter, make_agent, hq_factory, store_id):
     from tickets_util import check_exactly_once
 
@@ -300,9 +283,6 @@ def test_a_send_that_raises_before_any_byte_is_a_fault_the_order_waits_out(broke
     assert not [a for a in alerts_of(hq) if a["code"] == "printer.uncertain"]
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: PrintWorker._fault logs the traceback 'once per distinct error' "
-                   "by comparing with status.detail, but the full status check before each retry resets the detail to "
-                   "the printer's own: the same traceback is logged at every retry (log spam, SD card wear)")
 def test_the_same_worker_error_is_logged_with_its_traceback_once(broker, vprinter, make_agent, hq_factory, store_id, caplog):
     hq = hq_factory(broker.port, store_id)
     caplog.set_level(logging.INFO, logger="agent.printing")
@@ -314,10 +294,6 @@ def test_the_same_worker_error_is_logged_with_its_traceback_once(broker, vprinte
     assert len(traced) == 1, len(traced)
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: Agent.reprint clears every printer.uncertain alert of the order, "
-                   "but reprints only the order.created documents (receipt, warm_tip): the question about an exception "
-                   "slip of the same order (rider unassigned, modified...) is closed although that slip was not printed "
-                   "again")
 def test_a_reprint_answers_only_the_uncertain_tickets_it_prints_again(broker, make_agent, hq_factory, store_id):
     from conftest import example, fresh
 
@@ -340,11 +316,6 @@ def test_a_reprint_answers_only_the_uncertain_tickets_it_prints_again(broker, ma
         assert slip_alert in asked()  # ... so its question stays open
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: StreamPrinter.send waits for GS r 1 timeout_s + bytes/4096 s, but "
-                   "print time follows paper length, not bytes (text is ~13 bytes per mm): a long receipt on a slow "
-                   "printer (the 'slow' personality, 80 mm/s) is still printing when the wait ends, so it is printed "
-                   "again marked 补打, the 补打 times out too, and the order fails with printer.uncertain (wasted paper, "
-                   "a false failure on a printer that confirms)")
 def test_a_long_receipt_on_a_slow_printer_prints_once(broker, make_agent, hq_factory, store_id):
     from tickets_util import tickets
 
@@ -361,11 +332,6 @@ def test_a_long_receipt_on_a_slow_printer_prints_once(broker, make_agent, hq_fac
         assert [r["status"] for r in hq.results() if r["status"] != "queued"] == ["printed"], hq.results()
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: PrinterFacts.attach gives a new worker the paper count read from "
-                   "the journal at start (_known is never updated by add_paper), so a live printer change (Agent."
-                   "_reopen_printers: a technician changes timeout_s or charset remotely) drops every ticket counted "
-                   "since the agent started: the forecast says the roll is fuller than it is and the paper-left warning "
-                   "comes late or never")
 def test_a_live_printer_change_keeps_the_paper_count(broker, vprinter, make_agent, hq_factory, store_id, tmp_path):
     from agent.config import parse_config
     from conftest import agent_config
@@ -384,9 +350,6 @@ def test_a_live_printer_change_keeps_the_paper_count(broker, vprinter, make_agen
     assert agent.printer_facts.forecast("counter")["used_m"] == pytest.approx(counted / 1000, abs=0.01)
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: agent/salvage.py copies events, jobs, alerts, timers and dedupe "
-                   "into the fresh journal but not the new printers table: after a salvage the paper count, the learnt "
-                   "roll length and the probe are gone and the count restarts at 0 mid-roll")
 def test_salvage_keeps_what_is_known_of_the_printers(tmp_path):
     from agent.journal import Journal
     from agent.salvage import salvage
@@ -395,8 +358,9 @@ def test_salvage_keeps_what_is_known_of_the_printers(tmp_path):
     j = Journal(path)
     j.record_event("evt-1", "MT-1", "order.created", b"{}", [("receipt", "counter")])  # an order waiting to print
     j.save_caps("counter", {"gs_r": True, "dle_eot": True})
+    j.paper_loaded("counter")  # a roll loaded: counted from its start
     j.add_paper("counter", 12345.0)
-    j.paper_loaded("counter", near_end=True)  # a learnt roll length
+    assert j.learn_roll("counter", 1000) == 12345.0  # a learnt roll length
     j.close()
     salvage(path)
     j = Journal(path)
@@ -438,10 +402,6 @@ class _EscposUsb:
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="review 14: a USB printer without an IN endpoint learns it is write-only inside "
-                   "its first connect, under status(): that first status() still asks DLE EOT, hears nothing and says "
-                   "'unreachable', so every start raises a critical printer.unreachable alert with the device-fault "
-                   "chime for a printer the issue says works as 'unconfirmed' (it clears itself seconds later)")
 def test_a_write_only_usb_printer_is_never_reported_unreachable(monkeypatch):
     import types
 
