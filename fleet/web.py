@@ -133,10 +133,11 @@ def build_app(console: Any, poll_s: float = 0.1) -> Any:  # noqa: ANN401 - fleet
 
     async def events(request: Request) -> StreamingResponse:
         async def stream():  # noqa: ANN202
-            seen, last_beat, last_push = -1, 0.0, None
+            seen, last_beat, last_push, p, push_at = -1, 0.0, None, None, 0.0
             while not await request.is_disconnected():
                 gen = console.state.generation
-                p = push_view()
+                if time.monotonic() - push_at >= 0.5:  # the history is read twice a second, not every tick
+                    p, push_at = push_view(), time.monotonic()
                 push_key = (p["id"], p["state"], len(p["log"]), p["log"][-1]["at"] if p["log"] else 0) if p else None
                 if gen != seen or push_key != last_push:
                     seen, last_push = gen, push_key

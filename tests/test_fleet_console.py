@@ -294,3 +294,28 @@ def test_keygen_writes_a_private_key_and_prints_the_public_one(tmp_path):
     assert Signer(out.read_bytes()).public == public
     r = CliRunner().invoke(main, ["keygen", "--out", str(out)])
     assert r.exit_code == 2 and "exists" in r.output
+
+
+def test_watch_redraws_the_fleet_live(fleet3, tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    f = fleet3
+    path = write_toml(tmp_path / "fleet.toml", f.console_cfg())
+    out = tmp_path / "watch.out"
+    with open(out, "wb") as fh:
+        p = subprocess.Popen([sys.executable, "-m", "fleet.cli", "watch", "--every", "0.2", "--config", str(path)],
+                             stdout=fh, stderr=subprocess.STDOUT)
+        try:
+            assert wait_until(lambda: b"3 stores: 3 ok" in out.read_bytes(), 20), out.read_bytes()[-500:]
+            f.printers["cq-0001"].set_mode("paper_out")
+            assert wait_until(lambda: b"3 stores: 2 ok, 1 printer faults" in out.read_bytes(), 20), out.read_bytes()[-500:]
+            time.sleep(0.1)
+        finally:
+            p.terminate()
+            p.wait(10)
+    import re  # noqa: PLC0415
+    frames = re.split(r"(?m)^\d\d:\d\d:\d\d connected$", out.read_bytes().decode())  # one per redraw
+    last = [fr for fr in frames if "1 printer faults" in fr][-1]
+    assert last.splitlines()[1].startswith("cq-0001"), last  # problems first
