@@ -141,15 +141,18 @@ def child(port: int, n: int, real: int, workdir: Path, public_key: str) -> None:
                "timers": {"prep_before_s": 0, "summary_every_s": 0}, "security": security}
         a = agents[sid] = Agent(parse_config(cfg))
         a.start()
+    print(f"child: {len(agents)} agents started", file=sys.stderr, flush=True)
     base = redacted(parse_config({"store_id": "x", "state_dir": "/var/lib/store-agent",
                                   "printers": [{"name": "counter", "connection": "usb", "vendor_id": 0x0416, "product_id": 0x5011}]}))
     sim_ids = [f"sim-{i:05d}" for i in range(n - real)]
     sims = [SimStores(port, sim_ids[i:i + PER_CLIENT], base, public_key) for i in range(0, len(sim_ids), PER_CLIENT)]
     for s in sims:
         s.ready.wait(10)
+    print(f"child: {len(sims)} simulator connections up", file=sys.stderr, flush=True)
     for s in sims:
         for info in s.announce():
             info.wait_for_publish(30)
+    print(f"child: {len(sim_ids)} simulated stores announced", file=sys.stderr, flush=True)
     deadline = time.monotonic() + 60
     while not all(a.link.subscribed for a in agents.values()) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -85,7 +85,7 @@ class _Auth:
         return await self.app(scope, receive, send)
 
 
-def build_app(console: Any, poll_s: float = 0.1) -> Any:  # noqa: ANN401 - fleet.console.Console
+def build_app(console: Any, poll_s: float = 0.1, min_interval_s: float = 0.5) -> Any:  # noqa: ANN401 - fleet.console.Console
     web = console.cfg.web
     if not web.token and not web.users:
         raise NotProtected("the page needs a login: set web.token or [web.users] in the console's config "
@@ -131,20 +131,34 @@ def build_app(console: Any, poll_s: float = 0.1) -> Any:  # noqa: ANN401 - fleet
     async def api(request: Request) -> JSONResponse:
         return JSONResponse(json.loads(json.dumps(picture(), default=str)))
 
+    cache: dict[str, Any] = {"key": None, "data": "", "at": 0.0, "push": None, "push_at": 0.0}
+    cache_lock = threading.Lock()
+
+    def update() -> tuple[Any, str]:
+        """The SSE message for the fleet now, rendered once for every open page and at most every
+        ``min_interval_s`` (at 5,000 stores the table takes a few hundred ms to build)."""
+        with cache_lock:
+            now = time.monotonic()
+            if now - cache["push_at"] >= 0.5:  # the history is read twice a second, not every tick
+                cache["push"], cache["push_at"] = push_view(), now
+            p = cache["push"]
+            key = (console.state.generation,
+                   (p["id"], p["state"], len(p["log"]), p["log"][-1]["at"] if p["log"] else 0) if p else None)
+            if key != cache["key"] and now - cache["at"] >= min_interval_s:
+                pic = picture()
+                body = {"summary": pic["summary"], "rows": rows_html(pic),
+                        "push": env.get_template("push.html").render(push=p), "at": time.time()}
+                cache.update(key=key, at=now, data=f"event: fleet\ndata: {json.dumps(body, ensure_ascii=False)}\n\n")
+            return cache["key"], cache["data"]
+
     async def events(request: Request) -> StreamingResponse:
         async def stream():  # noqa: ANN202
-            seen, last_beat, last_push, p, push_at = -1, 0.0, None, None, 0.0
+            seen, last_beat = None, 0.0
             while not await request.is_disconnected():
-                gen = console.state.generation
-                if time.monotonic() - push_at >= 0.5:  # the history is read twice a second, not every tick
-                    p, push_at = push_view(), time.monotonic()
-                push_key = (p["id"], p["state"], len(p["log"]), p["log"][-1]["at"] if p["log"] else 0) if p else None
-                if gen != seen or push_key != last_push:
-                    seen, last_push = gen, push_key
-                    pic = picture()
-                    body = {"summary": pic["summary"], "rows": rows_html(pic),
-                            "push": env.get_template("push.html").render(push=p), "at": time.time()}
-                    yield f"event: fleet\ndata: {json.dumps(body, ensure_ascii=False)}\n\n"
+                key, data = await asyncio.to_thread(update)
+                if key != seen and data:
+                    seen = key
+                    yield data
                     last_beat = time.monotonic()
                 elif time.monotonic() - last_beat > 15:
                     yield ": keep-alive\n\n"
