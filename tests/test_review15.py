@@ -334,6 +334,22 @@ def test_a_spoken_phrase_is_bounded(tmp_path):
     assert len(spoken) <= MAX_CHARS and duration(out) <= 30, (len(spoken), duration(out))
 
 
+@pytest.mark.xfail(strict=True, reason="review 15: Commands._say hands voice.wav to the annunciator without app.speak's OSError "
+                   "wrapping, and Annunciator._step never answers a request whose wav() raised anything but AudioError: a full "
+                   "card (or an unusable voice-cache) makes store-agent say wait 60 s and blame 'the sound device hangs'")
+def test_say_with_an_unusable_cache_is_answered_at_once(tmp_path):
+    (tmp_path / "cache").write_text("not a directory")  # stands in for ENOSPC / a read-only card under state_dir
+    voice = Voice(VoiceSettings(engine=fake_engine(tmp_path)), tmp_path / "cache")
+    ann = Annunciator(NoAlerts(), chime=FakeChime(), settings=SoundSettings(True, 0.8, "", 0.0))  # type: ignore[arg-type]
+    ann.start()
+    try:
+        done: Future = Future()
+        ann.speak("测试", lambda: voice.wav("测试", {}), done)  # exactly what Commands._say queues
+        assert done.result(5).startswith("error:")
+    finally:
+        ann.stop()
+
+
 # -- requests and CLI -----------------------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="review 15: report with a day at the calendar's edge (0001-01-01 week, 9999-12-31 "
