@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.config import ConfigError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alert_events (id INTEGER PRIMARY KEY, store TEXT NOT NULL, alert_id TEXT NOT NULL,
     code TEXT, state TEXT, severity TEXT, message TEXT, at TEXT, seen REAL NOT NULL);
@@ -37,11 +39,15 @@ KEEP_DAYS = 90
 class History:
     def __init__(self, path: Path) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=10)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise ConfigError(f"state_dir: cannot open the history {path}: {e} (set state_dir to a directory this user "
+                              "may write)") from None
         self.lock = threading.Lock()
 
     def close(self) -> None:
