@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from agent.config import Config, ConfigError, load_config, parse_config
-from agent.remote import merged_config
+from agent.remote import MAX_VERSION_STEP, merged_config
 
 from .state import FAULTS, Store
 
@@ -150,7 +150,12 @@ class Rollout:
         overlay = self.overlays[sid] if self.overlays is not None else self.overlay
         pushed = self.c.history.pushed_of(sid)
         running = st.config.version if st and st.config else None
-        err_v = st.config.error.version if st and st.config and st.config.error and st.config.error.version else 0
+        # a reverted version is never applied again: go above it (a merely refused one does not count, and a
+        # version far ahead is someone's junk: the agent takes at most MAX_VERSION_STEP above what it runs)
+        err = st.config.error if st and st.config else None
+        err_v = err.version if err and err.version and "revert" in err.message.lower() else 0
+        if err_v > (running or 0) + MAX_VERSION_STEP // 2:
+            err_v = 0
         version = max(running or 0, pushed[0] if pushed else 0, err_v) + 1
         if running is None:
             prev_overlay = None

@@ -111,7 +111,7 @@ def build_app(console: Any, poll_s: float = 0.1, min_interval_s: float = 0.5) ->
         return p
 
     async def page(request: Request) -> HTMLResponse:
-        pic = picture()
+        pic = await asyncio.to_thread(picture)
         regions = sorted({s["region"] for s in pic["stores"] if s["region"]})
         return HTMLResponse(env.get_template("fleet.html").render(
             rows=rows_html(pic), summary=pic["summary"], regions=regions, kinds=KINDS, push=push_view(),
@@ -129,7 +129,8 @@ def build_app(console: Any, poll_s: float = 0.1, min_interval_s: float = 0.5) ->
             s=d, alerts=console.history.alerts_of(sid, 30), outages=console.history.outages_of(sid, 20)))
 
     async def api(request: Request) -> JSONResponse:
-        return JSONResponse(json.loads(json.dumps(picture(), default=str)))
+        pic = await asyncio.to_thread(picture)
+        return JSONResponse(json.loads(json.dumps(pic, default=str)))
 
     cache: dict[str, Any] = {"key": None, "data": "", "at": 0.0, "push": None, "push_at": 0.0}
     cache_lock = threading.Lock()

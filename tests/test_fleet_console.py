@@ -319,3 +319,25 @@ def test_watch_redraws_the_fleet_live(fleet3, tmp_path):
     frames = re.split(r"(?m)^\d\d:\d\d:\d\d connected$", out.read_bytes().decode())  # one per redraw
     last = [fr for fr in frames if "1 printer faults" in fr][-1]
     assert last.splitlines()[1].startswith("cq-0001"), last  # problems first
+
+
+def test_the_next_version_goes_above_a_reverted_one_and_ignores_junk(tmp_path):
+    c = Console(fconfig.parse({"state_dir": str(tmp_path)}))  # not connected: fed by hand
+    sent = []
+    c.send_config = lambda sid, v, o: sent.append((sid, v)) or None
+
+    def state(sid, version, err):
+        body = {"v": 1, "version": version, "applied_at": None, "sha256": "0" * 64, "config": {}, "error": err}
+        assert c.state.ingest(f"stores/{sid}/config/state", json.dumps(body).encode()) == sid
+
+    state("a", 5, {"version": 7, "message": "not connected and subscribed within 120 s with config version 7: reverted"})
+    state("b", 5, {"version": 2**63 - 1, "message": "version 9223372036854775807 is more than 1000000 ahead"})
+    state("c", 0, {"version": 9, "message": "signature: bad signature"})
+    r = Rollout(c, ["a", "b", "c"], {})
+    r.push_id = c.history.start_push("push", "", {})
+    for sid in ("a", "b", "c"):
+        r._send(sid)
+    assert sent == [("a", 8), ("b", 6), ("c", 1)]
+    assert c.history.push(r.push_id)["steps"][0]["prev_overlay"] is None  # v5 was not pushed by this console
+    assert c.history.push(r.push_id)["steps"][2]["prev_overlay"] == {}  # v0: the file alone
+    c.history.close()
