@@ -18,7 +18,8 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,6 +31,8 @@ from drivers.gpio import Indicator
 from .alerts import AlertBook
 
 log = logging.getLogger(__name__)
+
+SYNTH_WAIT_S = 3.0  # a phrase whose file is not ready by then is skipped (the engine keeps going, cached)
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Annunciator:
         self.audio_state = "unchecked" if chime else "disabled"
         self.audio_error = ""  # one line: why the last chime (or the check) did not play
         self.audio_since = clock()
+        self.voice_state, self.voice_error = "unchecked", ""  # spoken announcements (agent/voice.py)
+        self._synth: Optional[ThreadPoolExecutor] = None
         self._sounds: queue.Queue[tuple[str, Optional[Future], Optional[Callable[[], Path]]]] = queue.Queue(maxsize=50)
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
@@ -100,6 +105,8 @@ class Annunciator:
         self._stop.set()
         if self._thread:
             self._thread.join(5)
+        if self._synth is not None:
+            self._synth.shutdown(wait=False, cancel_futures=True)
 
     def request(self, sound: str, done: Optional[Future] = None, wav: Optional[Callable[[], Path]] = None) -> None:
         """Queue a chime by name, or (``wav``) a spoken phrase: ``wav()`` makes its file on this thread,
@@ -192,13 +199,30 @@ class Annunciator:
             return self.settings.quiet_volume or None
         return self.settings.volume
 
+    def _voice_file(self, wav: Callable[[], Path]) -> Path:
+        """Make a phrase's file on the synthesis thread, waiting at most ``SYNTH_WAIT_S``: a slow or hanging
+        engine never holds up the chimes behind it (its segments are cached for the next time)."""
+        if self._synth is None:
+            self._synth = ThreadPoolExecutor(max_workers=1, thread_name_prefix="voice")
+        fut = self._synth.submit(wav)
+        try:
+            return fut.result(SYNTH_WAIT_S)
+        except FutureTimeout:
+            raise AudioError(f"the voice engine took more than {SYNTH_WAIT_S:g} s: this phrase is skipped") from None
+        except AudioError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a full card, an unusable cache: an answer, never a silent request
+            raise AudioError(f"{type(e).__name__}: {e}") from e
+
     def _play(self, sound: str, wav: Optional[Callable[[], Path]] = None) -> str:
         volume = self._volume()
         if self.chime is None or volume is None:
             self._remember(sound, "muted")
             return f"muted: {self.mute_reason() or 'muted'}"
+        if wav is not None:
+            return self._speak(sound, wav, volume)
         try:
-            backend = self.chime.play(wav() if wav is not None else find_sound(sound), volume)
+            backend = self.chime.play(find_sound(sound), volume)
         except AudioError as e:
             self._remember(sound, f"error: {e}")
             self._audio_failed(f"chime {sound}: {e}")
@@ -206,6 +230,39 @@ class Annunciator:
         self._remember(sound, backend)
         self._audio_ok()
         return backend
+
+    def _speak(self, label: str, wav: Callable[[], Path], volume: float) -> str:
+        """A phrase: its own health (``voice_state``, alert ``audio.voice_failed``), so a broken engine is one
+        alert, cleared by the next phrase that plays, never flapping with the chimes that do."""
+        try:
+            path = self._voice_file(wav)
+        except AudioError as e:
+            self._remember(label, f"error: {e}")
+            self._voice_failed(str(e))
+            return f"error: {e}"
+        try:
+            backend = self.chime.play(path, volume)  # type: ignore[union-attr]
+        except AudioError as e:  # the sound device itself: the audio alert, as for a chime
+            self._remember(label, f"error: {e}")
+            self._audio_failed(f"{label}: {e}")
+            return f"error: {e}"
+        self._remember(label, backend)
+        self._audio_ok()
+        if self.voice_state == "failed":
+            self.alerts.clear("audio:voice", "语音播报已恢复")
+            log.info("voice: announcements play again")
+        self.voice_state, self.voice_error = "ok", ""
+        return backend
+
+    def _voice_failed(self, why: str) -> None:
+        if self.voice_state == "failed":  # one alert until a phrase plays again (the first reason stays its message)
+            log.debug("voice: %s (again)", why)
+            self.voice_error = why
+            return
+        log.error("voice: %s", why)
+        self.voice_state, self.voice_error = "failed", why
+        self.alerts.raise_("audio:voice", "audio.voice_failed", f"语音播报失败(提示音照常): {why}",
+                           severity="warning", needs_ack=False, sound="none")
 
     def _audio_failed(self, why: str) -> None:
         if self.audio_state != "failed" or why != self.audio_error:

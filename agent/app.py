@@ -23,7 +23,7 @@ from .annunciator import Annunciator, SoundSettings, build_hardware
 from .commands import Commands
 from .config import Config
 from .control import SOCKET_NAME, ControlServer
-from .faults import PrinterFaults, describe
+from .faults import FAULT_CODES, PrinterFaults, describe
 from .followups import FollowupSchedule, Followups
 from .housekeeping import Housekeeper
 from .intake import OrderIntake
@@ -114,7 +114,7 @@ class Agent:
         self.rules = effective_rules(cfg.rules)
         self.alerts = AlertBook(self.journal, self._publish_alert, clock, details_for=self.faults.escalation_details,
                                 renotify_s=cfg.escalation.renotify_s)
-        self.stats.already_escalated(a.id for a in self.alerts.open_alerts() if a.state == "escalated")
+        self.stats.already_counted(self.alerts.open_alerts())
         self.notifier = _notifier(cfg)
         self._gpio_devices: list = []
         self.annunciator = self._build_annunciator(cfg)
@@ -185,7 +185,8 @@ class Agent:
                 due = len(self.followups.due())
             except Exception as e:  # noqa: BLE001 - the figures still come
                 log.warning("cannot list the follow-ups due: %s", e)
-        return {"period": kind, **self.stats.report(first, last, due_followups=due)}
+        open_faults = [(a.code.split(".", 1)[1], a.since) for a in self.alerts.open_alerts() if a.code in FAULT_CODES]
+        return {"period": kind, **self.stats.report(first, last, due_followups=due, open_faults=open_faults)}
 
     def speak(self, template: str, facts: dict, done: Optional[Future] = None) -> str:
         """Say a phrase after the chime queued before it (agent/voice.py); never waits for it."""
@@ -211,7 +212,8 @@ class Agent:
         return FollowupSchedule(self.journal, self.cfg.followup.print_at, self.print_followups, self.followups, self.clock)
 
     def print_report(self, kind: str, first: date, last: date) -> None:
-        body = {"period": kind, **self.stats.report(first, last)}
+        open_faults = [(a.code.split(".", 1)[1], a.since) for a in self.alerts.open_alerts() if a.code in FAULT_CODES]
+        body = {"period": kind, **self.stats.report(first, last, open_faults=open_faults)}
         self.print_internal(f"report-{kind}-{first}-{self.clock():.6f}", "report", {"report": body})
 
     def report_schedule(self) -> ReportSchedule:
@@ -425,6 +427,7 @@ class Agent:
         old, self.cfg = self.cfg, cfg
         old_renderer, self.renderer = self.renderer, self._make_renderer(cfg)
         self.voice = make_voice(cfg)
+        self.followups.settings = cfg.followup
         self.renderer.warm(self._formats(cfg))
         for a in self.alerts.open_alerts():
             if a.code == "agent.template_failed":  # new templates: a failure will be raised again if it recurs

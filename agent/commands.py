@@ -267,8 +267,11 @@ class Commands:
         try:
             day = date.fromisoformat(a.day) if a.day else None
         except ValueError as e:
-            raise CommandError(f"day: {e}") from None
-        body = self.agent.report(a.period, day)
+            raise CommandError(f"bad arguments for report: day: {e}") from None
+        try:
+            body = self.agent.report(a.period, day)
+        except (OverflowError, ValueError):  # a week or month past the calendar's ends
+            raise CommandError(f"bad arguments for report: day: {a.day} is out of range for a {a.period}") from None
         if a.print:
             with self._queueing:
                 self._room_for(1)

@@ -95,12 +95,13 @@ class Followups:
     def record(self, order_id: str, outcome: str) -> dict[str, Any]:
         if outcome not in OUTCOMES:
             raise FollowupError(f"outcome must be one of {', '.join(OUTCOMES)}, not {outcome!r}")
-        if self.journal.order_payload(order_id) is None and not self.journal.followups_done([order_id]):
+        if not self.journal.has_order(order_id) and not self.journal.followups_done([order_id]):
             raise FollowupError(f"no order {order_id!r} in the journal")
         before = self.journal.record_followup(order_id, outcome, self.clock())
-        self.stats.on_followup(outcome, before)  # a later call that changes it: the day's figures follow
-        log.info("follow-up of order %s: %s%s", order_id, outcome, f" (was {before})" if before else "")
-        return {"order_id": order_id, "outcome": outcome, "was": before}
+        was, was_at = before if before else (None, None)
+        self.stats.on_followup(outcome, was, was_at)  # a later call that changes it: the figures follow
+        log.info("follow-up of order %s: %s%s", order_id, outcome, f" (was {was})" if was else "")
+        return {"order_id": order_id, "outcome": outcome, "was": was}
 
 
 class FollowupSchedule:

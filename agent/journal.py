@@ -864,14 +864,18 @@ class Journal:
                 out[oid] = (outcome, at)
         return out
 
-    def record_followup(self, order_id: str, outcome: str, now: float) -> Optional[str]:
-        """Durable; returns the outcome recorded before (None: the first call recorded)."""
-        def tx(db: sqlite3.Connection) -> Optional[str]:
-            row = db.execute("SELECT outcome FROM followups WHERE order_id=?", (order_id,)).fetchone()
+    def record_followup(self, order_id: str, outcome: str, now: float) -> Optional[tuple[str, float]]:
+        """Durable; returns the outcome recorded before and when (None: the first call recorded)."""
+        def tx(db: sqlite3.Connection) -> Optional[tuple[str, float]]:
+            row = db.execute("SELECT outcome, at FROM followups WHERE order_id=?", (order_id,)).fetchone()
             db.execute("INSERT INTO followups(order_id, outcome, at) VALUES (?,?,?) ON CONFLICT(order_id) DO UPDATE "
                        "SET outcome=excluded.outcome, at=excluded.at", (order_id, outcome, now))
-            return row[0] if row else None
+            return (row[0], row[1]) if row else None
         return self.call(tx)
+
+    def has_order(self, order_id: str) -> bool:
+        """Any event of this order in the journal."""
+        return bool(self._read("SELECT 1 FROM events WHERE order_id=? LIMIT 1", (order_id,)))
 
     def prune_stats(self, before_day: str) -> None:
         def tx(db: sqlite3.Connection) -> None:
@@ -1125,6 +1129,7 @@ class Journal:
             db.execute("DELETE FROM alerts WHERE open=0 AND updated_at < ?", (cutoff,))
             db.execute("DELETE FROM timers WHERE fired_at < ? AND key != 'summary'", (cutoff,))
             db.execute("DELETE FROM dedupe WHERE at < ?", (now - self.dedupe_days * 86400,))
+            db.execute("DELETE FROM followups WHERE at < ?", (cutoff,))  # their orders are gone from the list too
             return n
 
         removed = self.call(by_age)

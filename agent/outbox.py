@@ -26,11 +26,13 @@ class Outbox:
         self._lock = threading.Lock()
         self._resent = False
 
-    def publish(self, result: OrderResult) -> None:
+    def publish(self, result: OrderResult, fresh: bool = True) -> None:
+        """Send a result; ``fresh``: a new one (counted in the day's figures), not one re-sent after a restart."""
         a = self.agent
         if result.status in ("queued", "rejected", "duplicate", "expired") or result.redelivered:  # intake stored it
             a.journal_ok()
-            a.stats.on_result(result)
+            if fresh:
+                a.stats.on_result(result)
         confirm = None
         if result.event_id and result.status in ("printed", "failed", "duplicate", "expired"):
             confirm = lambda: self._mark_reported(result.event_id)  # noqa: E731
@@ -49,7 +51,7 @@ class Outbox:
             event_id=done.event_id, order_id=done.order_id, status=done.status,
             at=datetime.fromtimestamp(self.agent.clock(), timezone.utc), printer=done.printer,
             documents=done.documents, error=done.error, reprint=done.reprint,
-        ))
+        ), fresh=log_it)
 
     def _mark_reported(self, event_id: str) -> None:
         with self._lock:  # written in batches by housekeeping

@@ -50,6 +50,19 @@ def _pct(values: list[float], q: float) -> Optional[float]:
     return round(values[max(0, math.ceil(q * len(values)) - 1)], 3)
 
 
+def split_by_day(start: float, end: float) -> list[tuple[str, float]]:
+    """[start, end) as (local day, seconds) pieces."""
+    out: list[tuple[str, float]] = []
+    t = start
+    while t < end:
+        d = datetime.fromtimestamp(t).date()
+        midnight = datetime.combine(d + timedelta(days=1), datetime.min.time()).timestamp()
+        nxt = min(end, midnight)
+        out.append((d.isoformat(), nxt - t))
+        t = nxt
+    return out
+
+
 def period(kind: str, day: Optional[date] = None, *, today: Optional[date] = None) -> tuple[date, date]:
     """``day``: that day; ``week``: the 7 days ending with ``day``; ``month``: ``day``'s calendar month."""
     d = day or today or date.today()
@@ -69,10 +82,15 @@ class Stats:
         self.journal = journal
         self.clock = clock
         self._escalated: set[str] = set()  # open alerts already counted as escalated (re-notifications are not)
+        self._acked: set[str] = set()  # open alerts whose acknowledgement was counted (a refresh is not another)
 
-    def already_escalated(self, alert_ids: "Iterable[str]") -> None:
-        """Open alerts that were escalated before this start (their re-notifications are not new escalations)."""
-        self._escalated.update(alert_ids)
+    def already_counted(self, alerts: "Iterable[Alert]") -> None:
+        """The open alerts at start: an escalation or acknowledgement from before it is not counted again."""
+        for a in alerts:
+            if a.state == "escalated":
+                self._escalated.add(a.id)
+            if a.acknowledged:
+                self._acked.add(a.id)
 
     def _add(self, counts: dict[str, float], samples: tuple[tuple[str, float], ...] = (), at: Optional[float] = None) -> None:
         try:
@@ -114,29 +132,38 @@ class Stats:
         kind = code.split(".", 1)[-1]
         if alert.state == "raised" and fault and alert.at == alert.since:  # new (a refreshed message has a later at)
             self._add({f"faults:{kind}": 1}, at=alert.since)
-        elif alert.state == "cleared":
+        if alert.state == "cleared":
             self._escalated.discard(alert.id)
+            self._acked.discard(alert.id)
             if fault:
-                self._add({f"fault_s:{kind}": max(alert.at - alert.since, 0.0)}, at=alert.at)
-        elif alert.state == "escalated":
-            if alert.id not in self._escalated:  # once: the re-notifications every renotify_s are not counted
-                self._escalated.add(alert.id)
-                self._add({"escalations": 1}, at=alert.at)
-        elif alert.state == "acknowledged":
+                for day, seconds in split_by_day(alert.since, alert.at):  # minutes on the days the printer was down
+                    self.journal.stats_add(day, {f"fault_s:{kind}": seconds})
+            return
+        if alert.state == "escalated" and alert.id not in self._escalated:  # once, not at every re-notification
+            self._escalated.add(alert.id)
+            self._add({"escalations": 1}, at=alert.at)
+        if alert.acknowledged and alert.id not in self._acked:  # the first acknowledgement, escalated or not
+            self._acked.add(alert.id)
             self._add({}, (("ack_s", max(alert.at - alert.since, 0.0)),), at=alert.at)
 
-    def on_followup(self, outcome: str, was: Optional[str] = None) -> None:
-        """A follow-up call recorded (``was``: the outcome recorded before, which it replaces)."""
+    def on_followup(self, outcome: str, was: Optional[str] = None, was_at: Optional[float] = None) -> None:
+        """A follow-up call recorded (``was``: the outcome recorded before, at ``was_at``, which it replaces:
+        taken off the day it was counted on, so no day's figures go negative)."""
         if was == outcome:
             return
-        counts: dict[str, float] = {f"followups:{outcome}": 1}
         if was:
-            counts[f"followups:{was}"] = -1
-        self._add(counts)
+            self._add({f"followups:{was}": -1}, at=was_at)  # (was_at None: today, as before)
+        self._add({f"followups:{outcome}": 1})
 
     # -- reading
-    def report(self, first: date, last: date, *, due_followups: Optional[int] = None) -> dict[str, Any]:
+    def report(self, first: date, last: date, *, due_followups: Optional[int] = None,
+               open_faults: "Iterable[tuple[str, float]]" = ()) -> dict[str, Any]:
+        """The figures of the days ``first..last``; ``open_faults`` (kind, since) count their minutes up to now."""
         counts, samples = self.journal.stats_between(first.isoformat(), last.isoformat())
+        for kind, since in open_faults:  # a printer still down: its minutes so far, on their days
+            for day, seconds in split_by_day(since, self.clock()):
+                if first.isoformat() <= day <= last.isoformat():
+                    counts[f"fault_s:{kind}"] = counts.get(f"fault_s:{kind}", 0.0) + seconds
 
         def group(prefix: str) -> dict[str, float]:
             return {k[len(prefix):]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
@@ -177,7 +204,8 @@ class ReportSchedule:
     """The report slips: daily at ``daily_at`` (local "HH:MM", "" = off) for that day, weekly on ``weekly_on``
     (at the same time) for the 7 days ending that day, and on the 1st of a month for the month before. Each
     once (a key in the journal's timers table), also across restarts; a slip whose time passed while the
-    agent was off prints when it starts the same day."""
+    agent was off prints when it starts: the same day for the daily one, any later day for the latest weekly
+    and monthly ones (when the agent has figures for that period)."""
 
     def __init__(self, journal: "Journal", *, daily_at: str, weekly_on: str, monthly: bool,
                  print_report: Callable[[str, date, date], None], clock: Callable[[], float] = time.time) -> None:
@@ -190,19 +218,32 @@ class ReportSchedule:
             return []
         now = datetime.fromtimestamp(self.clock())
         hh, mm = (int(x) for x in self.daily_at.split(":"))
-        if (now.hour, now.minute) < (hh, mm):
-            return []
+        passed = (now.hour, now.minute) >= (hh, mm)  # today's slip time
         today = now.date()
-        due: list[tuple[str, str, date, date]] = [(f"report:day:{today}", "day", today, today)]
-        if self.weekly_on and WEEKDAYS[today.weekday()] == self.weekly_on:
-            due.append((f"report:week:{today}", "week", today - timedelta(days=6), today))
-        if self.monthly and today.day == 1:
-            last = today - timedelta(days=1)
-            due.append((f"report:month:{last:%Y-%m}", "month", last.replace(day=1), last))
+        due: list[tuple[str, str, date, date, bool]] = []
+        if passed:
+            due.append((f"report:day:{today}", "day", today, today, False))
+        if self.weekly_on:  # the latest weekly day whose time has passed (caught up when the agent was off then)
+            back = (today.weekday() - WEEKDAYS.index(self.weekly_on)) % 7
+            if back or passed:
+                end = today - timedelta(days=back)
+                due.append((f"report:week:{end}", "week", end - timedelta(days=6), end, back > 0))
+        if self.monthly and (today.day > 1 or passed):  # the month before, from its 1st on
+            last = today.replace(day=1) - timedelta(days=1)
+            due.append((f"report:month:{last:%Y-%m}", "month", last.replace(day=1), last, today.day > 1))
         printed = []
-        for key, kind, first, last in due:
-            if self.journal.timer_fired(key) is None:
-                self.journal.mark_timer(key, self.clock())
-                self.print_report(kind, first, last)
-                printed.append(key)
+        for key, kind, first, last, late in due:
+            if self.journal.timer_fired(key) is not None:
+                continue
+            self.journal.mark_timer(key, self.clock())
+            if late and not self._had_figures(first, last):
+                continue  # the agent was not running then (a new install): no empty slip to catch up on
+            self.print_report(kind, first, last)
+            printed.append(key)
         return printed
+
+    def _had_figures(self, first: date, last: date) -> bool:
+        try:
+            return bool(self.journal.stats_between(first.isoformat(), last.isoformat())[0])
+        except AttributeError:  # a journal stand-in without figures
+            return True

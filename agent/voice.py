@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,9 @@ log = logging.getLogger(__name__)
 PLATFORM_WORDS = {"meituan": "美团", "eleme": "饿了么", "jddj": "京东到家", "youzan": "有赞", "pdd": "拼多多",
                   "web": "网店", "other": ""}
 PLACEHOLDER = re.compile(r"\{([a-z_]{1,20})\}")
-MAX_CHARS = 120
+MAX_CHARS = 60  # a whole phrase, at most (about 15 s of speech): a fact from an event can never hold the sound thread
+PHRASE_FILES = 8  # the joined phrases kept (apart from the segment cache: they never evict what they are made of)
+BACKOFF_S = 60.0  # after the engine failed, it is not started again for this long (what is cached still speaks)
 GAP_MS = 60  # silence between joined segments
 
 DEFAULT_PHRASES = {  # device faults (alert code -> phrase); event types have theirs in the rules
@@ -74,7 +77,8 @@ def clean(text: str) -> str:
 
 
 def segments(template: str, facts: Mapping[str, Any]) -> list[Segment]:
-    """The template cut at its placeholders, filled from ``facts`` (unknown ones: empty)."""
+    """The template cut at its placeholders, filled from ``facts`` (unknown ones: empty); the whole phrase
+    at most ``MAX_CHARS`` characters (the rest is not said)."""
     out: list[Segment] = []
     pos = 0
     for m in PLACEHOLDER.finditer(template):
@@ -85,7 +89,14 @@ def segments(template: str, facts: Mapping[str, Any]) -> list[Segment]:
         pos = m.end()
     if pos < len(template):
         out.append(Segment(clean(template[pos:])))
-    return [s for s in out if s.text]
+    bounded: list[Segment] = []
+    room = MAX_CHARS
+    for seg in out:
+        if seg.text and room > 0:
+            text = seg.text[:room]
+            bounded.append(Segment(text, number=seg.number and text == seg.text))
+            room -= len(text)
+    return bounded
 
 
 def facts_of(ev: Any) -> dict[str, Any]:
@@ -122,6 +133,19 @@ def _write(path: Path, pcm: bytes, fmt: tuple[int, int, int]) -> None:
         raise
 
 
+def _keep_newest(directory: Path, n: int, keep: Path) -> None:
+    try:
+        files = sorted(directory.glob("phrase-*.wav"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return
+    for p in files[n:]:
+        if p != keep:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+
+
 def _trim(pcm: bytes, fmt: tuple[int, int, int], threshold: int = 300, keep_ms: int = 20) -> bytes:
     """16-bit PCM without its silent start and end (``keep_ms`` of each kept)."""
     if fmt[1] != 2 or not pcm:
@@ -144,6 +168,7 @@ class Voice:
         self.cache = cache_dir
         self._lock = threading.Lock()
         self.synthesised = 0  # segments the engine made (a cache miss each)
+        self._down_until = 0.0  # monotonic: the engine failed; not started again before this
         self._clips: dict[str, Path] = {}
         if settings.clips_dir:
             try:  # a dictionary of names, so a phrase can never name a path
@@ -169,6 +194,9 @@ class Voice:
             except OSError:
                 pass
             return path
+        wait = self._down_until - time.monotonic()
+        if wait > 0:
+            raise AudioError(f"{s.engine} failed a moment ago: not tried again for {wait:.0f} s")
         self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(prefix=".synth-", suffix=".wav", dir=self.cache)
         os.close(fd)
@@ -181,9 +209,14 @@ class Voice:
             pcm, fmt = _read(Path(tmp))
             _write(path, _trim(pcm, fmt), fmt)  # without the engine's own lead-in and tail of silence
         except FileNotFoundError as e:
+            self._down_until = time.monotonic() + BACKOFF_S
             raise AudioError(f"{s.engine} is not installed (sudo apt install espeak-ng)") from e
         except subprocess.TimeoutExpired as e:
+            self._down_until = time.monotonic() + BACKOFF_S
             raise AudioError(f"{s.engine} took more than 15 s") from e
+        except AudioError:
+            self._down_until = time.monotonic() + BACKOFF_S
+            raise
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -231,11 +264,12 @@ class Voice:
             gap = b"\x00" * (fmt[0] * fmt[1] * fmt[2] * GAP_MS // 1000)
             pcm = gap.join(p for p, _ in parts)
             name = hashlib.sha256(pcm).hexdigest()[:32]
-            out = self.cache / f"phrase-{name}.wav"
-            self.cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            phrases = self.cache / "phrases"
+            out = phrases / f"phrase-{name}.wav"
+            phrases.mkdir(parents=True, exist_ok=True, mode=0o700)
             if not out.exists():
                 _write(out, pcm, fmt)
-                self._bound(keep=out)
+                _keep_newest(phrases, PHRASE_FILES, keep=out)
             return out
 
     def say(self, text: str) -> Path:

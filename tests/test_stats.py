@@ -192,7 +192,7 @@ def test_refreshed_and_renotified_alerts_are_counted_once(tmp_path):
         rep = st.report(day, day)
         assert rep["faults"] == {"paper_out": {"count": 1, "minutes": round(2000 / 60, 1)}} and rep["escalations"] == 1
         st2 = Stats(j, clock=lambda: now[0])  # after a restart: an alert escalated before is not a new escalation
-        st2.already_escalated(["x"])
+        st2.already_counted([Alert("x", "order.rx_pending", "critical", "m", since=now[0], at=now[0] + 5, state="escalated")])
         st2.on_alert(Alert("x", "order.rx_pending", "critical", "m", since=now[0], at=now[0] + 9, state="escalated"))
         j.flush()
         assert st2.report(day, day)["escalations"] == 1

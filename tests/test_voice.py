@@ -108,7 +108,7 @@ def test_an_order_is_chimed_then_spoken_and_both_reach_alsa(tmp_path, broker, vp
         hq.publish(order(23))
         assert vprinter.wait_jobs(2, 20)
         chime, *_ = scaled_wav(find_sound("new_order"), 1.0)
-        phrases = lambda: list((tmp_path / "state" / "voice-cache").glob("phrase-*.wav"))  # noqa: E731
+        phrases = lambda: list((tmp_path / "state" / "voice-cache" / "phrases").glob("phrase-*.wav"))  # noqa: E731
         assert wait_until(lambda: phrases() and out.stat().st_size >= len(chime) + len(pcm(phrases()[0])), 30), \
             (tmp_path / "agent.log").read_text()
         got = out.read_bytes()
@@ -130,6 +130,7 @@ def test_a_broken_engine_raises_the_audio_alert_and_orders_still_print(broker, v
     assert wait_until(lambda: agent.link.subscribed, 10)
     hq.publish(order(7))
     assert vprinter.wait_jobs(2, 15)
-    assert wait_until(lambda: any(a.code == "audio.failed" for a in agent.alerts.open_alerts()), 15)
-    a = next(a for a in agent.alerts.open_alerts() if a.code == "audio.failed")
-    assert "espeak-ng is not installed" in a.message and agent.annunciator.audio_state == "failed"
+    assert wait_until(lambda: any(a.code == "audio.voice_failed" for a in agent.alerts.open_alerts()), 15)
+    a = next(a for a in agent.alerts.open_alerts() if a.code == "audio.voice_failed")
+    assert "espeak-ng is not installed" in a.message and agent.annunciator.voice_state == "failed"
+    assert agent.annunciator.audio_state == "ok"  # the chime played: the sound card is fine
