@@ -288,7 +288,7 @@ class ReportConfig(_Model):
 
 class FollowupConfig(_Model):
     after_h: float = Field(24, ge=1, le=240, description="an order is due for its follow-up call this long after delivery")
-    before_h: float = Field(48, ge=2, le=720, description="... and until this long after (then it is overdue and left out)")
+    before_h: float = Field(48, ge=2, le=168, description="... and until this long after (then it is overdue and left out)")
     print_at: Annotated[str, AfterValidator(_check_hhmm)] = Field(
         "09:30", description='the follow-up list slip at this local time each day ("" = no slip)')
     max_items: int = Field(2, ge=0, le=10, description="items named per order on the list")

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from drivers.escpos_proto import PrinterStatus, paper_mm
+from drivers.escpos_proto import PrinterStatus
 from drivers.printers import Printer, PrinterError, PrinterIOError, make_printer
 
 from .config import Config
@@ -24,7 +24,7 @@ from .journal import MAX_UNCERTAIN, EventDone, Job, Journal, JournalError
 from .messages import OrderEvent, parse_stored
 from .preview import encode
 from .profiles import Output
-from .render import document_lines
+from .render import paper_mm
 from .timers import context_from
 from .tickets import TicketRenderer
 
@@ -93,6 +93,7 @@ class PrintWorker:
         self.qr_mode = qr_mode
         self.cut, self.charset = cut, charset
         self._fault_logged = ""  # the last unexpected error whose traceback was logged
+        self._parsed: tuple[int, Optional[OrderEvent]] = (-1, None)  # the last job's event, parsed
         self.output: Optional[Output] = None  # the profile-driven layout in use (set by apply())
         self.paper_mm = 0.0  # paper used since the roll was loaded (kept in the journal)
         self.print_s: Optional[float] = None  # seconds per ticket, send to confirmation (confirming printers)
@@ -248,20 +249,28 @@ class PrintWorker:
         except JournalError as e:  # closed: a crash-like stop, those print marked 补打
             log.warning("printer %s: cannot un-arm: %s", self.name, e)
 
+    def _event(self, job: Job) -> OrderEvent:
+        """The job's event, parsed once for all of its tickets (the receipt and the card share it)."""
+        seq, ev = self._parsed
+        if seq != job.event_seq or ev is None:
+            ev = parse_stored(job.payload)
+            self._parsed = (job.event_seq, ev)
+        return ev
+
     def _render(self, job: Job) -> tuple[bytes, float]:
         """The job's bytes, and the paper it will use (mm)."""
         out = self.output  # one layout for the whole job (apply() may swap it meanwhile)
         columns, render, qr, cut, charset = ((out.columns, out.render, out.qr, out.cut, out.charset) if out else
                                              (self.columns, self.render_mode, self.qr_mode, self.cut, self.charset))
         if job.type == "agent.reprint":  # a reprint asked for by a person: the order's own tickets, marked
-            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=columns, reprint=True)
+            doc = self.renderer.render(job.document, self._event(job), columns=columns, reprint=True)
         elif job.type.startswith("agent."):  # test page, prep reminder, unshipped summary
             ctx = {**context_from(job.payload), "printer": {**self.describe, "output": out.as_dict() if out else None}}
             doc = self.renderer.render_named(job.document, ctx, columns=columns)
         else:
-            doc = self.renderer.render(job.document, parse_stored(job.payload), columns=columns, reprint=job.reprint)
+            doc = self.renderer.render(job.document, self._event(job), columns=columns, reprint=job.reprint)
         data = encode(doc, render, qr, cut=cut, charset=charset)
-        return data, paper_mm(document_lines(doc), cut)
+        return data, paper_mm(doc, cut)
 
     def _attempt(self, job: Job) -> bool:
         """One attempt at a claimed job; False means 'wait before the next attempt'."""

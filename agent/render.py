@@ -234,6 +234,25 @@ def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, 
     return bytes(out)
 
 
+def paper_mm(doc: Document, cut: bool = True) -> float:
+    """The paper this document takes, by the same measure as ``drivers.escpos_proto.paper_mm`` applied to
+    the lines a printer parses back from its bytes (text lines by height, a code and the line fed after it,
+    the cut margin or the tear feed), without laying the lines out a second time."""
+    from drivers.escpos_proto import BARCODE_MM, CUT_FEED_MM, LINE_MM, QR_MM, TEAR_FEED_MM  # noqa: PLC0415
+
+    mm = 0.0
+    for b in doc.blocks:
+        if isinstance(b, Text):
+            mm += LINE_MM * b.height
+        elif isinstance(b, Feed):
+            mm += LINE_MM * b.lines
+        elif isinstance(b, QR):
+            mm += QR_MM + LINE_MM
+        elif isinstance(b, Barcode):
+            mm += BARCODE_MM + LINE_MM
+    return mm + (CUT_FEED_MM if cut else TEAR_FEED_MM)
+
+
 # ------------------------------------------------------------------ previews (same document as the paper)
 
 
