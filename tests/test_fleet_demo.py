@@ -27,3 +27,14 @@ def test_store_fleet_is_installed_beside_store_agent():
     assert r.returncode == 0
     for cmd in ("status", "store", "push", "rollback", "request", "keygen", "serve", "watch", "demo"):
         assert f"  {cmd} " in r.stdout, cmd
+
+
+def test_the_config_example_in_fleet_md_is_valid():
+    import re  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    from fleet import config as fconfig  # noqa: PLC0415
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "FLEET.md").read_text(encoding="utf-8")
+    cfg = fconfig.parse(tomllib.loads(re.search(r"```toml\n(state_dir.*?)```", text, re.S).group(1)))
+    assert cfg.mqtt.tls and cfg.signing.key_file and cfg.stores["cq-0231"].region == "渝中"
