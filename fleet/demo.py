@@ -103,6 +103,9 @@ def run(echo: Callable[[str], None] = print, serve_s: float = 0, workdir: Option
         if serve_s:
             from .web import WebServer  # noqa: PLC0415
 
+            echo("\n== cq-0233's printer cover is opened, for the page to show a fault")
+            printers["cq-0233"].set_mode("cover_open")
+
             srv = WebServer(console, f"127.0.0.1:{free_port()}").start()
             echo(f"\n== the web page: {srv.url}/?token=demo (for {serve_s:g} s)")
             try:

@@ -50,6 +50,10 @@ KINDS: dict[str, tuple[int, str]] = {
 }
 
 
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
 def version_key(v: str) -> tuple:
     return tuple(int(p) if p.isdigit() else -1 for p in re.split(r"[.+-]", v or "0"))
 
@@ -295,7 +299,7 @@ class FleetState:
         if st.config is not None:
             err = st.config.error
             if err is not None and (pushed is None or err.version == pushed or err.version is None):
-                out.append(Problem("config", f"config error (v{err.version}): {err.message[:80]}"))
+                out.append(Problem("config", f"config error (v{err.version}): {_cut(err.message, 110)}"))
             elif pushed is not None and st.config.version != pushed:
                 out.append(Problem("stale", f"config v{st.config.version}, HQ pushed v{pushed}"))
         elif pushed is not None:
