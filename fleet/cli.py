@@ -297,6 +297,7 @@ def watch(problems: bool, every: float, config_path: Optional[str]) -> None:
             pk = (p["id"], p["state"], len(p["log"])) if p else None
             if gen != seen or pk != push_seen:
                 seen, push_seen = gen, pk
+                c.refresh_pushed()
                 out = status_text(c.state, problems, c.cfg.stores)
                 if p:
                     out += f"\n\n{p['kind']} #{p['id']} ({p['pattern']}): {p['state']}" + (f" - {p['result']}" if p["result"] else "")

@@ -59,6 +59,13 @@ class Console:
         self.link.stop()
         self.history.close()
 
+    def refresh_pushed(self) -> None:
+        """What HQ last pushed, from the history: another console process (``store-fleet push`` beside a running
+        ``serve``) may have pushed meanwhile."""
+        versions = self.history.pushed_versions()
+        with self.state.lock:
+            self.state.pushed = versions
+
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         if "/response/" in topic:
             self._response(topic, payload)

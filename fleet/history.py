@@ -133,6 +133,10 @@ class History:
             row = self.db.execute("SELECT version, overlay FROM pushed WHERE store=?", (store,)).fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
+    def pushed_versions(self) -> dict[str, int]:
+        with self.lock:
+            return dict(self.db.execute("SELECT store, version FROM pushed").fetchall())
+
     def start_push(self, kind: str, pattern: str, overlay: dict[str, Any]) -> int:
         return self._tx(lambda db: db.execute("INSERT INTO pushes (kind, started, pattern, overlay, state) VALUES (?,?,?,?,?)",
                                               (kind, time.time(), pattern, json.dumps(overlay, ensure_ascii=False),

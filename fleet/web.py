@@ -94,6 +94,7 @@ def build_app(console: Any, poll_s: float = 0.1, min_interval_s: float = 0.5) ->
     info = console.cfg.stores
 
     def picture() -> dict[str, Any]:
+        console.refresh_pushed()
         rows, counts = console.state.table()
         stores = [store_dict(s, p, console.state.pushed.get(s.id), info.get(s.id)) for s, p in rows]
         return {"stores": stores, "summary": summary_line(counts), "counts": counts}

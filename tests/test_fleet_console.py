@@ -189,11 +189,14 @@ def test_a_push_goes_in_canaries_and_waves_and_rollback_restores_it(fleet3, tmp_
         assert wait_until(lambda: names(c, f.ids) == dict.fromkeys(f.ids, "乙店"), 10)
         push, overlays, cannot = rollback_plan(c.history)
         assert push["id"] == r2["id"] and cannot == [] and overlays == dict.fromkeys(f.ids, first)
-        rb = Rollout(c, list(overlays), overlays=overlays, canary=0, wave=3, soak=0, kind="rollback").run()
-        assert rb["state"] == "done", rb
+        path = write_toml(tmp_path / "fleet.toml", f.console_cfg())  # the same history: the CLI rolls it back
+        r = CliRunner().invoke(main, ["rollback", "--config", str(path)])
+        assert r.exit_code == 0, r.output
+        assert f"rollback #{r2['id'] + 1}: 3 stores" in r.output and "done: 3 stores" in r.output
         assert wait_until(lambda: names(c, f.ids) == dict.fromkeys(f.ids, "甲店"), 10)
         assert all(a.cfg.store.name == "甲店" and a.cfg.texts["warm_tip_title"] == "用药小贴士" for a in f.agents.values())
         assert {s.config.version for s in c.state.snapshot()} == {3}
+        c.refresh_pushed()  # the rollback ran in another console process; serve and watch read it from the history
         rows, counts = c.state.table()
         assert counts == {"ok": 3}  # the versions match what HQ last pushed: nothing stale
     finally:
