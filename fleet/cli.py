@@ -233,6 +233,9 @@ def request(command: str, pattern: str, args_json: Optional[str], timeout: float
         if not targets:
             click.echo(f"no store matches {pattern!r}", err=True)
             sys.exit(1)
+        if c.signer is None:
+            click.echo("warning: signing.key_file is not set: requests go out unsigned "
+                       "(agents with security.hq_public_key refuse them)", err=True)
         answers, silent = c.request(command, targets, args, timeout)
     finally:
         c.stop()

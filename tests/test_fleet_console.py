@@ -275,12 +275,13 @@ def test_requests_at_scale_list_answers_and_silent_stores(fleet3, tmp_path):
     path = write_toml(tmp_path / "fleet.toml", f.console_cfg())
     r = CliRunner().invoke(main, ["request", "status", "--stores", "cq-*", "--timeout", "5", "--config", str(path)])
     assert r.exit_code == 1, r.output
-    lines = r.output.strip().splitlines()
+    assert "warning: signing.key_file is not set: requests go out unsigned" in r.stderr
+    lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("cq-0001") and " ok " in lines[0] and lines[1].startswith("cq-0002")
     assert lines[-1] == "3 stores: 2 ok, 0 error, 1 no answer within 5 s: cq-0003"
     r = CliRunner().invoke(main, ["request", "test_print", "--stores", "cq-0001", "--args", '{"printer":"nope"}',
                                   "--json", "--config", str(path)])
-    data = json.loads(r.output)
+    data = json.loads(r.stdout)
     assert data["answers"]["cq-0001"]["status"] == "error" and data["no_answer"] == []
     r = CliRunner().invoke(main, ["request", "test_print", "--stores", "cq-0001,cq-0002", "--timeout", "5", "--config", str(path)])
     assert r.exit_code == 0, r.output
