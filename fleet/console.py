@@ -41,6 +41,7 @@ class Console:
         self.state = FleetState(cfg.prefix, queue_oldest_s=p.queue_oldest_s, health_stale_s=p.health_stale_s,
                                 expect_version=p.version)
         self.history = History(cfg.history_path)
+        self.history.prune()  # alert events and closed outages older than 90 days
         self.history.restore_into(self.state)
         self.state.listeners.append(self.history.on_change)
         self.signer = load_signer(cfg)

@@ -345,3 +345,19 @@ def test_the_next_version_goes_above_a_reverted_one_and_ignores_junk(tmp_path):
     assert c.history.push(r.push_id)["steps"][0]["prev_overlay"] is None  # v5 was not pushed by this console
     assert c.history.push(r.push_id)["steps"][2]["prev_overlay"] == {}  # v0: the file alone
     c.history.close()
+
+
+def test_the_history_keeps_90_days(tmp_path):
+    from fleet.history import History  # noqa: PLC0415
+
+    h = History(tmp_path / "h.sqlite3")
+    h.on_change("a", "alert", {"id": "x", "code": "printer.paper_out", "state": "raised"})
+    h.on_change("a", "status", {"state": "lost", "at": 1000.0})
+    h.on_change("a", "status", {"state": "online", "at": 2000.0})
+    h.db.execute("UPDATE alert_events SET seen = seen - 91 * 86400")
+    h.prune()
+    assert h.alerts_of("a") == [] and h.outages_of("a") == []  # closed long ago: gone
+    h.on_change("a", "status", {"state": "lost", "at": 3000.0})
+    h.prune()
+    assert h.outages_of("a") == [{"state": "lost", "since": 3000.0, "until": None}]  # an open outage stays
+    h.close()
