@@ -939,7 +939,7 @@ class Journal:
             if cur.rowcount != 1:
                 return None
             armed: list[int] = []
-            if names and printer and not self._no_arming:
+            if names and printer and not self._no_arming and not uncertain:  # a reprint after a crash arms nothing more
                 seq = job_id // JOB_SLOTS
                 rows = db.execute(
                     f"SELECT id FROM jobs j WHERE id > ? AND j.state='queued' "

@@ -216,7 +216,9 @@ class PrintWorker:
         (under ``poll_s`` old) and printable; the full status otherwise, and whenever the printer
         does not say it is online (cover open, paper end and errors all put it offline)."""
         online = getattr(self.printer, "online", None)
-        if online is not None and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
+        probed = getattr(self.printer, "caps", True) is not None  # not yet: the full status probes it, before any
+        # job is marked printing (a probe inside send() would widen the window a crash makes uncertain)
+        if online is not None and probed and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
             if online() is True:
                 return self.status
         return self._check()
