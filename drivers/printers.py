@@ -94,8 +94,8 @@ class StreamPrinter:
     CHUNK = 4096
     CONFIRM_BYTES_PER_S = 4096  # how long a job may take to print, at worst, before GS r must answer ...
     SLOWEST_MM_S = 40.0  # ... or its paper at the slowest thermal printer's speed, whichever is longer
-    PROBE_WAIT_S = 1.0  # how long a probe waits for each answer (an idle printer answers in milliseconds; a
-    # busy one's GS r is asked again later, so a short wait decides nothing wrongly, and the first order waits less)
+    PROBE_WAIT_S = 1.0  # how long a probe waits for each answer (an idle printer answers in milliseconds; a busy
+    # one's GS r is asked again later). 0.3 s was tried: it changed the SIGKILL drill's figures (see RELIABILITY)
     REPROBE_S = 5.0  # an unanswered GS r is asked again this often while the printer is idle and printable ...
     GS_R_TRIES = 3  # ... and taken for "does not answer GS r" after this many probes without an answer
 
