@@ -185,8 +185,11 @@ class Agent:
                 due = len(self.followups.due())
             except Exception as e:  # noqa: BLE001 - the figures still come
                 log.warning("cannot list the follow-ups due: %s", e)
-        open_faults = [(a.code.split(".", 1)[1], a.since) for a in self.alerts.open_alerts() if a.code in FAULT_CODES]
-        return {"period": kind, **self.stats.report(first, last, due_followups=due, open_faults=open_faults)}
+        return {"period": kind, **self.stats.report(first, last, due_followups=due, open_faults=self._open_faults())}
+
+    def _open_faults(self) -> list[tuple[str, float]]:
+        """(kind, since) of the printer faults open now: their minutes so far count in the figures."""
+        return [(a.code.split(".", 1)[1], a.since) for a in self.alerts.open_alerts() if a.code in FAULT_CODES]
 
     def speak(self, template: str, facts: dict, done: Optional[Future] = None) -> str:
         """Say a phrase after the chime queued before it (agent/voice.py); never waits for it."""
@@ -212,8 +215,7 @@ class Agent:
         return FollowupSchedule(self.journal, self.cfg.followup.print_at, self.print_followups, self.followups, self.clock)
 
     def print_report(self, kind: str, first: date, last: date) -> None:
-        open_faults = [(a.code.split(".", 1)[1], a.since) for a in self.alerts.open_alerts() if a.code in FAULT_CODES]
-        body = {"period": kind, **self.stats.report(first, last, open_faults=open_faults)}
+        body = {"period": kind, **self.stats.report(first, last, open_faults=self._open_faults())}
         self.print_internal(f"report-{kind}-{first}-{self.clock():.6f}", "report", {"report": body})
 
     def report_schedule(self) -> ReportSchedule:

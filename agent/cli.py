@@ -794,7 +794,9 @@ def printers(ctx: click.Context, config_path: str | None, as_json: bool) -> None
 
 
 def _yn(v) -> str:  # noqa: ANN001
-    return "?" if v is None else ("yes" if v else "no")
+    from .printerfacts import yes_no  # noqa: PLC0415 - the same words as the agent's log
+
+    return yes_no(v)
 
 
 def show_probe(d: dict) -> None:

@@ -105,7 +105,7 @@ class PrinterFacts:
         if strip(old) != strip(caps):
             ident = caps.get("ident") or {}
             log.info("printer %s: answers DLE EOT: %s, GS r 1: %s, cutter: %s, model: %s %s; layout: profile %s (%s), "
-                     "%d columns, QR %s, %s", name, _yn(caps.get("dle_eot")), _yn(caps.get("gs_r")), _yn(caps.get("cutter")),
+                     "%d columns, QR %s, %s", name, yes_no(caps.get("dle_eot")), yes_no(caps.get("gs_r")), yes_no(caps.get("cutter")),
                      ident.get("maker", "?"), ident.get("model", "?"), out.profile, out.source, out.columns, out.qr,
                      "cut" if out.cut else "feed to tear")
             if confirm_word(a.printers.get(name), caps) == "unsupported":
@@ -235,5 +235,5 @@ class PrinterFacts:
             severity="warning", printer=job.printer, order_id=job.order_id, needs_ack=True, sound="exception")
 
 
-def _yn(v: Any) -> str:
+def yes_no(v: Any) -> str:
     return "?" if v is None else ("yes" if v else "no")
