@@ -128,27 +128,35 @@ def test_a_printer_fault_shows_on_the_page_in_headless_chromium(broker, tmp_path
         assert wait_until(lambda: all(c.state.stores.get(s) and c.state.stores[s].health for s in f.ids), 15)
         drv.get(srv.url + "/?token=s3cret")  # the token becomes an HttpOnly cookie; the URL loses it
         assert "token" not in drv.current_url
-        assert wait_until(lambda: "3 stores: 3 ok" in drv.find_element(By.ID, "summary").text, 10)
-        assert wait_until(lambda: drv.find_element(By.ID, "conn").text == "● live", 10)
+        # The page re-renders its rows on every update, so an element handle can go stale between finding it
+        # and reading it: every read below is one script run in the page, which sees one consistent DOM.
+        def text(selector):
+            return drv.execute_script("const e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+                                      selector) or ""
 
-        def row(sid):
-            return drv.find_element(By.CSS_SELECTOR, f'#rows tr[data-id="{sid}"]')
+        def row(sid, what="innerText"):
+            return drv.execute_script(
+                "const e = document.querySelector(arguments[0]); return e ? String(e[arguments[1]]) : '';",
+                f'#rows tr[data-id="{sid}"]', what)
 
-        assert "ready" in row("cq-0002").text
+        def shown():
+            return drv.execute_script("return Array.from(document.querySelectorAll('#rows tr'))"
+                                      ".filter(r => r.offsetParent !== null).map(r => r.dataset.id);")
+
+        assert wait_until(lambda: "3 stores: 3 ok" in text("#summary"), 10)
+        assert wait_until(lambda: text("#conn") == "● live", 10)
+        assert "ready" in row("cq-0002")
         f.printers["cq-0002"].set_mode("paper_out")
         assert wait_until(lambda: c.state.stores["cq-0002"].health.printers[0].state == "paper_out", 15)
         health_seen = time.monotonic()  # the console has the agent's health message
-        assert wait_until(lambda: "paper_out" in row("cq-0002").text, 10, 0.01)
+        assert wait_until(lambda: "paper_out" in row("cq-0002"), 10, 0.01)
         shown_after = time.monotonic() - health_seen
         print(f"\nfault on the page {shown_after * 1000:.0f} ms after the console received the health message")
-        assert "problem printer" in row("cq-0002").get_attribute("class")
-        assert drv.find_element(By.ID, "summary").text == "3 stores: 2 ok, 1 printer faults"
-        rows = drv.find_elements(By.CSS_SELECTOR, "#rows tr")
-        assert rows[0].get_attribute("data-id") == "cq-0002"  # problems on top
+        assert "problem printer" in row("cq-0002", "className")
+        assert text("#summary") == "3 stores: 2 ok, 1 printer faults"
+        assert drv.execute_script("return document.querySelector('#rows tr').dataset.id;") == "cq-0002"  # problems on top
         # the filters: by region, by state
         from selenium.webdriver.support.ui import Select  # noqa: PLC0415
-        def shown():
-            return [r.get_attribute("data-id") for r in drv.find_elements(By.CSS_SELECTOR, "#rows tr") if r.is_displayed()]
 
         Select(drv.find_element(By.ID, "kind")).select_by_value("problems")
         assert wait_until(lambda: shown() == ["cq-0002"], 5), shown()
