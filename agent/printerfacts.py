@@ -2,8 +2,9 @@
 out (profile), the paper left on its roll, how fast it prints; and the one alert for a ticket nobody
 can be sure came out.
 
-* **Probe** (drivers/printers.py ``probe_transport``): on the first connection of a run while the printer
-  can print, and on ``printers probe``. The result is kept in the journal (``printers`` table), logged
+* **Probe** (drivers/printers.py ``probe_transport``): once per run while the printer is idle and can print
+  (until then what the journal kept from an earlier run is used), before the first job of a printer nothing
+  is known of (its essential part: no names), and on ``printers probe``. The result is kept in the journal (``printers`` table), logged
   once when it differs from what was known, and turns into the layout (agent/profiles.py ``choose``).
   With ``confirm = "auto"`` a printer that does not answer ``GS r 1`` prints unconfirmed: one warning.
 * **Paper**: every printed ticket adds the paper it used (agent/render.py lines -> mm). The count starts
@@ -80,8 +81,8 @@ class PrinterFacts:
         drv = worker.printer
         if hasattr(drv, "on_probe"):
             drv.on_probe = lambda caps, name=p.name: self.on_probe(name, caps)
-        if hasattr(drv, "hint_gs_r"):  # while this run's probe is undecided, what an earlier one found
-            drv.hint_gs_r = (known.get("caps") or {}).get("gs_r")
+        if hasattr(drv, "remember"):  # what an earlier run found: a restart's first job waits for no probe
+            drv.remember(known.get("caps"))
 
     def caps(self, name: str) -> Optional[dict]:
         drv = self.agent.printers.get(name)

@@ -6,6 +6,15 @@ armed for it by an earlier commit and ``Journal.take_armed`` hands it over); a j
 may have reached paper prints again marked 补打, at most once automatically (see agent/journal.py).
 What was armed but not sent goes back to ``queued`` when the printer is not ready, when a send
 fails before any byte left, and at a clean stop, so no first copy is ever marked 补打.
+
+Nothing slow happens between a job's ``printing`` mark and its first byte: the printer's probe (which can
+wait a second per unanswered question) runs only before a job is marked (a printer nothing is known of) or
+while the worker is idle, never inside ``send()``. (A probe there once widened the window a crash leaves
+a job marked but unsent: the SIGKILL drill then marked dozens of first copies 补打; docs/RELIABILITY.md.)
+The printer's status is asked three ways (``Printer.status(maintain=...)``): the run's first status and the
+checks around a job ask nothing more (``"no"``), except that a job for a printer nothing is known of (no
+probe in this run or an earlier one: a new install) waits for the probe (``"first"``); the idle poll makes
+the run's probe (``"idle"``), at once when nothing is known of the printer, else after ``poll_s``.
 """
 
 from __future__ import annotations
@@ -113,6 +122,7 @@ class PrintWorker:
         self.last_print_at: Optional[float] = None
         self.heartbeat = time.monotonic()
         self.idle = False  # nothing to print at the last look (intake may then arm a new order's jobs)
+        self._probe_tried = False  # the idle loop has had its chance to probe a printer nothing is known of
         self.current: Optional[Job] = None  # the job whose bytes are being sent (tests, diagnostics)
         self._finished: set[int] = set()  # events (seq) whose jobs this worker finished since it was last idle
         self._wake = threading.Event()
@@ -146,8 +156,8 @@ class PrintWorker:
 
     # -- loop
     def _run(self) -> None:
-        try:  # connect and learn the printer's state before the first order needs it
-            self._check()
+        try:  # connect and learn the printer's state before the first order needs it (no probe: quick)
+            self._check("no")
         except Exception as e:  # noqa: BLE001
             self._fault(e)
         while not self._stop.is_set():
@@ -205,27 +215,31 @@ class PrintWorker:
             # reprint them (a single order's outcome rides on the next commit instead)
             self.journal.commit_soon()
         self._finished.clear()
-        if self._wake.wait(self.poll_s):
+        unknown = getattr(self.printer, "caps", True) is None and not self._probe_tried
+        self._probe_tried = True  # a new install: probed at the first idle moment, not poll_s later
+        if self._wake.wait(0 if unknown else self.poll_s):
             self._wake.clear()
             return
         if not self._stop.is_set():
-            self._check()
+            self._check("idle")  # nothing waits: the run's probe, if not made yet, goes here
 
     def _quick_check(self) -> PrinterStatus:
         """Before and after a job: one ``DLE EOT 1`` round trip while the last full status is fresh
         (under ``poll_s`` old) and printable; the full status otherwise, and whenever the printer
-        does not say it is online (cover open, paper end and errors all put it offline)."""
+        does not say it is online (cover open, paper end and errors all put it offline). A printer
+        nothing is known of (no probe in this run or an earlier one) is probed first, before any job is
+        marked printing."""
         online = getattr(self.printer, "online", None)
-        probed = getattr(self.printer, "caps", True) is not None  # not yet: the full status probes it, before any
-        # job is marked printing (a probe inside send() would widen the window a crash makes uncertain)
-        if online is not None and probed and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
+        if getattr(self.printer, "caps", True) is None:
+            return self._check("first")
+        if online is not None and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
             if online() is True:
                 return self.status
-        return self._check()
+        return self._check("no")
 
-    def _check(self) -> PrinterStatus:
+    def _check(self, maintain: str = "no") -> PrinterStatus:
         self._full_at = time.monotonic()
-        st = self.printer.status()
+        st = self.printer.status(maintain=maintain)
         if st.state != self.status.state:
             log.info("printer %s: %s -> %s %s", self.name, self.status.state, st.state, st.detail)
             self.status_since = self.clock()

@@ -38,7 +38,7 @@ class Printer(Protocol):
     name: str
     queryable: bool
 
-    def status(self) -> PrinterStatus: ...
+    def status(self, maintain: str = "idle") -> PrinterStatus: ...
 
     def send(self, data: bytes, on_written: Callable[[], None] = ..., paper_mm: float = ...) -> None: ...
 
@@ -106,7 +106,8 @@ class StreamPrinter:
         self.confirm_mode = {True: "gs_r", False: "none"}.get(confirm, confirm)  # type: ignore[call-overload]
         if self.confirm_mode not in CONFIRM_MODES:
             raise ValueError(f"confirm must be one of {', '.join(CONFIRM_MODES)}, not {confirm!r}")
-        self.caps: Optional[dict[str, Any]] = None  # what the last probe found (see probe())
+        self.caps: Optional[dict[str, Any]] = None  # what the last probe found (see probe()), or remember() gave
+        self.fresh = False  # this run has made a whole probe (until then caps are remembered, or partial)
         self.hint_gs_r: Optional[bool] = None  # what an earlier run found (the journal): used while undecided
         self.on_probe: Callable[[dict[str, Any]], None] = lambda caps: None
         self._gs_r_misses = 0
@@ -129,6 +130,17 @@ class StreamPrinter:
         if gs_r is None:
             return bool(self.hint_gs_r)
         return bool(gs_r)
+
+    def remember(self, caps: Optional[dict[str, Any]]) -> None:
+        """What an earlier run's probe found (the journal): used until this run probes (``fresh``), so a
+        restart needs no probe before its first job; the run's own probe comes when the printer is idle."""
+        if not caps:
+            return
+        with self._lock:
+            if self.caps is None:
+                self.caps = dict(caps)
+            if self.hint_gs_r is None:
+                self.hint_gs_r = caps.get("gs_r")
 
     def probe(self) -> dict[str, Any]:
         """Ask the printer what it does (``DLE EOT``, ``GS r 1``, ``GS I``; see ``probe_transport``), for a
@@ -171,6 +183,7 @@ class StreamPrinter:
                     caps["gs_r"] = False
         else:
             self._gs_r_misses = 0
+        self.fresh = True
         self._set_caps(caps)
         return caps
 
@@ -216,7 +229,13 @@ class StreamPrinter:
                 pass
             self._t = None
 
-    def status(self) -> PrinterStatus:
+    def status(self, maintain: str = "idle") -> PrinterStatus:
+        """``DLE EOT 1..4``, interpreted. While the printer can print, ``maintain`` says what else may be asked
+        in the same turn: ``"no"``: nothing (the run's first status, which must be quick, and the checks
+        around a job); ``"first"``: the probe, if nothing at all is known of this printer (before its first
+        job is marked: whether it can be confirmed, its layout); ``"idle"`` (nothing waits): this run's probe
+        if not made yet (until then caps are what an earlier run found), else an undecided ``GS r`` asked
+        again every ``REPROBE_S``."""
         if not self.queryable:
             return PrinterStatus("unknown", "status queries disabled for this printer")
         with self._lock:
@@ -240,9 +259,11 @@ class StreamPrinter:
             st = interpret_status(answers)
             if st.state in ("unreachable", "unknown"):
                 self._drop()  # a silent or garbled link is re-made next time
-            elif self.caps is None and st.printable:
-                self._probe(t)  # once per run, while it is idle and can print (a held GS r proves nothing)
-            elif (st.printable and self.caps.get("gs_r") is None and self.confirm_mode == "auto"
+            elif not st.printable or maintain == "no":
+                pass
+            elif self.caps is None or (maintain == "idle" and not self.fresh):
+                self._probe(t)  # while it can print and is idle (a held GS r proves nothing)
+            elif (maintain == "idle" and self.caps.get("gs_r") is None and self.confirm_mode == "auto"
                   and time.monotonic() - self._probed_at >= self.REPROBE_S):
                 self._ask_gs_r_again(t)
             return st
@@ -281,11 +302,8 @@ class StreamPrinter:
         sent), whatever raised it; any after it a ``PrinterIOError``.
         """
         with self._lock:
-            try:
+            try:  # never a probe here: the worker probes before it marks a job printing (agent/printing.py)
                 t = self._transport()
-                if self.caps is None and self.confirm_mode == "auto" and self.queryable:
-                    self._probe(t)  # whether it can confirm, before the first job relies on it
-                    t = self._transport()
                 t.drain()  # nothing said before this job may pass for its confirmation
             except PrinterError:
                 raise
@@ -588,7 +606,7 @@ class FilePrinter:
     def __init__(self, name: str, path: str, **_: Any) -> None:
         self.name, self.path = name, path
 
-    def status(self) -> PrinterStatus:
+    def status(self, maintain: str = "idle") -> PrinterStatus:
         if not os.path.exists(self.path):
             return PrinterStatus("unreachable", f"{self.path} does not exist")
         if not os.access(self.path, os.W_OK):
@@ -643,7 +661,7 @@ class SpoolPrinter:
         except OSError as e:
             return f"unreachable:{e}"
 
-    def status(self) -> PrinterStatus:
+    def status(self, maintain: str = "idle") -> PrinterStatus:
         from .escpos_proto import STATES
 
         state = self._state()

@@ -86,6 +86,7 @@ class VirtualPrinter:
         self._conns: set[socket.socket] = set()
         self._conn_no = 0
         self.status_queries = 0
+        self.ident_asked: list[tuple[float, int]] = []  # (time.time(), n) of each GS I n asked: when it was probed
         self.paper_left: Optional[int] = None
         self._thread: Optional[threading.Thread] = None
         if self.personality not in PERSONALITIES:
@@ -194,6 +195,7 @@ class VirtualPrinter:
         return status_bytes(state).get(n)
 
     def _identify(self, n: int) -> Optional[bytes]:
+        self.ident_asked.append((time.time(), n))
         k = self.kind
         if k.ident is not None and n in (1, 2, 3):
             return bytes((k.ident[n - 1],))

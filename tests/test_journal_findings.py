@@ -415,7 +415,7 @@ def test_review_3_an_idle_printer_has_at_most_one_order_armed(j):
     class Slow:  # a printer whose status poll is slow: the worker stays "idle" meanwhile
         name, queryable = "P", True
 
-        def status(self):
+        def status(self, maintain="idle"):
             return PrinterStatus("ready", "")
 
         def close(self):

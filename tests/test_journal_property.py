@@ -49,7 +49,7 @@ class Paper:
         self.send_mode = "ok"
         self.worker = None
 
-    def status(self):
+    def status(self, maintain="idle"):
         return PrinterStatus(self.state, "")
 
     def online(self):

@@ -23,7 +23,7 @@ class SlowToAnswerPrinter:
         self.name = name
         self.jobs: list[bytes] = []
 
-    def status(self) -> PrinterStatus:
+    def status(self, maintain="idle") -> PrinterStatus:
         time.sleep(0.2)
         return PrinterStatus("ready", "")
 

@@ -100,7 +100,7 @@ class RaisingPrinter:
         if self.broken:  # like the import of escpos failing inside connect(), under status()
             raise RuntimeError("driver bug: 'NoneType' object has no attribute 'write'")
 
-    def status(self):  # noqa: ANN201
+    def status(self, maintain="idle"):  # noqa: ANN201
         self._check()
         return self.inner.status()
 

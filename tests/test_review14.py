@@ -240,8 +240,8 @@ class BrokenSend:
         self.name, self.queryable = inner.name, inner.queryable
         self.confirm = True
 
-    def status(self):  # noqa: ANN201
-        return self.inner.status()
+    def status(self, maintain="idle"):  # noqa: ANN201
+        return self.inner.status(maintain)
 
     def online(self):  # noqa: ANN201
         return self.inner.online()
