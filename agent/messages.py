@@ -157,30 +157,32 @@ def _ids_from(obj: Any) -> tuple[Optional[str], Optional[str]]:
 
 
 def parse_event(payload: bytes, max_bytes: int) -> OrderEvent | Rejection:
-    digest = sha256_hex(payload)
+    def reject(reason: str, eid: Optional[str] = None, oid: Optional[str] = None) -> Rejection:
+        return Rejection(reason, sha256_hex(payload), eid, oid)  # hashed only for a rejection (its result names it)
+
     if len(payload) > max_bytes:
-        return Rejection(f"payload too large: {len(payload)} bytes > limit {max_bytes}", digest)
+        return reject(f"payload too large: {len(payload)} bytes > limit {max_bytes}")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as e:
-        return Rejection(f"payload is not UTF-8: {e.reason} at byte {e.start}", digest)
+        return reject(f"payload is not UTF-8: {e.reason} at byte {e.start}")
     try:
         obj = json.loads(text)
     except RecursionError:
-        return Rejection("payload is not JSON: nested too deeply", digest)
+        return reject("payload is not JSON: nested too deeply")
     except ValueError as e:  # JSONDecodeError, and e.g. integers longer than Python's digit limit
-        return Rejection(f"payload is not JSON: {e}", digest)
+        return reject(f"payload is not JSON: {e}")
     if not isinstance(obj, dict):
-        return Rejection(f"payload must be a JSON object, got {type(obj).__name__}", digest)
+        return reject(f"payload must be a JSON object, got {type(obj).__name__}")
     try:
         # the same parser the print worker uses later (parse_stored): what is accepted here prints
         return OrderEvent.model_validate_json(payload)
     except ValidationError as e:
         eid, oid = _ids_from(obj)
-        return Rejection(_describe(e), digest, eid, oid)
+        return reject(_describe(e), eid, oid)
     except (RecursionError, ValueError) as e:
         eid, oid = _ids_from(obj)
-        return Rejection(f"payload cannot be read: {e}", digest, eid, oid)
+        return reject(f"payload cannot be read: {e}", eid, oid)
 
 
 def parse_stored(payload: bytes) -> OrderEvent:

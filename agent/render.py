@@ -76,6 +76,7 @@ def _printable_char(ch: str) -> str:
     return ch
 
 
+@lru_cache(maxsize=4096)  # a ticket's lines pass through it up to three times (markup, layout, bytes)
 def printable(text: str) -> str:
     """Replace what a receipt font cannot print with ``FALLBACK``; drop control characters."""
     if text.isascii() and text.isprintable():
