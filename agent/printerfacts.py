@@ -2,9 +2,10 @@
 out (profile), the paper left on its roll, how fast it prints; and the one alert for a ticket nobody
 can be sure came out.
 
-* **Probe** (drivers/printers.py ``probe_transport``): once per run while the printer is idle and can print
-  (until then what the journal kept from an earlier run is used), before the first job of a printer nothing
-  is known of (its essential part: no names), and on ``printers probe``. The result is kept in the journal (``printers`` table), logged
+* **Probe** (drivers/printers.py ``probe_transport``): for a printer nothing is known of, at the first idle
+  moment of the run or before its first job, whichever comes first; after a restart what the journal kept
+  is used once the printer is found to be the same one (its ``GS I 1..3`` ids), else it is probed anew;
+  and on ``printers probe``. The result is kept in the journal (``printers`` table), logged
   once when it differs from what was known, and turns into the layout (agent/profiles.py ``choose``).
   With ``confirm = "auto"`` a printer that does not answer ``GS r 1`` prints unconfirmed: one warning.
 * **Paper**: every printed ticket adds the paper it used (agent/render.py lines -> mm). The count starts

@@ -1,21 +1,22 @@
 """One print worker per printer: FIFO from the journal, never on paho's thread.
 
 A job counts as printed only when the printer was printable before *and* after it (in a burst the check
-after one job stands for the check before the next, if that starts within ``BACK_TO_BACK_S``). Before any byte
+after one job, when printable, stands for the check before the next if that starts within
+``BACK_TO_BACK_S``). Before any byte
 of a job leaves, its ``printing`` mark is committed (``Journal.begin_attempt``, or the job was
 armed for it by an earlier commit and ``Journal.take_armed`` hands it over); a job whose attempt
 may have reached paper prints again marked 补打, at most once automatically (see agent/journal.py).
 What was armed but not sent goes back to ``queued`` when the printer is not ready, when a send
 fails before any byte left, and at a clean stop, so no first copy is ever marked 补打.
 
-Nothing slow happens between a job's ``printing`` mark and its first byte: the printer's probe (which can
-wait a second per unanswered question) runs only before a job is marked (a printer nothing is known of) or
-while the worker is idle, never inside ``send()``. (A probe there once widened the window a crash leaves
-a job marked but unsent: the SIGKILL drill then marked dozens of first copies 补打; docs/RELIABILITY.md.)
-The printer's status is asked three ways (``Printer.status(maintain=...)``): the run's first status and the
-checks around a job ask nothing more (``"no"``), except that a job for a printer nothing is known of (no
-probe in this run or an earlier one: a new install) waits for the probe (``"first"``); the idle poll makes
-the run's probe (``"idle"``), at once when nothing is known of the printer, else after ``poll_s``.
+Nothing slow happens between a job's ``printing`` mark and its first byte. The printer's probe (which can
+wait a second per unanswered question) and the check that a remembered printer is still the same one
+(``Printer.settled``) run on this thread before a job is marked: at the first idle moment of a run, or in
+the check before a job if one comes first; never inside ``send()``. Until the printer is settled,
+``ready()`` is false, so intake arms no job for it. (docs/RELIABILITY.md: the SIGKILL drill and the probe.)
+The printer's status is asked three ways (``Printer.status(maintain=...)``): the checks around a job ask
+nothing more (``"no"``) once the printer is settled, and settle it first otherwise (``"first"``); the idle
+poll also re-asks an undecided ``GS r`` (``"idle"``). The run's first status asks only ``DLE EOT``.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ log = logging.getLogger(__name__)
 # such a spell, up to this many tickets that never printed come out marked 补打.
 ARM_AHEAD = 8
 
-# The check after a job counts as the check before the next one when the next starts within this
-# many seconds of it (a burst): nothing was sent between them, so the printer was printable before
-# the next job as surely as after the last one. One DLE EOT round trip fewer per ticket in a burst.
+# The check after a job (printable) counts as the check before the next one when the next starts within
+# this many seconds of it (a burst): nothing was sent between them, so the later look at the printer is
+# skipped, not the look itself (an unconfirmed printer may still be printing the last ticket at either
+# look). One DLE EOT round trip fewer per ticket in a burst.
 BACK_TO_BACK_S = 0.05
 
 
@@ -222,9 +224,9 @@ class PrintWorker:
             # reprint them (a single order's outcome rides on the next commit instead)
             self.journal.commit_soon()
         self._finished.clear()
-        unknown = getattr(self.printer, "caps", True) is None and not self._probe_tried
-        self._probe_tried = True  # a new install: probed at the first idle moment, not poll_s later
-        if self._wake.wait(0 if unknown else self.poll_s):
+        unsettled = not getattr(self.printer, "settled", True) and not self._probe_tried
+        self._probe_tried = True  # settled at the first idle moment of the run, not poll_s later
+        if self._wake.wait(0 if unsettled else self.poll_s):
             self._wake.clear()
             return
         if not self._stop.is_set():
@@ -233,11 +235,11 @@ class PrintWorker:
     def _quick_check(self) -> PrinterStatus:
         """Before and after a job: one ``DLE EOT 1`` round trip while the last full status is fresh
         (under ``poll_s`` old) and printable; the full status otherwise, and whenever the printer
-        does not say it is online (cover open, paper end and errors all put it offline). A printer
-        nothing is known of (no probe in this run or an earlier one) is probed first, before any job is
-        marked printing."""
+        does not say it is online (cover open, paper end and errors all put it offline). A printer not
+        settled yet (``Printer.settled``: probed, or checked to be the remembered one) is settled first,
+        before any job is marked printing."""
         online = getattr(self.printer, "online", None)
-        if getattr(self.printer, "caps", True) is None:
+        if not getattr(self.printer, "settled", True):
             return self._check("first")
         if online is not None and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
             if online() is True:
@@ -261,10 +263,11 @@ class PrintWorker:
         return st.printable or (not self.printer.queryable and st.state == "unknown")
 
     def ready(self) -> bool:
-        """Idle with a printer that was ready at the last look, and nothing armed for it yet: a new
-        order's jobs may be armed (at most one order's wait to be sent; a crash marks no more 补打)."""
-        return (self.idle and self._ok_to_print(self.status) and self._thread is not None and not self._stop.is_set()
-                and not self.journal.armed(self.name))
+        """Idle with a printer that was ready at the last look and is settled (no probe due before a job),
+        and nothing armed for it yet: a new order's jobs may be armed (at most one order's wait to be
+        sent; a crash marks no more 补打)."""
+        return (self.idle and self._ok_to_print(self.status) and getattr(self.printer, "settled", True)
+                and self._thread is not None and not self._stop.is_set() and not self.journal.armed(self.name))
 
     def _unarm(self, *ids: int) -> None:
         try:

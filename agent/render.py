@@ -76,11 +76,21 @@ def _printable_char(ch: str) -> str:
     return ch
 
 
-@lru_cache(maxsize=4096)  # a ticket's lines pass through it up to three times (markup, layout, bytes)
+MEMO_CHARS = 200  # lines up to this long are memoised (a ticket's lines pass through up to three times);
+# longer text (a whole note before it is cut) is not: thousands of them could hold megabytes of customer data
+
+
+@lru_cache(maxsize=1024)  # at most about 1 MiB
+def _printable_memo(text: str) -> str:
+    return "".join(map(_printable_char, text))
+
+
 def printable(text: str) -> str:
     """Replace what a receipt font cannot print with ``FALLBACK``; drop control characters."""
     if text.isascii() and text.isprintable():
         return text
+    if len(text) <= MEMO_CHARS:
+        return _printable_memo(text)
     return "".join(map(_printable_char, text))
 
 

@@ -68,7 +68,7 @@ from jinja2.runtime import LoopContext
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from jinja2.utils import Cycler, Joiner, Namespace
 
-from .render import Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, money, printable, width_of, wrap
+from .render import MEMO_CHARS, Barcode, Block, Cut, Document, Feed, QR, Text, columns_row, money, printable, width_of, wrap
 
 log = logging.getLogger(__name__)
 
@@ -116,25 +116,16 @@ def to_plain(value: Any) -> Any:
 
 # Memoised layout (issue 17): most of a ticket's values and lines are the same on every order (the
 # store, the wording, headings, rules), and printable()/wrap() go character by character. Only short
-# strings are kept (MEMO_CHARS) and few of them (MEMO_ENTRIES), so the caches stay small (under 1 MiB).
-MEMO_CHARS = 200
+# strings are kept (MEMO_CHARS, agent/render.py, whose printable() memoises them too) and few of them
+# (MEMO_ENTRIES), so the caches stay small (under 1 MiB).
 MEMO_ENTRIES = 512  # the fixed lines of every ticket stay (used on each order); an order's own lines pass through
-
-
-@lru_cache(maxsize=MEMO_ENTRIES)
-def _printable_memo(text: str) -> str:
-    return printable(text)
-
-
-def _printable(text: str) -> str:
-    return _printable_memo(text) if len(text) <= MEMO_CHARS else printable(text)
 
 
 def _flatten(value: Any) -> Any:
     if value is None:
         return ""
     if isinstance(value, str):
-        text = _printable(value)  # newlines -> spaces, controls dropped, unprintable -> fallback glyph
+        text = printable(value)  # newlines -> spaces, controls dropped, unprintable -> fallback glyph
         if len(text) > MAX_VALUE_CHARS:  # a 10 000-character note must not empty the paper roll
             text = text[: MAX_VALUE_CHARS - 1] + "…"
         # a value at the start of a line must not become a directive: "@cut" -> "＠cut"

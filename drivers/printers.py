@@ -38,7 +38,7 @@ class Printer(Protocol):
     name: str
     queryable: bool
 
-    def status(self, maintain: str = "idle") -> PrinterStatus: ...
+    def status(self, maintain: str = "no") -> PrinterStatus: ...
 
     def send(self, data: bytes, on_written: Callable[[], None] = ..., paper_mm: float = ...) -> None: ...
 
@@ -131,9 +131,16 @@ class StreamPrinter:
             return bool(self.hint_gs_r)
         return bool(gs_r)
 
+    @property
+    def settled(self) -> bool:
+        """What is known of this printer holds for this run: probed in it, or remembered and found to be the
+        same printer (``_verify``); a printer that is not asked anything is settled as it is."""
+        return self.fresh or not self.queryable
+
     def remember(self, caps: Optional[dict[str, Any]]) -> None:
-        """What an earlier run's probe found (the journal): used until this run probes (``fresh``), so a
-        restart needs no probe before its first job; the run's own probe comes when the printer is idle."""
+        """What an earlier run's probe found (the journal). Before it is used for a job, ``status(maintain=
+        "first")`` checks that the printer is still the one it describes (``_verify``: its ``GS I 1..3``
+        ids, milliseconds): a restart needs no whole probe; a printer swapped meanwhile is probed anew."""
         if not caps:
             return
         with self._lock:
@@ -141,6 +148,40 @@ class StreamPrinter:
                 self.caps = dict(caps)
             if self.hint_gs_r is None:
                 self.hint_gs_r = caps.get("gs_r")
+
+    def _verify(self, t: _Transport) -> None:
+        """Remembered caps, not yet checked in this run: the same printer (its ``GS I 1..3`` ids as
+        remembered) -> they hold (``fresh``); another, or silent where it answered before (a swap, or a
+        printer still busy with a ticket) -> forgotten, and the whole probe made now. A printer that never
+        answered ``GS I`` has nothing to compare: its memory holds."""
+        known = {k: ((self.caps or {}).get("ident") or {}).get(k) for k in IDENT_NUMBERS.values()}
+        if all(v is None for v in known.values()):
+            self.fresh = True
+            return
+        seen: dict[str, int] = {}
+        try:
+            t.drain()
+            for n, key in IDENT_NUMBERS.items():
+                t.write(identify(n))
+                b = t.read1(min(self.timeout_s, self.PROBE_WAIT_S))
+                if b is None:
+                    break
+                seen[key] = b
+        except (OSError, PrinterError):
+            self._drop()
+            return  # asked again at the next look
+        if seen == known:
+            self.fresh = True
+            return
+        log.warning("printer %s: not the printer probed before (GS I ids %s, remembered %s): probing it again",
+                    self.name, seen or "unanswered", known)
+        self._drop()  # (a late answer must not reach a job)
+        self.caps, self.hint_gs_r, self._gs_r_misses = None, None, 0
+        try:
+            t = self._transport()
+        except PrinterError:
+            return
+        self._probe(t)
 
     def probe(self) -> dict[str, Any]:
         """Ask the printer what it does (``DLE EOT``, ``GS r 1``, ``GS I``; see ``probe_transport``), for a
@@ -173,7 +214,7 @@ class StreamPrinter:
             self._drop()  # an answer that comes late must never pass for a job's confirmation: a fresh link
         if caps.get("deferred"):
             return caps  # silent, offline or busy: nothing is concluded; asked again next time
-        old = self.caps or {}
+        old = (self.caps or {}) if self.fresh else {}  # remembered, unchecked caps are no evidence for this printer
         if caps.get("gs_r") is None:  # unanswered: a busy printer holds GS r, a clone never answers it
             if old.get("gs_r") is not None:
                 caps["gs_r"] = old["gs_r"]
@@ -229,13 +270,13 @@ class StreamPrinter:
                 pass
             self._t = None
 
-    def status(self, maintain: str = "idle") -> PrinterStatus:
+    def status(self, maintain: str = "no") -> PrinterStatus:
         """``DLE EOT 1..4``, interpreted. While the printer can print, ``maintain`` says what else may be asked
-        in the same turn: ``"no"``: nothing (the run's first status, which must be quick, and the checks
-        around a job); ``"first"``: the probe, if nothing at all is known of this printer (before its first
-        job is marked: whether it can be confirmed, its layout); ``"idle"`` (nothing waits): this run's probe
-        if not made yet (until then caps are what an earlier run found), else an undecided ``GS r`` asked
-        again every ``REPROBE_S``."""
+        in the same turn (only the print worker asks more, on its own thread, before it marks a job):
+        ``"no"``: nothing; ``"first"``: settle what is known of the printer (``settled``) if not yet: the
+        whole probe when nothing is known of it, else the check that it is the remembered printer
+        (``_verify``); ``"idle"`` (nothing waits): the same, then an undecided ``GS r`` asked again every
+        ``REPROBE_S``."""
         if not self.queryable:
             return PrinterStatus("unknown", "status queries disabled for this printer")
         with self._lock:
@@ -261,8 +302,10 @@ class StreamPrinter:
                 self._drop()  # a silent or garbled link is re-made next time
             elif not st.printable or maintain == "no":
                 pass
-            elif self.caps is None or (maintain == "idle" and not self.fresh):
-                self._probe(t)  # while it can print and is idle (a held GS r proves nothing)
+            elif self.caps is None:
+                self._probe(t)  # while it can print and nothing waits (a held GS r proves nothing)
+            elif not self.fresh:
+                self._verify(t)
             elif (maintain == "idle" and self.caps.get("gs_r") is None and self.confirm_mode == "auto"
                   and time.monotonic() - self._probed_at >= self.REPROBE_S):
                 self._ask_gs_r_again(t)
@@ -606,7 +649,7 @@ class FilePrinter:
     def __init__(self, name: str, path: str, **_: Any) -> None:
         self.name, self.path = name, path
 
-    def status(self, maintain: str = "idle") -> PrinterStatus:
+    def status(self, maintain: str = "no") -> PrinterStatus:
         if not os.path.exists(self.path):
             return PrinterStatus("unreachable", f"{self.path} does not exist")
         if not os.access(self.path, os.W_OK):
@@ -661,7 +704,7 @@ class SpoolPrinter:
         except OSError as e:
             return f"unreachable:{e}"
 
-    def status(self, maintain: str = "idle") -> PrinterStatus:
+    def status(self, maintain: str = "no") -> PrinterStatus:
         from .escpos_proto import STATES
 
         state = self._state()

@@ -58,12 +58,12 @@ def test_probe_of_a_busy_printer_does_not_decide_it_cannot_confirm(monkeypatch):
         other = busy_slow_printer(vp)
         try:
             p = network(vp)
-            st = p.status()  # the worker's first status: the probe runs inside it
+            st = p.status(maintain="idle")  # the worker's first status: the probe runs inside it
             assert st.printable
             assert p.caps is not None
             assert p.caps.get("gs_r") is None, p.caps  # undecided, not "no"
             assert wait_until(lambda: vp._busy_until < time.monotonic(), 10)  # the other host's ticket is out
-            assert wait_until(lambda: p.status().printable and p.confirm is True, 5), p.caps  # asked again: it answers
+            assert wait_until(lambda: p.status(maintain="idle").printable and p.confirm is True, 5), p.caps  # asked again: it answers
             assert p.caps["gs_r"] is True
             p.close()
         finally:
@@ -76,10 +76,10 @@ def test_a_printer_that_never_answers_gs_r_is_decided_after_a_few_idle_probes(mo
     monkeypatch.setattr(StreamPrinter, "REPROBE_S", 0.1)
     with VirtualPrinter(personality="clone") as vp:
         p = network(vp, timeout_s=0.5)
-        assert p.status().printable and p.caps["gs_r"] is None and p.confirm is False  # no hint: not waited for
+        assert p.status(maintain="idle").printable and p.caps["gs_r"] is None and p.confirm is False  # no hint: not waited for
         p.hint_gs_r = True  # an earlier run found it answers (another printer, since swapped): waited for meanwhile
         assert p.confirm is True
-        assert wait_until(lambda: p.status() and p.caps["gs_r"] is False, 10), p.caps
+        assert wait_until(lambda: p.status(maintain="idle") and p.caps["gs_r"] is False, 10), p.caps
         assert p.confirm is False
         p.close()
 
@@ -89,7 +89,7 @@ def test_a_late_probe_answer_is_never_the_confirmation_of_a_later_job():
         other = busy_slow_printer(vp)
         try:
             p = network(vp, confirm="gs_r")  # a person said: this printer confirms (it does)
-            assert p.status().printable  # the probe runs here, while the long ticket prints
+            assert p.status(maintain="idle").printable  # the probe runs here, while the long ticket prints
             # the long ticket comes out; the printer then answers the probe's GS r and GS I 1 it held
             assert wait_until(lambda: vp._busy_until < time.monotonic(), 10)
             time.sleep(0.3)
@@ -105,12 +105,12 @@ def test_a_late_probe_answer_is_never_the_confirmation_of_a_later_job():
 def test_a_probe_of_a_hung_printer_does_not_turn_confirmation_off():
     with VirtualPrinter() as vp:  # generic: answers DLE EOT and GS r
         p = network(vp, timeout_s=1.0)
-        assert p.status().printable and p.confirm is True  # probed at the first status: it confirms
+        assert p.status(maintain="idle").printable and p.confirm is True  # probed at the first status: it confirms
         vp.set_mode("hang")  # a moment later, `store-agent printers probe counter` while it does not read
         p.probe()
         vp.set_mode("ready")
         time.sleep(0.3)
-        assert p.status().printable
+        assert p.status(maintain="idle").printable
         assert p.confirm is True, p.caps  # it still confirms
         p.close()
 

@@ -51,7 +51,7 @@ def run_sigkill(broker, vprinter, hq_factory, store_id, tmp_path, rounds, sig=si
             onlines = hq.statuses().count("online")
             proc = spawn_agent(cfg, log)
             if after_online:
-                wait_until(lambda: hq.statuses().count("online") > onlines, 20)
+                assert wait_until(lambda: hq.statuses().count("online") > onlines, 20), "agent did not come online"
         batch = [order(rnd * PER_ROUND + i, "k") for i in range(PER_ROUND)]
         events += batch
         for ev in batch:
