@@ -943,7 +943,11 @@ def _configured_printers(cfg) -> list[dict]:  # noqa: ANN001 - Config
 
                 from .printing import printer_settings  # noqa: PLC0415
 
-                st = make_printer(p.connection, p.name, **printer_settings(cfg, i)).status()
+                drv = make_printer(p.connection, p.name, **printer_settings(cfg, i))
+                try:
+                    st = drv.status()  # DLE EOT only: no probe from a one-shot command
+                finally:
+                    drv.close()
                 states[p.name] = (st.state, st.detail, "asked")
             except Exception as e:  # noqa: BLE001 - a line per printer, never a crash
                 states[p.name] = ("unknown", f"{type(e).__name__}: {e}", "asked")
