@@ -96,6 +96,9 @@ class StreamPrinter:
     SLOWEST_MM_S = 40.0  # ... or its paper at the slowest thermal printer's speed, whichever is longer
     PROBE_WAIT_S = 1.0  # how long a probe waits for each answer (an idle printer answers in milliseconds; a busy
     # one's GS r is asked again later). 0.3 s was tried: it changed the SIGKILL drill's figures (see RELIABILITY)
+    STRINGS_WAIT_S = 0.25  # GS I 65..69 (names), asked only of a printer that has just answered GS I 1..3: one
+    # that has them answers at once (20 bytes at 9600 baud: 21 ms); many clones never do, and a new install's
+    # first order waits for the probe
     REPROBE_S = 5.0  # an unanswered GS r is asked again this often while the printer is idle and printable ...
     GS_R_TRIES = 3  # ... and taken for "does not answer GS r" after this many probes without an answer
 
@@ -206,7 +209,7 @@ class StreamPrinter:
     def _probe(self, t: _Transport) -> dict[str, Any]:
         self._probed_at = time.monotonic()
         try:
-            caps = probe_transport(t, min(self.timeout_s, self.PROBE_WAIT_S))
+            caps = probe_transport(t, min(self.timeout_s, self.PROBE_WAIT_S), self.STRINGS_WAIT_S)
         except (OSError, PrinterError) as e:
             self._drop()
             return {"reachable": False, "error": f"probe failed: {e}"}
@@ -400,7 +403,7 @@ def _read_block(t: _Transport, wait: float) -> Optional[str]:
     return "".join(c for c in data.decode("ascii", errors="replace") if c.isprintable()).strip()
 
 
-def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
+def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = None) -> dict[str, Any]:
     """What a printer does, asked in an order that never makes a simple one print garbage:
 
     * ``DLE EOT 1`` answered (fixed bits right)? If not, nothing more is asked: silence is never
@@ -409,7 +412,8 @@ def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
       (``None``): a busy printer holds it; the driver asks again and decides "no" only after
       ``GS_R_TRIES`` idle probes.
     * ``GS I 1/2/3`` (model, type, firmware ids; type bit 1 = autocutter), and where those are
-      answered ``GS I 65..69`` (firmware, maker, model, serial, font strings).
+      answered ``GS I 65..69`` (firmware, maker, model, serial, font strings), each waited for at most
+      ``strings_wait`` (default ``wait``).
     """
     caps: dict[str, Any] = {"reachable": True, "dle_eot": False, "gs_r": False, "ident": {}, "cutter": None,
                             "probed_at": time.time()}
@@ -436,7 +440,7 @@ def probe_transport(t: _Transport, wait: float) -> dict[str, Any]:
     if ident:
         for n, key in IDENT_STRINGS.items():
             t.write(identify(n))
-            text = _read_block(t, wait)
+            text = _read_block(t, min(wait, strings_wait or wait))
             if text is None:
                 timed_out = True
                 break
