@@ -29,7 +29,7 @@ def test_watchdog_pings_only_while_workers_are_alive(broker, vprinter, make_agen
     assert wait_until(lambda: "READY=1" in got and got.count("WATCHDOG=1") >= 2, 10)
     wedge = threading.Event()
     worker = agent.workers["counter"]
-    worker.printer.status = lambda: wedge.wait()  # the print thread hangs inside a driver call
+    worker.printer.status = lambda **_: wedge.wait()  # the print thread hangs inside a driver call
     assert wait_until(lambda: worker.heartbeat and (__import__("time").monotonic() - worker.heartbeat) > 3.5, 10)
     n = got.count("WATCHDOG=1")
     __import__("time").sleep(2.5)
