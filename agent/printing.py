@@ -232,15 +232,19 @@ class PrintWorker:
         if not self._stop.is_set():
             self._check("idle")  # nothing waits: the run's probe, if not made yet, goes here
 
-    def _quick_check(self) -> PrinterStatus:
+    def _quick_check(self, before: bool = False) -> PrinterStatus:
         """Before and after a job: one ``DLE EOT 1`` round trip while the last full status is fresh
         (under ``poll_s`` old) and printable; the full status otherwise, and whenever the printer
         does not say it is online (cover open, paper end and errors all put it offline). A printer not
         settled yet (``Printer.settled``: probed, or checked to be the remembered one) is settled first,
-        before any job is marked printing."""
+        before any job is marked printing (``before``); while it cannot be (busy, silent: at most
+        ``SETTLE_TRIES`` looks), no job goes. The check after a job never settles anything."""
         online = getattr(self.printer, "online", None)
-        if not getattr(self.printer, "settled", True):
-            return self._check("first")
+        if before and not getattr(self.printer, "settled", True):
+            st = self._check("first")
+            if st.printable and not getattr(self.printer, "settled", True):  # busy or silent: no job goes yet
+                return PrinterStatus("unknown", "the printer is being identified (no answer to GS I yet)")
+            return st
         if online is not None and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
             if online() is True:
                 return self.status
@@ -302,7 +306,7 @@ class PrintWorker:
         """One attempt at a claimed job; False means 'wait before the next attempt'."""
         back_to_back = self.status.printable and time.monotonic() - self._ok_after_at < BACK_TO_BACK_S
         self._ok_after_at = float("-inf")  # one check after a job stands for the check before one job at most
-        if not self._ok_to_print(self.status if back_to_back else self._quick_check()):
+        if not self._ok_to_print(self.status if back_to_back else self._quick_check(before=True)):
             self._unarm()  # nothing of them was sent: a crash during the spell must not mark them 补打
             return False
         if job.printer != self.name:

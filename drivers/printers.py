@@ -101,6 +101,8 @@ class StreamPrinter:
     # first order waits for the probe
     REPROBE_S = 5.0  # an unanswered GS r is asked again this often while the printer is idle and printable ...
     GS_R_TRIES = 3  # ... and taken for "does not answer GS r" after this many probes without an answer
+    SETTLE_TRIES = 5  # looks at a printer that stays silent to GS I (busy: another host's long ticket) before
+    # what is known is used as it is (about 15 s with the default print.retry_s; orders wait meanwhile)
 
     def __init__(self, name: str, timeout_s: float = 3.0, status_query: bool = True, confirm: "str | bool" = "auto") -> None:
         self.name = name
@@ -110,7 +112,8 @@ class StreamPrinter:
         if self.confirm_mode not in CONFIRM_MODES:
             raise ValueError(f"confirm must be one of {', '.join(CONFIRM_MODES)}, not {confirm!r}")
         self.caps: Optional[dict[str, Any]] = None  # what the last probe found (see probe()), or remember() gave
-        self.fresh = False  # this run has made a whole probe (until then caps are remembered, or partial)
+        self.fresh = False  # this run has probed the printer, or found it to be the remembered one
+        self._settle_misses = 0  # looks that could not settle it (silent, busy, unreachable)
         self.hint_gs_r: Optional[bool] = None  # what an earlier run found (the journal): used while undecided
         self.on_probe: Callable[[dict[str, Any]], None] = lambda caps: None
         self._gs_r_misses = 0
@@ -137,8 +140,9 @@ class StreamPrinter:
     @property
     def settled(self) -> bool:
         """What is known of this printer holds for this run: probed in it, or remembered and found to be the
-        same printer (``_verify``); a printer that is not asked anything is settled as it is."""
-        return self.fresh or not self.queryable
+        same printer (``_verify``); a printer that is not asked anything is settled as it is, and so is one
+        that stayed silent to ``SETTLE_TRIES`` looks (what is known, or the careful defaults, is used)."""
+        return self.fresh or not self.queryable or self._settle_misses >= self.SETTLE_TRIES
 
     def remember(self, caps: Optional[dict[str, Any]]) -> None:
         """What an earlier run's probe found (the journal). Before it is used for a job, ``status(maintain=
@@ -153,18 +157,25 @@ class StreamPrinter:
                 self.hint_gs_r = caps.get("gs_r")
 
     def _verify(self, t: _Transport) -> None:
-        """Remembered caps, not yet checked in this run: the same printer (its ``GS I 1..3`` ids as
-        remembered) -> they hold (``fresh``); another, or silent where it answered before (a swap, or a
-        printer still busy with a ticket) -> forgotten, and the whole probe made now. A printer that never
-        answered ``GS I`` has nothing to compare: its memory holds."""
-        known = {k: ((self.caps or {}).get("ident") or {}).get(k) for k in IDENT_NUMBERS.values()}
-        if all(v is None for v in known.values()):
+        """Remembered caps, not yet checked in this run. The ids the printer gave before (``GS I 1..3``, those
+        it answered) asked again: the same -> the memory holds (``fresh``); different -> another printer:
+        forgotten, and the whole probe made now. Silent (``GS I`` waits its turn behind a ticket still
+        printing; or gone quiet): nothing is concluded, the memory is kept and asked again at the next look
+        (``settled`` after ``SETTLE_TRIES`` of them). A printer that never answered ``GS I`` has nothing to
+        compare: its memory holds."""
+        ident = (self.caps or {}).get("ident") or {}
+        known = {k: ident[k] for k in IDENT_NUMBERS.values() if ident.get(k) is not None}
+        if not known:
             self.fresh = True
             return
         seen: dict[str, int] = {}
         try:
             t.drain()
+            time.sleep(0.05)  # late answers to an earlier look (a USB or serial link keeps them) go first
+            t.drain()
             for n, key in IDENT_NUMBERS.items():
+                if key not in known:
+                    continue
                 t.write(identify(n))
                 b = t.read1(min(self.timeout_s, self.PROBE_WAIT_S))
                 if b is None:
@@ -172,17 +183,24 @@ class StreamPrinter:
                 seen[key] = b
         except (OSError, PrinterError):
             self._drop()
-            return  # asked again at the next look
+            self._settle_misses += 1
+            return
+        if len(seen) < len(known):
+            self._drop()  # (a late answer must not reach a job: jobs wait while the printer is not settled)
+            self._settle_misses += 1
+            log.info("printer %s: no answer to GS I (busy printing?): asked again at the next look", self.name)
+            return
         if seen == known:
-            self.fresh = True
+            self.fresh, self._settle_misses = True, 0
             return
         log.warning("printer %s: not the printer probed before (GS I ids %s, remembered %s): probing it again",
-                    self.name, seen or "unanswered", known)
-        self._drop()  # (a late answer must not reach a job)
+                    self.name, seen, known)
+        self._drop()
         self.caps, self.hint_gs_r, self._gs_r_misses = None, None, 0
         try:
             t = self._transport()
         except PrinterError:
+            self._settle_misses += 1
             return
         self._probe(t)
 
@@ -208,14 +226,20 @@ class StreamPrinter:
 
     def _probe(self, t: _Transport) -> dict[str, Any]:
         self._probed_at = time.monotonic()
+        def relink() -> _Transport:  # (over TCP a late answer dies with the old connection)
+            self._drop()
+            return self._transport()
+
         try:
-            caps = probe_transport(t, min(self.timeout_s, self.PROBE_WAIT_S), self.STRINGS_WAIT_S)
+            caps = probe_transport(t, min(self.timeout_s, self.PROBE_WAIT_S), self.STRINGS_WAIT_S, relink)
         except (OSError, PrinterError) as e:
             self._drop()
+            self._settle_misses += 1
             return {"reachable": False, "error": f"probe failed: {e}"}
         if caps.pop("timed_out", False):
             self._drop()  # an answer that comes late must never pass for a job's confirmation: a fresh link
         if caps.get("deferred"):
+            self._settle_misses += 1
             return caps  # silent, offline or busy: nothing is concluded; asked again next time
         old = (self.caps or {}) if self.fresh else {}  # remembered, unchecked caps are no evidence for this printer
         if caps.get("gs_r") is None:  # unanswered: a busy printer holds GS r, a clone never answers it
@@ -227,7 +251,7 @@ class StreamPrinter:
                     caps["gs_r"] = False
         else:
             self._gs_r_misses = 0
-        self.fresh = True
+        self.fresh, self._settle_misses = True, 0
         self._set_caps(caps)
         return caps
 
@@ -403,7 +427,8 @@ def _read_block(t: _Transport, wait: float) -> Optional[str]:
     return "".join(c for c in data.decode("ascii", errors="replace") if c.isprintable()).strip()
 
 
-def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = None) -> dict[str, Any]:
+def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = None,
+                    relink: Optional[Callable[[], _Transport]] = None) -> dict[str, Any]:
     """What a printer does, asked in an order that never makes a simple one print garbage:
 
     * ``DLE EOT 1`` answered (fixed bits right)? If not, nothing more is asked: silence is never
@@ -411,7 +436,8 @@ def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = 
     * ``GS r 1`` answered? Then jobs can be confirmed (``confirm = "auto"``). Unanswered is undecided
       (``None``): a busy printer holds it; the driver asks again and decides "no" only after
       ``GS_R_TRIES`` idle probes.
-    * ``GS I 1/2/3`` (model, type, firmware ids; type bit 1 = autocutter), and where those are
+    * ``GS I 1/2/3`` (model, type, firmware ids; type bit 1 = autocutter), on a new link (``relink``) when
+      ``GS r`` went unanswered (its answer may still come and must not pass for an id), and where those are
       answered ``GS I 65..69`` (firmware, maker, model, serial, font strings), each waited for at most
       ``strings_wait`` (default ``wait``).
     """
@@ -429,6 +455,8 @@ def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = 
     b = t.read1(wait)
     caps["gs_r"] = True if b is not None and transmit_status_ok(b) else None  # None: undecided (busy, or never)
     timed_out = b is None
+    if timed_out and relink is not None:
+        t = relink()
     ident: dict[str, Any] = {}
     for n, key in IDENT_NUMBERS.items():
         t.write(identify(n))
@@ -440,7 +468,7 @@ def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = 
     if ident:
         for n, key in IDENT_STRINGS.items():
             t.write(identify(n))
-            text = _read_block(t, min(wait, strings_wait or wait))
+            text = _read_block(t, wait if strings_wait is None else min(wait, strings_wait))
             if text is None:
                 timed_out = True
                 break

@@ -197,6 +197,9 @@ class VirtualPrinter:
     def _identify(self, n: int) -> Optional[bytes]:
         self.ident_asked.append((time.time(), n))
         k = self.kind
+        wait = self._busy_until - time.monotonic()
+        if wait > 0:  # like GS r, processed in sequence: a slow printer answers once what came before is on paper
+            time.sleep(wait)
         if k.ident is not None and n in (1, 2, 3):
             return bytes((k.ident[n - 1],))
         if k.strings and n in k.strings:

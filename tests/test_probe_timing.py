@@ -134,3 +134,93 @@ def test_a_restart_prints_its_first_order_without_a_probe_and_a_swap_is_found(br
         statuses = [r["status"] for r in hq.results() if r["event_id"].endswith("00003")]
         assert statuses[-1] == "printed" and "failed" not in statuses, statuses
         assert c.printer_facts.view("counter")["confirm"] != "gs_r"
+
+
+# ------------------------------------------------ second review: busy, partial ids, a settle that fails
+
+
+def slow_ids(vp):  # the "slow" virtual printer's GS I 1..3 (the generic ids)
+    return {"model_id": 0x20, "type_id": 0x02, "firmware_id": 0x40}
+
+
+def test_a_busy_printer_is_not_taken_for_a_swapped_one():
+    """GS I waits its turn behind a ticket still printing: silence is not 'another printer'. The memory is
+    kept, nothing is probed while busy, and the printer is settled once it answers."""
+    from test_review14 import busy_slow_printer  # another host's long ticket, printing for a few seconds
+
+    with VirtualPrinter(personality="slow") as vp:
+        other = busy_slow_printer(vp)
+        p = make_printer("network", "p", host="127.0.0.1", port=vp.port, timeout_s=3.0)
+        try:
+            p.remember({**REMEMBERED, "ident": {**slow_ids(vp), "maker": "EPSON", "model": "TM-T20II"}})
+            assert p.status(maintain="first").printable and not p.settled  # busy: undecided
+            assert p.caps["ident"]["model"] == "TM-T20II" and p.hint_gs_r is True  # the memory is kept
+            assert 65 not in [n for _, n in vp.ident_asked]  # and no whole probe of a busy printer
+            assert wait_until(lambda: vp._busy_until < time.monotonic(), 15)
+            assert wait_until(lambda: p.status(maintain="first") and p.settled, 10)
+            assert p.caps["ident"]["model"] == "TM-T20II" and p.confirm is True
+        finally:
+            p.close()
+            other.close()
+
+
+def test_a_printer_that_answers_only_some_ids_is_checked_by_those():
+    with VirtualPrinter(personality="epson") as vp:
+        p = make_printer("network", "p", host="127.0.0.1", port=vp.port, timeout_s=1.0)
+        try:
+            ids = {k: v for k, v in EPSON_IDS.items() if k != "firmware_id"}  # it never answered GS I 3
+            p.remember({**REMEMBERED, "ident": {**ids, "model": "TM-T88V"}})
+            assert p.status(maintain="first").printable and p.settled
+            assert [n for _, n in vp.ident_asked] == [1, 2]  # the ids it gave, in order: no false swap, no probe
+        finally:
+            p.close()
+
+
+def test_a_job_waits_while_the_printer_cannot_be_settled(broker, make_agent, hq_factory, store_id):
+    """second review: a settle that failed (busy, silent) let the job go, and the after-check then probed the
+    printer with the job marked. Now no job is marked while the printer is unsettled (up to SETTLE_TRIES)."""
+    import threading  # noqa: PLC0415
+
+    from test_review14 import busy_slow_printer  # noqa: PLC0415
+
+    with VirtualPrinter(personality="slow") as vp:
+        hq = hq_factory(broker.port, store_id)
+        a = make_agent(broker.port, vp.port, store_id, printers=[{"name": "counter", "connection": "network",
+                       "host": "127.0.0.1", "port": vp.port, "timeout_s": 3.0}])
+        hq.publish(order(1, "bs"))
+        assert wait_until(lambda: len(hq.final()) == 1, 20)
+        assert wait_until(lambda: a.journal.printer_facts().get("counter", {}).get("caps"), 5)
+        a.stop()
+        other = busy_slow_printer(vp, lines=80)  # a restart while another ticket is still printing (about 4 s)
+        busy_end = time.time() + (vp._busy_until - time.monotonic())
+        try:
+            b = make_agent(broker.port, vp.port, store_id, printers=[{"name": "counter", "connection": "network",
+                           "host": "127.0.0.1", "port": vp.port, "timeout_s": 3.0}])
+            drv = b.printers["counter"]
+            marked_unsettled, errors, done = [], [], threading.Event()
+
+            def watch() -> None:
+                try:
+                    while not done.is_set():
+                        before = drv.settled
+                        marked = [j.id for j in b.journal.open_jobs() if j.state == "printing"]
+                        if marked and not before and not drv.settled:
+                            marked_unsettled.append(marked)
+                        time.sleep(0.002)
+                except Exception as e:  # noqa: BLE001 - a watcher that dies must fail the test
+                    errors.append(e)
+
+            t = threading.Thread(target=watch, daemon=True)
+            t.start()
+            jobs_before = len(vp.jobs)
+            hq.publish(order(2, "bs"))
+            assert wait_until(lambda: len(hq.final()) == 2, 40)
+            done.set()
+            t.join(2)
+            assert errors == [] and marked_unsettled == []
+            assert drv.fresh and drv._settle_misses == 0  # settled by its answer, not by giving up
+            mine = [j for j in vp.jobs[jobs_before:] if "bs00002" in j.text]
+            assert len(mine) == 2 and not any("补打" in j.text for j in vp.jobs[jobs_before:])
+            assert mine[0].at >= busy_end - 0.05  # nothing of it went before the printer could answer
+        finally:
+            other.close()
