@@ -9,6 +9,7 @@
   ticket is laid out and confirmed as the printer can; until then intake arms nothing for it.
 """
 
+import threading
 import time
 
 from conftest import order, wait_until
@@ -16,6 +17,35 @@ from conftest import order, wait_until
 from agent.render import Cut, Document, Text, to_escpos
 from drivers.printers import make_printer
 from drivers.vprinter import VirtualPrinter
+
+
+class MarkWatcher:
+    """Watches an agent's journal from another thread: any job in ``printing`` while its printer is not
+    settled (looked at before and after the read) is recorded; a watcher that dies fails the test."""
+
+    def __init__(self, agent, printer: str = "counter") -> None:  # noqa: ANN001
+        self.agent, self.drv = agent, agent.printers[printer]
+        self.marked_unsettled: list = []
+        self.errors: list = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        try:
+            while not self._done.is_set():
+                before = self.drv.settled
+                marked = [j.id for j in self.agent.journal.open_jobs() if j.state == "printing"]
+                if marked and not before and not self.drv.settled:
+                    self.marked_unsettled.append(marked)
+                time.sleep(0.002)
+        except Exception as e:  # noqa: BLE001
+            self.errors.append(e)
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(2)
+        assert self.errors == [] and self.marked_unsettled == [], (self.errors, self.marked_unsettled[:3])
 
 
 def test_send_never_probes_even_a_printer_nothing_is_known_of(vprinter):
@@ -72,29 +102,14 @@ def test_a_printer_swapped_while_the_agent_was_down_is_probed_anew_and_not_waite
 def test_nothing_is_armed_for_a_printer_while_it_is_being_probed(broker, make_agent, hq_factory, store_id):
     """review: the probe of a new install ran while intake could arm an order (its printing mark committed),
     so the order's bytes waited for the probe (a clone: about 2 s) after its mark."""
-    import threading  # noqa: PLC0415
 
     with VirtualPrinter(personality="clone") as vp:
         hq = hq_factory(broker.port, store_id)
         a = make_agent(broker.port, vp.port, store_id)
-        drv = a.printers["counter"]
-        marked_unsettled, done = [], threading.Event()
-
-        def watch() -> None:
-            while not done.is_set():
-                before = drv.settled
-                marked = [j.id for j in a.journal.open_jobs() if j.state == "printing"]
-                if marked and not before and not drv.settled:
-                    marked_unsettled.append(marked)
-                time.sleep(0.002)
-
-        t = threading.Thread(target=watch, daemon=True)
-        t.start()
+        watcher = MarkWatcher(a)
         hq.publish(order(1, "pa"))  # arrives while the clone is probed (it answers neither GS r nor GS I 65)
         assert wait_until(lambda: len(hq.final()) == 1, 20)
-        done.set()
-        t.join(2)
-        assert marked_unsettled == []
+        watcher.stop()
         asked = [at for at, n in vp.ident_asked if n == 65]
         assert asked and asked[0] < vp.jobs[0].at  # the probe came before the order's tickets
         assert len(vp.jobs) == 2  # once each, none marked 补打
@@ -179,8 +194,6 @@ def test_a_printer_that_answers_only_some_ids_is_checked_by_those():
 def test_a_job_waits_while_the_printer_cannot_be_settled(broker, make_agent, hq_factory, store_id):
     """second review: a settle that failed (busy, silent) let the job go, and the after-check then probed the
     printer with the job marked. Now no job is marked while the printer is unsettled (up to SETTLE_TRIES)."""
-    import threading  # noqa: PLC0415
-
     from test_review14 import busy_slow_printer  # noqa: PLC0415
 
     with VirtualPrinter(personality="slow") as vp:
@@ -197,27 +210,11 @@ def test_a_job_waits_while_the_printer_cannot_be_settled(broker, make_agent, hq_
             b = make_agent(broker.port, vp.port, store_id, printers=[{"name": "counter", "connection": "network",
                            "host": "127.0.0.1", "port": vp.port, "timeout_s": 3.0}])
             drv = b.printers["counter"]
-            marked_unsettled, errors, done = [], [], threading.Event()
-
-            def watch() -> None:
-                try:
-                    while not done.is_set():
-                        before = drv.settled
-                        marked = [j.id for j in b.journal.open_jobs() if j.state == "printing"]
-                        if marked and not before and not drv.settled:
-                            marked_unsettled.append(marked)
-                        time.sleep(0.002)
-                except Exception as e:  # noqa: BLE001 - a watcher that dies must fail the test
-                    errors.append(e)
-
-            t = threading.Thread(target=watch, daemon=True)
-            t.start()
+            watcher = MarkWatcher(b)
             jobs_before = len(vp.jobs)
             hq.publish(order(2, "bs"))
             assert wait_until(lambda: len(hq.final()) == 2, 40)
-            done.set()
-            t.join(2)
-            assert errors == [] and marked_unsettled == []
+            watcher.stop()
             assert drv.fresh and drv._settle_misses == 0  # settled by its answer, not by giving up
             mine = [j for j in vp.jobs[jobs_before:] if "bs00002" in j.text]
             assert len(mine) == 2 and not any("补打" in j.text for j in vp.jobs[jobs_before:])
