@@ -239,12 +239,12 @@ class PrintWorker:
         settled yet (``Printer.settled``: probed, or checked to be the remembered one) is settled first,
         before any job is marked printing (``before``); while it cannot be (busy, silent: at most
         ``SETTLE_TRIES`` looks), no job goes. The check after a job never settles anything."""
-        online = getattr(self.printer, "online", None)
         if before and not getattr(self.printer, "settled", True):
             st = self._check("first")
             if st.printable and not getattr(self.printer, "settled", True):  # busy or silent: no job goes yet
                 return PrinterStatus("unknown", "the printer is being identified (no answer to GS I yet)")
             return st
+        online = getattr(self.printer, "online", None)
         if online is not None and self.status.printable and time.monotonic() - self._full_at < self.poll_s:
             if online() is True:
                 return self.status

@@ -168,19 +168,11 @@ class StreamPrinter:
         if not known:
             self.fresh = True
             return
-        seen: dict[str, int] = {}
         try:
             t.drain()
             time.sleep(0.05)  # late answers to an earlier look (a USB or serial link keeps them) go first
             t.drain()
-            for n, key in IDENT_NUMBERS.items():
-                if key not in known:
-                    continue
-                t.write(identify(n))
-                b = t.read1(min(self.timeout_s, self.PROBE_WAIT_S))
-                if b is None:
-                    break
-                seen[key] = b
+            seen = ask_ids(t, min(self.timeout_s, self.PROBE_WAIT_S), known)
         except (OSError, PrinterError):
             self._drop()
             self._settle_misses += 1
@@ -427,6 +419,21 @@ def _read_block(t: _Transport, wait: float) -> Optional[str]:
     return "".join(c for c in data.decode("ascii", errors="replace") if c.isprintable()).strip()
 
 
+def ask_ids(t: _Transport, wait: float, only: Optional[Any] = None) -> dict[str, int]:
+    """``GS I 1/2/3`` (all, or those whose key is in ``only``), in order, each waited for at most ``wait``;
+    stops at the first one not answered (what came back so far)."""
+    ids: dict[str, int] = {}
+    for n, key in IDENT_NUMBERS.items():
+        if only is not None and key not in only:
+            continue
+        t.write(identify(n))
+        b = t.read1(wait)
+        if b is None:
+            break
+        ids[key] = b
+    return ids
+
+
 def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = None,
                     relink: Optional[Callable[[], _Transport]] = None) -> dict[str, Any]:
     """What a printer does, asked in an order that never makes a simple one print garbage:
@@ -457,14 +464,9 @@ def probe_transport(t: _Transport, wait: float, strings_wait: Optional[float] = 
     timed_out = b is None
     if timed_out and relink is not None:
         t = relink()
-    ident: dict[str, Any] = {}
-    for n, key in IDENT_NUMBERS.items():
-        t.write(identify(n))
-        b = t.read1(wait)
-        if b is None:
-            timed_out = True
-            break
-        ident[key] = b
+    ident: dict[str, Any] = ask_ids(t, wait)
+    if len(ident) < len(IDENT_NUMBERS):
+        timed_out = True
     if ident:
         for n, key in IDENT_STRINGS.items():
             t.write(identify(n))

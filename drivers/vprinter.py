@@ -197,9 +197,7 @@ class VirtualPrinter:
     def _identify(self, n: int) -> Optional[bytes]:
         self.ident_asked.append((time.time(), n))
         k = self.kind
-        wait = self._busy_until - time.monotonic()
-        if wait > 0:  # like GS r, processed in sequence: a slow printer answers once what came before is on paper
-            time.sleep(wait)
+        self._wait_turn()  # like GS r, processed in sequence
         if k.ident is not None and n in (1, 2, 3):
             return bytes((k.ident[n - 1],))
         if k.strings and n in k.strings:
@@ -211,13 +209,17 @@ class VirtualPrinter:
         with self._cv:
             self.paper_left = jobs
 
+    def _wait_turn(self) -> None:
+        """A command processed in sequence (GS r, GS I): a slow printer answers once what came before is on paper."""
+        wait = self._busy_until - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
     def _answer_gs_r(self, n: int) -> Optional[int]:
         # processed in sequence: a printer out of paper or offline holds it until it can print again
         if not self.kind.gs_r:
             return None
-        wait = self._busy_until - time.monotonic()
-        if wait > 0:  # a slow printer answers once what came before it is on paper
-            time.sleep(wait)
+        self._wait_turn()
         return transmit_status_byte(self.mode) if self.mode in PRINTABLE_STATES else None
 
     def _on_job(self, conn_no: int, job: ParsedJob) -> None:

@@ -105,43 +105,51 @@ def test_an_outcome_changed_on_a_later_day_never_makes_a_days_figures_negative(t
         j.close()
 
 
-def test_an_alert_acknowledged_after_its_escalation_counts_in_the_alert_response(tmp_path):
-    j = Journal(tmp_path / "j.sqlite3")
-    try:
-        now = [datetime(2026, 11, 10, 10, 0).timestamp()]
-        st = Stats(j, lambda: now[0])
-        book = AlertBook(j, st.on_alert, clock=lambda: now[0])
-        book.raise_("order:MT-1:rider.unassigned", "order.rider_unassigned", "无骑手接单: MT-1", severity="critical",
-                    order_id="MT-1", needs_ack=True, escalate_after_s=900)
-        now[0] += 1000
-        assert book.tick()  # escalated to the info department
-        now[0] += 200
-        assert book.acknowledge()  # the clerk finally presses the button, 1200 s after it was raised
-        j.flush()
-        day = date(2026, 11, 10)
-        r = st.report(day, day)["alert_response_s"]
-        assert r["n"] == 1 and r["max"] == 1200.0, r
-    finally:
-        j.close()
+class AlertDay:
+    """A journal, its stats and an alert book on a clock that starts 2026-11-10 10:00 (``now[0]``)."""
+
+    DAY = date(2026, 11, 10)
+
+    def __init__(self, path: Path) -> None:
+        self.j = Journal(path)
+        self.now = [datetime(2026, 11, 10, 10, 0).timestamp()]
+        self.stats = Stats(self.j, lambda: self.now[0])
+        self.book = AlertBook(self.j, self.stats.on_alert, clock=lambda: self.now[0])
+
+    def response(self) -> dict:
+        """That day's alert-response figures, once everything is in the journal."""
+        self.j.flush()
+        return self.stats.report(self.DAY, self.DAY)["alert_response_s"]
 
 
-def test_a_refreshed_acknowledged_alert_is_one_response(tmp_path):
-    j = Journal(tmp_path / "j.sqlite3")
-    try:
-        now = [datetime(2026, 11, 10, 10, 0).timestamp()]
-        st = Stats(j, lambda: now[0])
-        book = AlertBook(j, st.on_alert, clock=lambda: now[0])
-        book.raise_("timer:unshipped", "order.unshipped", "2 单超时未出库", needs_ack=True, sound="exception")
-        now[0] += 30
-        book.acknowledge()
-        now[0] += 1800  # the next summary: one more order late, the message changes
-        book.raise_("timer:unshipped", "order.unshipped", "3 单超时未出库", needs_ack=True, sound="exception")
-        j.flush()
-        day = date(2026, 11, 10)
-        r = st.report(day, day)["alert_response_s"]
-        assert r["n"] == 1 and r["max"] == 30.0, r
-    finally:
-        j.close()
+@pytest.fixture
+def alert_day(tmp_path):
+    d = AlertDay(tmp_path / "j.sqlite3")
+    yield d
+    d.j.close()
+
+
+def test_an_alert_acknowledged_after_its_escalation_counts_in_the_alert_response(alert_day):
+    book, now = alert_day.book, alert_day.now
+    book.raise_("order:MT-1:rider.unassigned", "order.rider_unassigned", "无骑手接单: MT-1", severity="critical",
+                order_id="MT-1", needs_ack=True, escalate_after_s=900)
+    now[0] += 1000
+    assert book.tick()  # escalated to the info department
+    now[0] += 200
+    assert book.acknowledge()  # the clerk finally presses the button, 1200 s after it was raised
+    r = alert_day.response()
+    assert r["n"] == 1 and r["max"] == 1200.0, r
+
+
+def test_a_refreshed_acknowledged_alert_is_one_response(alert_day):
+    book, now = alert_day.book, alert_day.now
+    book.raise_("timer:unshipped", "order.unshipped", "2 单超时未出库", needs_ack=True, sound="exception")
+    now[0] += 30
+    book.acknowledge()
+    now[0] += 1800  # the next summary: one more order late, the message changes
+    book.raise_("timer:unshipped", "order.unshipped", "3 单超时未出库", needs_ack=True, sound="exception")
+    r = alert_day.response()
+    assert r["n"] == 1 and r["max"] == 30.0, r
 
 
 def test_fault_minutes_belong_to_the_days_the_printer_was_down(tmp_path):
