@@ -405,18 +405,21 @@ class Agent:
         return {(o.columns, o.render, o.qr) for o in outs}
 
     def _await_printers(self, budget_s: float) -> None:
-        """Warm start (issue 17): wait, at most ``budget_s``, for each printer's first status answer,
-        so the first order finds the printer's state known (and an idle, ready printer lets intake
-        arm its jobs in the order's own commit). A printer that does not answer in time is left to
-        its worker (its state shows in health once known); the subscription does not wait for it."""
+        """Warm start (issue 17): wait, at most ``budget_s``, for each printer's first status answer
+        and for it to be settled (``Printer.settled``: a restart checks the remembered ids, a new
+        install probes once; the worker does either at its first idle moment), so the first order
+        finds the printer's state known and nothing left to ask before its bytes (and an idle, ready
+        printer lets intake arm its jobs in the order's own commit). A printer that does not answer
+        in time is left to its worker (its state shows in health once known); the subscription does
+        not wait for it."""
         deadline = time.monotonic() + budget_s
         waiting = [w for w in self.workers.values() if w.printer.queryable]
         while waiting and time.monotonic() < deadline:
-            waiting = [w for w in waiting if w.status.state == "unknown"]
+            waiting = [w for w in waiting if w.status.state == "unknown" or not getattr(w.printer, "settled", True)]
             if waiting:
                 time.sleep(0.005)
         if waiting:
-            log.info("printer(s) %s not answered yet after %.1f s: subscribing anyway", ", ".join(w.name for w in waiting), budget_s)
+            log.info("printer(s) %s not answered or not identified yet after %.1f s: subscribing anyway", ", ".join(w.name for w in waiting), budget_s)
 
     def apply_live(self, cfg: Config) -> None:
         """Swap in a config that needs no restart; queued jobs stay in the journal and print afterwards."""

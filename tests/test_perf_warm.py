@@ -111,3 +111,30 @@ def test_warm_does_not_wait_for_custom_templates():
         assert r.sandbox is not None and r.sandbox.spawned == 1  # started, not waited for
     finally:
         r.close()
+
+
+def test_a_new_install_probes_before_online_and_a_restart_checks_ids_before_online(broker, vprinter, make_agent, store_id):
+    """The first order after start finds the printer settled (issue 17: ≤ 100 ms publish → cut): on a new
+    install the one probe, after a restart the check of the remembered ids, both before the subscription."""
+    seen: list[tuple[bool, list]] = []
+
+    def started(agent: Agent) -> Agent:
+        link_start = agent.link.start
+
+        def start() -> None:  # what had happened when the agent began to connect (`online` follows)
+            seen.append((agent.workers["counter"].printer.settled, list(vprinter.ident_asked)))
+            link_start()
+
+        agent.link.start = start  # type: ignore[method-assign]
+        agent.start()
+        assert wait_until(lambda: agent.link.subscribed, 10)
+        return agent
+
+    first = started(make_agent(broker.port, vprinter.port, store_id, start=False))
+    assert seen[0][0] is True  # probed before the agent connected
+    assert {n for _, n in seen[0][1]} >= {1, 2, 3}  # the probe asked the ids (and the names)
+    first.stop()
+    asked = len(vprinter.ident_asked)
+    started(make_agent(broker.port, vprinter.port, store_id, start=False))
+    assert seen[1][0] is True  # the remembered printer checked before the agent connected
+    assert [n for _, n in seen[1][1][asked:]] == [1, 2, 3]  # by its ids only: no names, no second probe
