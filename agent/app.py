@@ -28,7 +28,7 @@ from .followups import FollowupSchedule, Followups
 from .housekeeping import Housekeeper
 from .intake import OrderIntake
 from .journal import Job, Journal
-from .messages import OrderEvent
+from .messages import OrderEvent, ParsedEvents
 from .mqtt import Inbound, MqttLink, MqttSettings
 from .notify import Notifier, Webhook, md_text
 from .outbox import INTERNAL_PREFIX, Outbox
@@ -106,6 +106,7 @@ class Agent:
         self.faults = PrinterFaults(self)
         self.renderer = self._make_renderer(cfg)
         self.inflight = Inflight()  # claims: a job is never on two printers at once
+        self.parsed = ParsedEvents()  # events as intake parsed them, for the print workers
         self.stats = Stats(self.journal, clock)  # the day's figures (reports, P/S/stats)
         self.followups = Followups(self.journal, cfg.followup, self.stats, clock)  # the follow-up call list
         self.voice = make_voice(cfg)  # spoken announcements after the chime
@@ -128,6 +129,7 @@ class Agent:
             on_store_failure=self._on_store_failure,
             ready=self._printer_ready,
             clock=clock,
+            parsed=self.parsed,
         )
         t = cfg.timers
         self.timers = LocalTimers(self.journal, TimerSettings(t.prep_before_s, t.unshipped_after_s, t.summary_every_s),
@@ -166,6 +168,7 @@ class Agent:
             clock=self.clock,
             takeover=self._takeover if p.role == "backup" else (lambda: ()),
             inflight=self.inflight,
+            parsed=self.parsed,
         )
         self.printer_facts.attach(p, w)
         return w

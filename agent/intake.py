@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Callable, Optional
 
 from .journal import Intake, Journal, JournalError
-from .messages import OrderEvent, OrderResult, Rejection, parse_event, sha256_hex
+from .messages import OrderEvent, OrderResult, ParsedEvents, Rejection, parse_event, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,10 @@ class OrderIntake:
         on_accepted: Callable[[OrderEvent], None] = lambda ev: None,
         ready: Callable[[str], bool] = lambda printer: False,
         clock: Callable[[], float] = time.time,
+        parsed: Optional[ParsedEvents] = None,
     ) -> None:
         self.journal = journal
+        self.parsed = parsed  # what intake parsed, for the print worker (keyed by the payload's bytes)
         self.max_payload_bytes = max_payload_bytes
         self.plan = plan  # event_type -> [(document, printer name), ...] (copies repeat)
         self.publish_result = publish_result
@@ -76,18 +78,20 @@ class OrderIntake:
         try:
             self.journal.record_event(
                 parsed.id, parsed.order.id, parsed.type, payload, docs, expired=expired, arm_for=arm_for, now=now,
-                done=lambda intake, error: self._stored(parsed, ack, docs, intake, error))
+                done=lambda intake, error: self._stored(parsed, ack, docs, intake, error, payload))
         except JournalError as e:  # the journal is closed (stopping): not acknowledged, the broker keeps it
             log.warning("event %s not stored: %s; not acknowledged", parsed.id, e)
 
     def _stored(self, ev: OrderEvent, ack: Callable[[], None], docs: list[tuple[str, str]],
-                intake: Optional[Intake], error: Optional[BaseException]) -> None:
+                intake: Optional[Intake], error: Optional[BaseException], payload: bytes = b"") -> None:
         """The completion of the commit that holds ``ev`` (writer thread; must not wait for the journal)."""
         if error is not None or intake is None:
             log.error("cannot commit event %s to the journal: %s; not acknowledged (the broker sends it again)", ev.id, error)
             self.on_store_failure(str(error))
             return
         if intake.status == "queued" and not intake.redelivered:
+            if self.parsed is not None and payload:
+                self.parsed.put(payload, ev)
             self.wake()
         _ack(ack, ev.id)
         if intake.redelivered:

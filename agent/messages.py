@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Optional, get_args
@@ -185,9 +187,37 @@ def parse_event(payload: bytes, max_bytes: int) -> OrderEvent | Rejection:
         return reject(f"payload cannot be read: {e}", eid, oid)
 
 
-def parse_stored(payload: bytes) -> OrderEvent:
-    """An event the journal accepted earlier (parse_event validated it with the same parser)."""
-    return OrderEvent.model_validate_json(payload)
+def parse_stored(payload: bytes, memo: Optional["ParsedEvents"] = None) -> OrderEvent:
+    """An event the journal accepted earlier (parse_event validated it with the same parser). With
+    ``memo``: the event intake parsed from these very bytes, if it is still kept there."""
+    ev = memo.get(payload) if memo is not None else None
+    return ev if ev is not None else OrderEvent.model_validate_json(payload)
+
+
+class ParsedEvents:
+    """The last few events intake accepted, as it parsed them (issue 17: the print worker does not
+    parse an order's JSON a second time). Keyed by the payload's exact bytes, so a hit is the value
+    ``parse_stored`` would make of them (``OrderEvent`` is frozen, its parser deterministic); a miss
+    (an older event, a restart, a reprint, a payload over ``max_bytes``) parses again. Bounded:
+    ``size`` entries of at most ``max_bytes`` each (256 KiB of keys), oldest out first."""
+
+    def __init__(self, size: int = 16, max_bytes: int = 16 * 1024) -> None:
+        self.size, self.max_bytes = size, max_bytes
+        self._items: OrderedDict[bytes, OrderEvent] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, payload: bytes, ev: OrderEvent) -> None:
+        if len(payload) > self.max_bytes:
+            return
+        with self._lock:
+            self._items[payload] = ev
+            self._items.move_to_end(payload)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def get(self, payload: bytes) -> Optional[OrderEvent]:
+        with self._lock:
+            return self._items.get(payload)
 
 
 class OrderResult(BaseModel):

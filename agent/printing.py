@@ -32,7 +32,7 @@ from drivers.printers import Printer, PrinterError, PrinterIOError, make_printer
 
 from .config import Config
 from .journal import MAX_UNCERTAIN, EventDone, Job, Journal, JournalError
-from .messages import OrderEvent, parse_stored
+from .messages import OrderEvent, ParsedEvents, parse_stored
 from .preview import encode
 from .profiles import Output
 from .render import paper_mm
@@ -99,7 +99,9 @@ class PrintWorker:
         clock: Callable[[], float] = time.time,
         takeover: Callable[[], tuple[str, ...]] = lambda: (),
         inflight: Optional[Inflight] = None,
+        parsed: Optional[ParsedEvents] = None,
     ) -> None:
+        self.parsed = parsed  # events as intake parsed them (a miss parses the stored payload)
         self.takeover = takeover  # a backup printer: the primaries whose jobs it may print now
         self.inflight = inflight or Inflight()
         self.printer = printer
@@ -283,7 +285,7 @@ class PrintWorker:
         """The job's event, parsed once for all of its tickets (the receipt and the card share it)."""
         seq, ev = self._parsed
         if seq != job.event_seq or ev is None:
-            ev = parse_stored(job.payload)
+            ev = parse_stored(job.payload, self.parsed)
             self._parsed = (job.event_seq, ev)
         return ev
 

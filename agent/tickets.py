@@ -66,6 +66,7 @@ class TicketRenderer:
         self.store = {"name": store_name, "phone": store_phone}
         self.texts: dict[str, Wording] = {**DEFAULT_TEXTS, **(texts or {})}
         self._texts_plain = to_plain(self.texts)
+        self._plain_of: tuple[Optional[OrderEvent], Any] = (None, None)  # the last event and its plain form
         self.builtin = builtin_environment()
         self.env = self.builtin  # the in-process environment: built-in templates only
         self.template_dir = template_dir or None
@@ -165,8 +166,16 @@ class TicketRenderer:
 
     # -- rendering
     def data(self, ev: OrderEvent, *, columns: int, reprint: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The template's context as plain data, and the spec its helper functions are built from."""
-        e = to_plain(ev)
+        """The template's context as plain data, and the spec its helper functions are built from.
+        An event's plain form is made once for its tickets (the receipt and the card render the same
+        event object one after the other); templates cannot change it (``DataSandbox`` allows no
+        mutating method, and untrusted ones get a copy in their own process)."""
+        last = self._plain_of
+        if last[0] is ev:
+            e = last[1]
+        else:
+            e = to_plain(ev)
+            self._plain_of = (ev, e)
         detail = e.get("detail") or {}
         facts = {k: v for k, v in detail.items() if isinstance(v, (str, int, float, bool))}
         data = {

@@ -138,3 +138,66 @@ def test_a_new_install_probes_before_online_and_a_restart_checks_ids_before_onli
     started(make_agent(broker.port, vprinter.port, store_id, start=False))
     assert seen[1][0] is True  # the remembered printer checked before the agent connected
     assert [n for _, n in seen[1][1][asked:]] == [1, 2, 3]  # by its ids only: no names, no second probe
+
+
+def test_an_order_is_parsed_once(broker, vprinter, make_agent, hq_factory, store_id, monkeypatch):
+    """Intake's parsed event is the one the print worker renders (keyed by the payload's exact bytes):
+    an order's JSON goes through pydantic once, not once more on the print thread."""
+    from agent.messages import OrderEvent
+
+    agent = make_agent(broker.port, vprinter.port, store_id)
+    hq = hq_factory(broker.port, store_id)
+    hq.publish(order(1, "once"))
+    assert wait_until(lambda: len(hq.final()) == 1, 15)
+    parses: list[bytes] = []
+    original = OrderEvent.model_validate_json.__func__  # type: ignore[attr-defined]
+
+    def counting(cls, data, **kw):  # noqa: ANN001, ANN003
+        parses.append(bytes(data))
+        return original(cls, data, **kw)
+
+    monkeypatch.setattr(OrderEvent, "model_validate_json", classmethod(counting))
+    hq.publish(order(2, "once"))
+    assert wait_until(lambda: len(hq.final()) == 2, 15)
+    assert len(parses) == 1  # intake's; the worker took it from agent.parsed
+    assert len(agent.parsed._items) == 2
+
+
+def test_parsed_events_hit_only_the_same_bytes_and_stay_bounded():
+    import json
+
+    from agent.messages import ParsedEvents, parse_event, parse_stored
+
+    memo = ParsedEvents(size=3, max_bytes=4096)
+    payloads = [json.dumps(order(i, "memo")).encode() for i in range(5)]
+    events = [parse_event(p, 65536) for p in payloads]
+    for p, ev in zip(payloads, events):
+        memo.put(p, ev)
+    assert [parse_stored(p, memo) is ev for p, ev in zip(payloads, events)] == [False, False, True, True, True]
+    assert [parse_stored(p, memo) == ev for p, ev in zip(payloads, events)] == [True] * 5  # a miss parses again
+    spaced = payloads[4].replace(b'", "', b'",  "', 1)  # the same event, other bytes: not the kept value
+    assert spaced != payloads[4] and parse_stored(spaced, memo) is not events[4]
+    big = json.dumps({**order(9, "memo"), "detail": {"note": "x" * 5000}}).encode()
+    memo.put(big, parse_event(big, 65536))
+    assert memo.get(big) is None and len(memo._items) == 3  # over max_bytes: not kept
+
+
+def test_an_events_plain_form_is_made_once_for_its_tickets(monkeypatch):
+    import json
+
+    import agent.tickets as tickets
+    from agent.messages import parse_event
+
+    r = TicketRenderer(store_name="店", store_phone="1")
+    ev = parse_event(json.dumps(order(1, "plain")).encode(), 65536)
+    made: list[object] = []
+    real = tickets.to_plain
+    monkeypatch.setattr(tickets, "to_plain", lambda v: made.append(v) or real(v))
+    receipt, card = r.render("receipt", ev, columns=48), r.render("warm_tip", ev, columns=48)
+    again = r.render("receipt", ev, columns=48)
+    assert made == [ev]  # once for the event's three renders
+    other = parse_event(json.dumps(order(1, "plain")).encode(), 65536)  # equal, but another object: made again
+    assert r.render("receipt", other, columns=48) == receipt == again
+    assert made == [ev, other]
+    fresh_r = TicketRenderer(store_name="店", store_phone="1")
+    assert fresh_r.render("warm_tip", ev, columns=48) == card  # nothing of the first render leaked into the card
