@@ -411,14 +411,16 @@ class Agent:
         """Warm start (issue 17): wait, at most ``budget_s``, for each printer's first status answer
         and for it to be settled (``Printer.settled``: a restart checks the remembered ids, a new
         install probes once; the worker does either at its first idle moment), so the first order
-        finds the printer's state known and nothing left to ask before its bytes (and an idle, ready
+        finds the printer's state known and nothing left to ask before its bytes (a printer that is down
+        is settled only once it can print: its known state ends the wait; and an idle, ready
         printer lets intake arm its jobs in the order's own commit). A printer that does not answer
         in time is left to its worker (its state shows in health once known); the subscription does
         not wait for it."""
         deadline = time.monotonic() + budget_s
         waiting = [w for w in self.workers.values() if w.printer.queryable]
         while waiting and time.monotonic() < deadline:
-            waiting = [w for w in waiting if w.status.state == "unknown" or not getattr(w.printer, "settled", True)]
+            waiting = [w for w in waiting if w.status.state == "unknown"  # a printer that cannot print now is
+                       or (w.status.printable and not getattr(w.printer, "settled", True))]  # not probed: no wait
             if waiting:
                 time.sleep(0.005)
         if waiting:

@@ -75,23 +75,23 @@ class OrderIntake:
             self._reject(Rejection(f"agent error while accepting: {type(e).__name__}: {e}", sha256_hex(payload),
                                    parsed.id, parsed.order.id), payload, ack)
             return
+        if self.parsed is not None:  # for the print worker, before its jobs can be seen (keyed by the bytes, a hit
+            self.parsed.put(payload, parsed)  # is what parse_stored makes of them, whatever becomes of this event)
         try:
             self.journal.record_event(
                 parsed.id, parsed.order.id, parsed.type, payload, docs, expired=expired, arm_for=arm_for, now=now,
-                done=lambda intake, error: self._stored(parsed, ack, docs, intake, error, payload))
+                done=lambda intake, error: self._stored(parsed, ack, docs, intake, error))
         except JournalError as e:  # the journal is closed (stopping): not acknowledged, the broker keeps it
             log.warning("event %s not stored: %s; not acknowledged", parsed.id, e)
 
     def _stored(self, ev: OrderEvent, ack: Callable[[], None], docs: list[tuple[str, str]],
-                intake: Optional[Intake], error: Optional[BaseException], payload: bytes = b"") -> None:
+                intake: Optional[Intake], error: Optional[BaseException]) -> None:
         """The completion of the commit that holds ``ev`` (writer thread; must not wait for the journal)."""
         if error is not None or intake is None:
             log.error("cannot commit event %s to the journal: %s; not acknowledged (the broker sends it again)", ev.id, error)
             self.on_store_failure(str(error))
             return
         if intake.status == "queued" and not intake.redelivered:
-            if self.parsed is not None and payload:
-                self.parsed.put(payload, ev)
             self.wake()
         _ack(ack, ev.id)
         if intake.redelivered:

@@ -201,3 +201,16 @@ def test_an_events_plain_form_is_made_once_for_its_tickets(monkeypatch):
     assert made == [ev, other]
     fresh_r = TicketRenderer(store_name="店", store_phone="1")
     assert fresh_r.render("warm_tip", ev, columns=48) == card  # nothing of the first render leaked into the card
+
+
+def test_a_printer_that_cannot_print_at_start_ends_the_warm_wait_with_its_state(broker, vprinter, make_agent, store_id, caplog):
+    """Out of paper at start: its state is known in milliseconds and it cannot be probed until it can print, so the
+    warm start does not wait its whole budget for a settling that cannot come (second review of issue 17)."""
+    import logging
+
+    vprinter.set_mode("paper_out")
+    caplog.set_level(logging.INFO, logger="agent.app")
+    agent = make_agent(broker.port, vprinter.port, store_id)
+    assert agent.workers["counter"].status.state == "paper_out"
+    assert not agent.workers["counter"].printer.settled  # probed later, once it can print
+    assert not [r for r in caplog.records if "subscribing anyway" in r.getMessage()]
