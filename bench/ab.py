@@ -13,11 +13,14 @@ each agent's phases in one block and one after the other; on a shared machine it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -27,33 +30,47 @@ from suite import (HQ, DevBroker, ReceiptIndex, ResultIndex, Rig, StatusWatch, V
                    agent_config, order, proc_cpu_s, run_phase, spawn_agent_from, stop_proc, write_toml)
 
 
-def one_run(root: Path, orders: int, rate: float) -> tuple[float, float, float]:
-    """(CPU ms per order, publish → cut p50 ms, orders/s drained) of one fresh agent from ``root``."""
+@contextlib.contextmanager
+def warm_agent(root: Path, *, store: str = "ab-0001", edit: Optional[Callable[[dict], None]] = None,
+               wrapper: Optional[list[str]] = None) -> Iterator[tuple[subprocess.Popen, Rig, VirtualPrinter]]:
+    """A fresh rig with the agent from ``root`` (its config changed by ``edit``, run under ``wrapper``),
+    online, its 3 warm-up orders printed: ``(process, rig, printer)``; everything stopped afterwards."""
     work = Path(tempfile.mkdtemp(prefix="bench-ab-", dir=suite.pick_base(None)))
     try:
         with DevBroker(work / "broker") as broker, VirtualPrinter() as vp:
             watch = StatusWatch(broker.port)
-            store = "ab-0001"
             cfg = agent_config(work / "state", broker.port, vp.port, store)
             cfg["journal"] = {"max_mb": 4096}
-            proc = spawn_agent_from(root, write_toml(work / "agent.toml", cfg), work / "agent.log")
-            watch.wait_for(0, f"stores/{store}/status", b"online", 60, proc)
-            hq = HQ(broker.port, "stores", store)
-            rig = Rig("agent", proc, hq, ReceiptIndex(vp, suite.AGENT_RECEIPT, suite.WARM_TIP), ResultIndex(hq))
-            time.sleep(1.0)
-            run_phase(rig, "warm-up", [order(i, "w") for i in range(3)], 1.0)
-            time.sleep(1.0)
-            c0, t0 = proc_cpu_s(proc.pid), time.time()
-            ph = run_phase(rig, "measured", [order(i, "m") for i in range(orders)], 1.0 / rate if rate else 0.0)
-            wall = time.time() - t0
-            time.sleep(0.5 if rate else 2.5)  # the last outcomes' lazy commit
-            cpu = proc_cpu_s(proc.pid) - c0
-            stop_proc(proc)
-            hq.close()
-            watch.close()
-            return cpu / ph.n * 1000, suite.pct(sorted(ph.lat_ms), 50), ph.n / wall
+            if edit:
+                edit(cfg)
+            proc = spawn_agent_from(root, write_toml(work / "agent.toml", cfg), work / "agent.log", wrapper=wrapper)
+            hq: Optional[HQ] = None
+            try:
+                watch.wait_for(0, f"stores/{store}/status", b"online", 60, proc)
+                hq = HQ(broker.port, "stores", store)
+                rig = Rig("agent", proc, hq, ReceiptIndex(vp, suite.AGENT_RECEIPT, suite.WARM_TIP), ResultIndex(hq))
+                time.sleep(1.0)
+                run_phase(rig, "warm-up", [order(i, "w") for i in range(3)], 1.0)
+                time.sleep(1.0)
+                yield proc, rig, vp
+            finally:
+                stop_proc(proc)
+                if hq is not None:
+                    hq.close()
+                watch.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def one_run(root: Path, orders: int, rate: float) -> tuple[float, float, float]:
+    """(CPU ms per order, publish → cut p50 ms, orders/s drained) of one fresh agent from ``root``."""
+    with warm_agent(root) as (proc, rig, _):
+        c0, t0 = proc_cpu_s(proc.pid), time.time()
+        ph = run_phase(rig, "measured", [order(i, "m") for i in range(orders)], 1.0 / rate if rate else 0.0)
+        wall = time.time() - t0
+        time.sleep(0.5 if rate else 2.5)  # the last outcomes' lazy commit
+        cpu = proc_cpu_s(proc.pid) - c0
+        return cpu / ph.n * 1000, suite.pct(sorted(ph.lat_ms), 50), ph.n / wall
 
 
 def main() -> None:

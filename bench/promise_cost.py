@@ -27,9 +27,7 @@ import argparse
 import collections
 import re
 import runpy
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -75,8 +73,8 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import profile_agent as pa  # noqa: PLC0415
     import suite  # noqa: PLC0415
-    from suite import (HQ, DevBroker, ReceiptIndex, ResultIndex, Rig, StatusWatch, VirtualPrinter,  # noqa: PLC0415
-                       agent_config, order, proc_cpu_s, run_phase, spawn_agent_from, stop_proc, write_toml)
+    from ab import warm_agent  # noqa: PLC0415  (bench/ab.py: a fresh rig, the agent warm)
+    from suite import order, proc_cpu_s, run_phase  # noqa: PLC0415
 
     ap = argparse.ArgumentParser(description="CPU per order with each promise-keeping mechanism switched off")
     ap.add_argument("--orders", type=int, default=200)
@@ -91,42 +89,22 @@ def main() -> None:
     print(f"# promise cost ({root}), {time.strftime('%Y-%m-%d %H:%M:%S')}: {a.orders} orders at {a.rate:g}/s per run\n", flush=True)
     for run in range(a.runs):
         for variant in a.variants.split(","):
-            work = Path(tempfile.mkdtemp(prefix="bench-promise-", dir=suite.pick_base(None)))
-            try:
-                with DevBroker(work / "broker") as broker, VirtualPrinter() as vp:
-                    watch = StatusWatch(broker.port)
-                    store = "cost-0001"
-                    cfg = agent_config(work / "state", broker.port, vp.port, store)
-                    cfg["journal"] = {"max_mb": 4096}
-                    if variant in ("-confirm", "-all"):
-                        cfg["printers"][0]["confirm"] = "none"
-                    cfg_path = write_toml(work / "agent.toml", cfg)
-                    wrapper = None if variant == "agent" else [str(Path(__file__).resolve()), "--as-agent", variant, "--"]
-                    proc = spawn_agent_from(root, cfg_path, work / "agent.log", wrapper=wrapper)
-                    watch.wait_for(0, f"stores/{store}/status", b"online", 60, proc)
-                    hq = HQ(broker.port, "stores", store)
-                    rig = Rig("agent", proc, hq, ReceiptIndex(vp, suite.AGENT_RECEIPT, suite.WARM_TIP), ResultIndex(hq))
-                    time.sleep(1.0)
-                    run_phase(rig, "warm-up", [order(i, "w") for i in range(3)], 1.0)
-                    time.sleep(1.0)
-                    c0, tc0, q0 = proc_cpu_s(proc.pid), pa.task_cpu(proc.pid), vp.status_queries
-                    ph = run_phase(rig, "paced", [order(i, "p") for i in range(a.orders)], 1.0 / a.rate)
-                    time.sleep(0.5)
-                    cpu, tc1 = proc_cpu_s(proc.pid) - c0, pa.task_cpu(proc.pid)
-                    queries = (vp.status_queries - q0) / ph.n  # DLE EOT asked per order (idle polls included)
-                    names = pa.thread_names(spy, proc.pid) if spy else {}
-                    by: collections.Counter[str] = collections.Counter()
-                    for tid, t in tc1.items():
-                        by[re.sub(r"-\d+$", "", names.get(tid, f"thread {tid}"))] += t - tc0.get(tid, 0.0)
-                    split = ", ".join(f"{k} {v / ph.n * 1000:.2f}" for k, v in by.most_common(4) if v > 0)
-                    rows.append((variant, cpu / ph.n * 1000, suite.pct(sorted(ph.lat_ms), 50), split))
-                    print(f"run {run + 1} {variant:9} CPU/order {rows[-1][1]:.2f} ms  p50 {rows[-1][2]:.1f} ms  "
-                          f"DLE EOT/order {queries:.1f}  by thread (ms): {split}", flush=True)
-                    stop_proc(proc)
-                    hq.close()
-                    watch.close()
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+            edit = (lambda cfg: cfg["printers"][0].update(confirm="none")) if variant in ("-confirm", "-all") else None
+            wrapper = None if variant == "agent" else [str(Path(__file__).resolve()), "--as-agent", variant, "--"]
+            with warm_agent(root, store="cost-0001", edit=edit, wrapper=wrapper) as (proc, rig, vp):
+                c0, tc0, q0 = proc_cpu_s(proc.pid), pa.task_cpu(proc.pid), vp.status_queries
+                ph = run_phase(rig, "paced", [order(i, "p") for i in range(a.orders)], 1.0 / a.rate)
+                time.sleep(0.5)
+                cpu, tc1 = proc_cpu_s(proc.pid) - c0, pa.task_cpu(proc.pid)
+                queries = (vp.status_queries - q0) / ph.n  # DLE EOT asked per order (idle polls included)
+                names = pa.thread_names(spy, proc.pid) if spy else {}
+            by: collections.Counter[str] = collections.Counter()
+            for tid, t in tc1.items():
+                by[re.sub(r"-\d+$", "", names.get(tid, f"thread {tid}"))] += t - tc0.get(tid, 0.0)
+            split = ", ".join(f"{k} {v / ph.n * 1000:.2f}" for k, v in by.most_common(4) if v > 0)
+            rows.append((variant, cpu / ph.n * 1000, suite.pct(sorted(ph.lat_ms), 50), split))
+            print(f"run {run + 1} {variant:9} CPU/order {rows[-1][1]:.2f} ms  p50 {rows[-1][2]:.1f} ms  "
+                  f"DLE EOT/order {queries:.1f}  by thread (ms): {split}", flush=True)
     print("\n| variant | CPU per order (ms), each run | median | publish → cut p50 (ms) |\n| --- | --- | --- | --- |")
     for variant in a.variants.split(","):
         mine = [r for r in rows if r[0] == variant]
