@@ -32,9 +32,11 @@ from suite import (HQ, DevBroker, ReceiptIndex, ResultIndex, Rig, StatusWatch, V
 
 @contextlib.contextmanager
 def warm_agent(root: Path, *, store: str = "ab-0001", edit: Optional[Callable[[dict], None]] = None,
-               wrapper: Optional[list[str]] = None) -> Iterator[tuple[subprocess.Popen, Rig, VirtualPrinter]]:
+               wrapper: Optional[list[str]] = None, results: bool = True,
+               ) -> Iterator[tuple[subprocess.Popen, Rig, VirtualPrinter]]:
     """A fresh rig with the agent from ``root`` (its config changed by ``edit``, run under ``wrapper``),
-    online, its 3 warm-up orders printed: ``(process, rig, printer)``; everything stopped afterwards."""
+    online, its 3 warm-up orders printed: ``(process, rig, printer)``; everything stopped afterwards.
+    ``results``: each phase also waits for every order's ``printed`` result."""
     work = Path(tempfile.mkdtemp(prefix="bench-ab-", dir=suite.pick_base(None)))
     try:
         with DevBroker(work / "broker") as broker, VirtualPrinter() as vp:
@@ -48,7 +50,8 @@ def warm_agent(root: Path, *, store: str = "ab-0001", edit: Optional[Callable[[d
             try:
                 watch.wait_for(0, f"stores/{store}/status", b"online", 60, proc)
                 hq = HQ(broker.port, "stores", store)
-                rig = Rig("agent", proc, hq, ReceiptIndex(vp, suite.AGENT_RECEIPT, suite.WARM_TIP), ResultIndex(hq))
+                rig = Rig("agent", proc, hq, ReceiptIndex(vp, suite.AGENT_RECEIPT, suite.WARM_TIP),
+                          ResultIndex(hq) if results else None)
                 time.sleep(1.0)
                 run_phase(rig, "warm-up", [order(i, "w") for i in range(3)], 1.0)
                 time.sleep(1.0)

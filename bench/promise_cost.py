@@ -13,6 +13,8 @@ printer, the agent as its own process with tests/conftest.py ``agent_config``) o
   a ticket could be marked and sent into a printer that ran out of paper since).
 * ``-confirm``: ``confirm = "none"`` (no ``GS r`` after a ticket: a lost ticket would be counted printed).
 * ``-all``: the three together.
+* ``-results`` (not a promise, for scale): no order result published (``P/S/orders/result`` is part of
+  the contract with HQ; each order has two, ``queued`` and ``printed``, each a QoS 1 round trip).
 
 For each: CPU per order (utime + stime of the agent from /proc, over ``--orders`` orders at ``--rate``
 per second, after 3 warm-up orders), split by thread (``/proc/<pid>/task/*/stat``), and publish → cut
@@ -32,7 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = ("agent", "-fsync", "-checks", "-confirm", "-all")
+VARIANTS = ("agent", "-fsync", "-checks", "-confirm", "-all", "-results")
 
 
 def _patch(variant: str) -> None:
@@ -60,6 +62,10 @@ def _patch(variant: str) -> None:
             return checked(self, before)
 
         printing.PrintWorker._quick_check = _trusting_check
+    if "-results" in off:
+        import agent.outbox as outbox  # noqa: PLC0415
+
+        outbox.Outbox.publish = lambda self, result, fresh=True: None
 
 
 def as_agent(argv: list[str]) -> None:
@@ -91,7 +97,7 @@ def main() -> None:
         for variant in a.variants.split(","):
             edit = (lambda cfg: cfg["printers"][0].update(confirm="none")) if variant in ("-confirm", "-all") else None
             wrapper = None if variant == "agent" else [str(Path(__file__).resolve()), "--as-agent", variant, "--"]
-            with warm_agent(root, store="cost-0001", edit=edit, wrapper=wrapper) as (proc, rig, vp):
+            with warm_agent(root, store="cost-0001", edit=edit, wrapper=wrapper, results=variant != "-results") as (proc, rig, vp):
                 c0, tc0, q0 = proc_cpu_s(proc.pid), pa.task_cpu(proc.pid), vp.status_queries
                 ph = run_phase(rig, "paced", [order(i, "p") for i in range(a.orders)], 1.0 / a.rate)
                 time.sleep(0.5)
