@@ -459,6 +459,7 @@ class Journal:
         self._no_arming = False  # closing: nothing more is armed
         self._settling: set[int] = set()  # jobs whose outcome is queued but not committed yet
         self._mem_lock = threading.Lock()
+        self._stats_pending: Optional[tuple[dict[tuple[str, str], float], list[tuple[str, str, float]]]] = None  # stats_add
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         try:
@@ -791,10 +792,9 @@ class Journal:
         """Paper a printed job used (lazy: a crash loses at most a few seconds of the count)."""
         now = time.time() if now is None else now
 
-        def tx(db: sqlite3.Connection) -> None:
-            self._printer_row(db, name, now)
-            db.execute("UPDATE printers SET paper_mm=paper_mm+?, updated_at=? WHERE name=?", (mm, now, name))
-        self.submit(tx, lazy=True)
+        self.submit(lambda db: db.execute(
+            "INSERT INTO printers(name, paper_mm, updated_at) VALUES (?,?,?) ON CONFLICT(name) DO UPDATE "
+            "SET paper_mm=paper_mm+excluded.paper_mm, updated_at=excluded.updated_at", (name, mm, now)) and None, lazy=True)
 
     def paper_loaded(self, name: str, now: Optional[float] = None) -> float:
         """A new roll: the count starts again (from a known start: ``loaded_at``). Returns the mm counted."""
@@ -834,12 +834,43 @@ class Journal:
 
     # -- per-day figures (agent/stats.py) --------------------------------
     def stats_add(self, day: str, counts: dict[str, float], samples: Iterable[tuple[str, float]] = ()) -> None:
-        """Add to the day's counters and samples (lazy: a crash loses at most the last seconds of figures)."""
+        """Add to the day's counters and samples (lazy: a crash loses at most the last seconds of figures).
+
+        Figures add up, so they are merged in memory until the writer takes them: one operation per commit
+        writes all that came since the last one, however many calls made them (an order makes five). The
+        operation takes what is pending when the writer first runs it and keeps that for a retry, so a
+        failed batch neither drops nor counts twice what it took."""
+        with self._mem_lock:
+            pend = self._stats_pending
+            first = pend is None
+            if first:
+                pend = self._stats_pending = ({}, [])
+            totals, kept = pend
+            for k, v in counts.items():
+                totals[(day, k)] = totals.get((day, k), 0) + v
+            kept.extend((day, k, v) for k, v in samples)
+        if not first:
+            return  # the operation already queued writes these too
+        taken: list[tuple[dict, list]] = []
+
         def tx(db: sqlite3.Connection) -> None:
-            db.executemany("INSERT INTO stats(day, key, n) VALUES (?,?,?) ON CONFLICT(day, key) DO UPDATE SET n = n + excluded.n",
-                           [(day, k, v) for k, v in counts.items()])
-            db.executemany("INSERT INTO stat_samples(day, kind, value) VALUES (?,?,?)", [(day, k, v) for k, v in samples])
-        self.submit(tx, lazy=True)
+            if not taken:  # its first run: what is pending is this operation's from now on
+                with self._mem_lock:
+                    taken.append(self._stats_pending or ({}, []))
+                    self._stats_pending = None
+            totals, kept = taken[0]
+            if totals:
+                db.executemany("INSERT INTO stats(day, key, n) VALUES (?,?,?) ON CONFLICT(day, key) DO UPDATE SET n = n + excluded.n",
+                               [(d, k, v) for (d, k), v in totals.items()])
+            if kept:
+                db.executemany("INSERT INTO stat_samples(day, kind, value) VALUES (?,?,?)", kept)
+        try:
+            self.submit(tx, lazy=True)
+        except JournalError:
+            with self._mem_lock:
+                if self._stats_pending is pend:
+                    self._stats_pending = None
+            raise
 
     def stats_between(self, first: str, last: str) -> tuple[dict[str, float], dict[str, list[float]]]:
         """Summed counters and all samples of the days ``first..last`` (inclusive, YYYY-MM-DD)."""

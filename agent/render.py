@@ -212,6 +212,25 @@ def _encode_line(text: str, charset: str) -> bytes:
     return bytes(out)
 
 
+def _text_escpos(b: Text, encoded: bytes) -> bytes:
+    size = ((b.width - 1) << 4) | (b.height - 1)
+    return b"\x1ba" + bytes((_ALIGN[b.align],)) + b"\x1d!" + bytes((size,)) + b"\x1bE" + bytes((1 if b.bold else 0,)) + encoded + b"\n"
+
+
+def _text_bytes(b: Text, charset: str) -> "bytes | None":
+    """One text line's bytes (alignment, size, bold, the text), or None when it holds characters the
+    printer's ``charset`` lacks (the caller draws the line or prints ``FALLBACK`` for them)."""
+    text = printable(b.text)
+    if missing_in(text, charset):
+        return None
+    return _text_escpos(b, _encode_line(text, charset))
+
+
+# A ticket's fixed lines (store, headings, rules, wording) are the same on every order: their bytes are
+# made once. Pure (the same block and charset give the same bytes); lines up to MEMO_CHARS only.
+_text_memo = lru_cache(maxsize=1024)(_text_bytes)
+
+
 def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, *, cut: bool = True,
               charset: str = "gb18030", line_encoder: "Callable[[Text], bytes] | None" = None) -> bytes:
     """Text-mode bytes. ``qr_encoder`` replaces the native ``GS ( k`` QR (for printers without it).
@@ -221,18 +240,17 @@ def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, 
     out = bytearray(ESC_INIT + CHINESE_ON)
     for b in doc.blocks:
         if isinstance(b, Text):
-            text = printable(b.text)
-            missing = missing_in(text, charset)
-            if missing and line_encoder is not None:
-                out += line_encoder(b)
-                continue
-            for ch in missing:
-                text = text.replace(ch, FALLBACK)
-            size = ((b.width - 1) << 4) | (b.height - 1)
-            out += b"\x1ba" + bytes((_ALIGN[b.align],))
-            out += b"\x1d!" + bytes((size,))
-            out += b"\x1bE" + bytes((1 if b.bold else 0,))
-            out += _encode_line(text, charset) + b"\n"
+            line = _text_memo(b, charset) if len(b.text) <= MEMO_CHARS else _text_bytes(b, charset)
+            if line is None:  # characters outside the printer's charset: drawn, or replaced by FALLBACK
+                text = printable(b.text)
+                missing = missing_in(text, charset)
+                if line_encoder is not None:
+                    out += line_encoder(b)
+                    continue
+                for ch in missing:
+                    text = text.replace(ch, FALLBACK)
+                line = _text_escpos(b, _encode_line(text, charset))
+            out += line
         elif isinstance(b, Feed):
             out += b"\x1bd" + bytes((max(0, min(b.lines, 255)),))
         elif isinstance(b, QR):

@@ -370,6 +370,55 @@ def _paper_lines(blocks: list[Block]) -> int:
     return n
 
 
+def _parse_line(line: str, columns: int) -> tuple[Block, ...]:
+    """The blocks of one markup line (not blank, right-stripped); raises ``TemplateFailure`` or ``ValueError``."""
+    if not line.startswith("@"):
+        return _text_blocks(set(), line, columns)
+    head, _, rest = line[1:].partition(" ")
+    if "|" in head:  # @center,bold| text  (no space needed before the bar)
+        head, _, more = line[1:].partition("|")
+        return _text_blocks({s.strip() for s in head.split(",") if s.strip()}, more, columns)
+    if head.split(",")[0] == "row":  # @row[,bold] left | right
+        styles = set(head.split(",")[1:])
+        if styles - {"bold"}:
+            raise TemplateFailure(f"@row takes only 'bold', not {','.join(sorted(styles - {'bold'}))}")
+        left, bar, right = rest.rpartition("|")
+        if not bar:
+            raise TemplateFailure("@row needs 'left | right'")
+        return _row_blocks(left.strip(), right.strip(), columns, "bold" in styles)
+    if head == "rule":
+        ch = (rest.strip() or "-")[0]
+        return (Text(ch * columns),)
+    if head == "blank":
+        return (Text(""),)
+    if head == "feed":
+        return (Feed(max(0, min(int(rest or "1"), 10))),)
+    if head == "qr":
+        if not rest.strip():
+            return ()
+        if len(rest.strip().encode("utf-8")) > MAX_QR_BYTES:
+            raise TemplateFailure(f"@qr data longer than {MAX_QR_BYTES} bytes")
+        return (QR(rest.strip()),)
+    if head == "barcode":
+        data = rest.strip()
+        if not data:
+            return ()
+        if len(data) > MAX_BARCODE_CHARS or not all(" " <= c <= "~" and c != "{" for c in data):
+            raise TemplateFailure(f"@barcode takes up to {MAX_BARCODE_CHARS} printable ASCII characters (no '{{')")
+        return (Barcode(data),)
+    if head == "cut":
+        return (Cut(),)
+    raise TemplateFailure(f"unknown directive @{head}")
+
+
+@lru_cache(maxsize=MEMO_ENTRIES)
+def _line_memo(line: str, columns: int) -> tuple[tuple[Block, ...], int]:
+    """A ticket's fixed lines (headings, rules, wording, the store) are parsed once: the same line and
+    width give the same blocks (frozen dataclasses, shared safely). Errors are not kept: they raise again."""
+    blocks = _parse_line(line, columns)
+    return blocks, _paper_lines(blocks)
+
+
 def parse_markup(name: str, markup: str, columns: int) -> Document:
     blocks: list[Block] = []
     paper = 0
@@ -377,48 +426,16 @@ def parse_markup(name: str, markup: str, columns: int) -> Document:
         line = raw.rstrip()
         if not line.strip():
             continue
-        before = len(blocks)
         try:
-            if not line.startswith("@"):
-                blocks += _text_blocks(set(), line, columns)
-                continue
-            head, _, rest = line[1:].partition(" ")
-            if "|" in head:  # @center,bold| text  (no space needed before the bar)
-                head, _, more = line[1:].partition("|")
-                blocks += _text_blocks({s.strip() for s in head.split(",") if s.strip()}, more, columns)
-            elif head.split(",")[0] == "row":  # @row[,bold] left | right
-                styles = set(head.split(",")[1:])
-                if styles - {"bold"}:
-                    raise TemplateFailure(f"@row takes only 'bold', not {','.join(sorted(styles - {'bold'}))}")
-                left, bar, right = rest.rpartition("|")
-                if not bar:
-                    raise TemplateFailure("@row needs 'left | right'")
-                blocks += _row_blocks(left.strip(), right.strip(), columns, "bold" in styles)
-            elif head == "rule":
-                ch = (rest.strip() or "-")[0]
-                blocks.append(Text(ch * columns))
-            elif head == "blank":
-                blocks.append(Text(""))
-            elif head == "feed":
-                blocks.append(Feed(max(0, min(int(rest or "1"), 10))))
-            elif head == "qr":
-                if rest.strip():
-                    if len(rest.strip().encode("utf-8")) > MAX_QR_BYTES:
-                        raise TemplateFailure(f"@qr data longer than {MAX_QR_BYTES} bytes")
-                    blocks.append(QR(rest.strip()))
-            elif head == "barcode":
-                if rest.strip():
-                    data = rest.strip()
-                    if len(data) > MAX_BARCODE_CHARS or not all(" " <= c <= "~" and c != "{" for c in data):
-                        raise TemplateFailure(f"@barcode takes up to {MAX_BARCODE_CHARS} printable ASCII characters (no '{{')")
-                    blocks.append(Barcode(data))
-            elif head == "cut":
-                blocks.append(Cut())
+            if len(line) <= MEMO_CHARS:
+                got, lines = _line_memo(line, columns)
             else:
-                raise TemplateFailure(f"unknown directive @{head}")
+                got = _parse_line(line, columns)
+                lines = _paper_lines(got)
         except (ValueError, TemplateFailure) as e:
             raise TemplateFailure(f"{name} line {lineno}: {e}") from None
-        paper += _paper_lines(blocks[before:])
+        blocks += got
+        paper += lines
         if paper > MAX_TICKET_LINES:
             raise TemplateFailure(f"{name}: a ticket longer than {MAX_TICKET_LINES} lines (paper and, in image mode, memory)")
     if not blocks or not isinstance(blocks[-1], Cut):
