@@ -113,6 +113,11 @@ class Annunciator:
         after what is queued before it (so a phrase follows its chime); ``sound`` then only names it."""
         if sound == "none":
             return
+        if not self.settings.enabled or self.chime is None:  # nothing can sound: the sound thread is not woken
+            self._remember(sound, "muted")  # (what _play would have done with it)
+            if done is not None:
+                done.set_result(f"muted: {self.mute_reason() or 'muted'}")
+            return
         try:
             self._sounds.put_nowait((sound, done, wav))
         except queue.Full:

@@ -200,7 +200,10 @@ class Agent:
             return ""
         voice = self.voice
         phrase = voice.phrase(template, facts)
-        log.info("voice: %s", phrase)
+        if self.cfg.sound.enabled:
+            log.info("voice: %s", phrase)
+        else:  # nothing is said: not in the store's log at every order
+            log.debug("voice (sound disabled): %s", phrase)
 
         def make() -> Path:
             try:

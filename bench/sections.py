@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
+import gc
 import importlib
 import inspect
 import json
@@ -105,6 +106,18 @@ def _patch(out: Path) -> None:
         wrapped = _wrap(spec, getattr(owner, attr))
         setattr(owner, attr, staticmethod(wrapped) if isinstance(raw, staticmethod) else wrapped)
 
+    started: dict[int, float] = {}
+
+    def gc_timer(phase: str, info: dict) -> None:  # Python's cyclic garbage collector, per generation
+        if phase == "start":
+            started[threading.get_ident()] = time.thread_time()
+        else:
+            key = f"gc: generation {info.get('generation')}"
+            _CPU[key] += time.thread_time() - started.pop(threading.get_ident(), time.thread_time())
+            _CALLS[key] += 1
+
+    gc.callbacks.append(gc_timer)
+
     def dump(signum, frame):  # noqa: ANN001, ANN202
         data = {"cpu": dict(_CPU), "calls": dict(_CALLS), "process": time.process_time()}
         tmp = out.with_suffix(".tmp")
@@ -159,7 +172,7 @@ def main() -> None:
         f"{names.get(t, t)} {(v - tc0.get(t, 0.0)) / n * 1000:.2f}" for t, v in sorted(
             tc1.items(), key=lambda kv: -(kv[1] - tc0.get(kv[0], 0.0)))[:5]))
     print("\n| section (inclusive) | CPU per order (ms) | calls per order |\n| --- | --- | --- |")
-    for spec in SECTIONS:
+    for spec in (*SECTIONS, "gc: generation 0", "gc: generation 1", "gc: generation 2"):
         d = s1["cpu"].get(spec, 0.0) - s0["cpu"].get(spec, 0.0)
         c = s1["calls"].get(spec, 0) - s0["calls"].get(spec, 0)
         print(f"| `{spec}` | {d / n * 1000:.3f} | {c / n:.1f} |")

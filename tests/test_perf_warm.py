@@ -214,3 +214,28 @@ def test_a_printer_that_cannot_print_at_start_ends_the_warm_wait_with_its_state(
     assert agent.workers["counter"].status.state == "paper_out"
     assert not agent.workers["counter"].printer.settled  # probed later, once it can print
     assert not [r for r in caplog.records if "subscribing anyway" in r.getMessage()]
+
+
+def test_with_sound_disabled_a_chime_is_answered_without_waking_the_sound_thread():
+    """Sound off (sound.enabled = false): each order's chime and phrase are recorded as muted at once;
+    nothing is queued for the sound thread, a phrase's file is never made, a waiter gets the reason."""
+    from concurrent.futures import Future  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
+
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+    from test_review15 import FakeChime, NoAlerts  # noqa: PLC0415
+
+    chime = FakeChime()
+    ann = Annunciator(NoAlerts(), chime=chime, settings=SoundSettings(False, 0.8, "", 0.0))  # type: ignore[arg-type]
+    made: list[int] = []
+    ann.request("new_order")
+    ann.speak("美团1号新订单", lambda: made.append(1) or Path("/nonexistent.wav"))
+    done: Future = Future()
+    ann.request("new_order", done)
+    assert ann._sounds.qsize() == 0 and not made and not chime.played
+    assert [(s, o) for _, s, o in ann.played] == [("new_order", "muted"), ("voice: 美团1号新订单", "muted"),
+                                                   ("new_order", "muted")]
+    assert done.result(0) == "muted: sound is disabled in the config (sound.enabled)"
+    ann.settings = SoundSettings(True, 0.8, "", 0.0)  # switched on (remote config): queued for the thread again
+    ann.request("new_order")
+    assert ann._sounds.qsize() == 1
