@@ -53,6 +53,10 @@ def in_quiet_hours(spec: str, now: datetime) -> bool:
     return start <= minute < end if start <= end else (minute >= start or minute < end)
 
 
+# With nothing queued, the sound thread looks at the alerts (repeats due, the LEDs, the broker link's LED)
+# this often. A sound request and an alert change (poke) wake it at once; only the link LED waits for this.
+IDLE_LOOK_S = 1.0
+
 class Annunciator:
     def __init__(
         self,
@@ -99,10 +103,12 @@ class Annunciator:
             except Exception as e:  # noqa: BLE001 - never stops the agent from starting
                 self._audio_failed(f"sound check: {type(e).__name__}: {e}")
         self._thread = threading.Thread(target=self._run, name="annunciator", daemon=True)
+        self.poke()  # the LEDs show the state at once, not after the first idle wait
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.poke()  # ends the idle wait
         if self._thread:
             self._thread.join(5)
         if self._synth is not None:
@@ -181,9 +187,17 @@ class Annunciator:
                 log.exception("annunciator step failed")
                 self._stop.wait(1.0)
 
+    def poke(self) -> None:
+        """Look at the alerts now (one was raised, cleared or acknowledged): the LEDs follow at once
+        instead of at the next idle look (``IDLE_LOOK_S``)."""
+        try:
+            self._sounds.put_nowait(("", None, None))
+        except queue.Full:  # the thread has plenty to do: it looks at the alerts after each sound anyway
+            pass
+
     def _step(self) -> None:
         try:
-            sound, done, wav = self._sounds.get(timeout=0.25)
+            sound, done, wav = self._sounds.get(timeout=IDLE_LOOK_S)
         except queue.Empty:
             sound, done, wav = None, None, None
         if sound:

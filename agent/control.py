@@ -137,8 +137,7 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, 0o660)
         socket_group(self.path)
-        s.listen(4)
-        s.settimeout(0.5)
+        s.listen(4)  # accept() blocks (no timeout: nothing to do while no one asks); stop() shuts it down
         self._sock = s
         self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
         self._thread.start()
@@ -146,6 +145,10 @@ class ControlServer:
     def stop(self) -> None:
         self._stop.set()
         if self._sock:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)  # Linux: wakes the blocked accept() (EINVAL)
+            except OSError:
+                pass
             self._sock.close()
         if self._thread:
             self._thread.join(5)
@@ -158,7 +161,8 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (socket.timeout, OSError):
+            except OSError:  # stop() shut the socket down; or no file descriptor left (EMFILE): not a busy loop
+                self._stop.wait(0.1)
                 continue
             if not self._slots.acquire(timeout=self.busy_wait_s):  # all busy: refuse, do not pile up threads
                 log.warning("control socket: %d clients busy, refusing one", MAX_CLIENTS)

@@ -239,3 +239,46 @@ def test_with_sound_disabled_a_chime_is_answered_without_waking_the_sound_thread
     ann.settings = SoundSettings(True, 0.8, "", 0.0)  # switched on (remote config): queued for the thread again
     ann.request("new_order")
     assert ann._sounds.qsize() == 1
+
+
+def test_the_control_socket_waits_without_polling_and_stops_at_once(tmp_path):
+    """Idle CPU (issue 17): accept() blocks with no timeout, and stop() still ends the thread."""
+    import json as _json  # noqa: PLC0415
+    import socket  # noqa: PLC0415
+
+    from agent.control import ControlServer  # noqa: PLC0415
+
+    srv = ControlServer(tmp_path / "control.sock", lambda c, a: {"transaction": None, "status": "ok", "data": {"c": c}, "error": None})
+    srv.start()
+    try:
+        assert srv._sock.gettimeout() is None
+        with socket.socket(socket.AF_UNIX) as s:  # it still answers
+            s.connect(str(srv.path))
+            s.sendall(b'{"command": "status"}\n')
+            assert _json.loads(s.makefile().readline())["data"] == {"c": "status"}
+    finally:
+        srv.stop()
+    assert not srv._thread.is_alive()
+
+
+def test_an_alert_change_wakes_the_leds_at_once(monkeypatch):
+    """The sound thread looks at the alerts every IDLE_LOOK_S when idle; a raised alert pokes it."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent import annunciator as ann_mod  # noqa: PLC0415
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    monkeypatch.setattr(ann_mod, "IDLE_LOOK_S", 60.0)
+    shown: list[str] = []
+    led = SimpleNamespace(show=shown.append)
+    alerts: list = []
+    book = SimpleNamespace(open_alerts=lambda: list(alerts))
+    ann = Annunciator(book, chime=None, settings=SoundSettings(False, 0.8, "", 0.0), exception_led=led)  # type: ignore[arg-type]
+    ann.start()
+    try:
+        assert wait_until(lambda: shown[-1:] == ["off"], 5)
+        alerts.append(SimpleNamespace(device_fault=True, acknowledged=False, repeat_s=0, id="printer:x:paper_out"))
+        ann.poke()
+        assert wait_until(lambda: shown[-1:] == ["on"], 5), shown  # not 60 s later
+    finally:
+        ann.stop()
