@@ -56,6 +56,7 @@ def in_quiet_hours(spec: str, now: datetime) -> bool:
 # With nothing queued, the sound thread looks at the alerts (repeats due, the LEDs, the broker link's LED)
 # this often. A sound request and an alert change (poke) wake it at once; only the link LED waits for this.
 IDLE_LOOK_S = 1.0
+MAX_SOUNDS = 50  # chimes and phrases waiting to play; beyond it one is dropped (logged), never blocks the caller
 
 class Annunciator:
     def __init__(
@@ -85,7 +86,9 @@ class Annunciator:
         self.audio_since = clock()
         self.voice_state, self.voice_error = "unchecked", ""  # spoken announcements (agent/voice.py)
         self._synth: Optional[ThreadPoolExecutor] = None
-        self._sounds: queue.Queue[tuple[str, Optional[Future], Optional[Callable[[], Path]]]] = queue.Queue(maxsize=50)
+        self._sounds: queue.Queue[tuple[str, Optional[Future], Optional[Callable[[], Path]]]] = queue.Queue(maxsize=MAX_SOUNDS + 1)
+        self._poke_lock = threading.Lock()
+        self._poke_pending = False  # a poke ("") is in the queue
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -125,6 +128,8 @@ class Annunciator:
                 done.set_result(f"muted: {self.mute_reason() or 'muted'}")
             return
         try:
+            if self._sounds.qsize() - (1 if self._poke_pending else 0) >= MAX_SOUNDS:  # (the last slot is the poke's)
+                raise queue.Full
             self._sounds.put_nowait((sound, done, wav))
         except queue.Full:
             log.warning("chime queue full; %s dropped", sound)
@@ -175,6 +180,7 @@ class Annunciator:
                 self._stop.wait(step_s)
         finally:
             self._led_test = False
+            self.poke()  # back to what the alerts say at once
         return list(patterns) if patterns else [p for p in PATTERNS]
 
     # -- loop
@@ -189,17 +195,26 @@ class Annunciator:
 
     def poke(self) -> None:
         """Look at the alerts now (one was raised, cleared or acknowledged): the LEDs follow at once
-        instead of at the next idle look (``IDLE_LOOK_S``)."""
+        instead of at the next idle look (``IDLE_LOOK_S``). At most one poke waits in the queue (its one
+        slot beyond ``MAX_SOUNDS``), so a burst of alert changes never crowds out a chime."""
+        with self._poke_lock:
+            if self._poke_pending:
+                return
+            self._poke_pending = True
         try:
             self._sounds.put_nowait(("", None, None))
-        except queue.Full:  # the thread has plenty to do: it looks at the alerts after each sound anyway
-            pass
+        except queue.Full:  # cannot happen (its own slot); the thread looks at the alerts after each sound anyway
+            with self._poke_lock:
+                self._poke_pending = False
 
     def _step(self) -> None:
         try:
             sound, done, wav = self._sounds.get(timeout=IDLE_LOOK_S)
         except queue.Empty:
             sound, done, wav = None, None, None
+        if sound == "":
+            with self._poke_lock:
+                self._poke_pending = False
         if sound:
             outcome = self._play(sound, wav)
             if done is not None:

@@ -200,10 +200,11 @@ class Agent:
             return ""
         voice = self.voice
         phrase = voice.phrase(template, facts)
-        if self.cfg.sound.enabled:
+        muted = self.annunciator.mute_reason()
+        if not muted:
             log.info("voice: %s", phrase)
-        else:  # nothing is said: not in the store's log at every order
-            log.debug("voice (sound disabled): %s", phrase)
+        else:  # nothing is said (sound off, no device, silenced, quiet hours): not in the store's log at every order
+            log.debug("voice (%s): %s", muted, phrase)
 
         def make() -> Path:
             try:

@@ -158,12 +158,17 @@ class ControlServer:
             pass
 
     def _serve(self) -> None:
+        failing = ""  # the last accept() error logged (once, not ten times a second)
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except OSError:  # stop() shut the socket down; or no file descriptor left (EMFILE): not a busy loop
+            except OSError as e:  # stop() shut the socket down; or no file descriptor left (EMFILE): not a busy loop
+                if not self._stop.is_set() and str(e) != failing:
+                    failing = str(e)
+                    log.warning("control socket: accept failed: %s (retrying)", e)
                 self._stop.wait(0.1)
                 continue
+            failing = ""
             if not self._slots.acquire(timeout=self.busy_wait_s):  # all busy: refuse, do not pile up threads
                 log.warning("control socket: %d clients busy, refusing one", MAX_CLIENTS)
                 conn.close()

@@ -847,8 +847,8 @@ class Journal:
                 pend = self._stats_pending = ({}, [])
             totals, kept = pend
             for k, v in counts.items():
-                totals[(day, k)] = totals.get((day, k), 0) + v
-            kept.extend((day, k, v) for k, v in samples)
+                totals[(day, k)] = totals.get((day, k), 0.0) + float(v)  # REAL: a huge value cannot fail the others
+            kept.extend((day, k, float(v)) for k, v in samples)
         if not first:
             return  # the operation already queued writes these too
         taken: list[tuple[dict, list]] = []

@@ -93,3 +93,16 @@ def test_paper_adds_up_per_printer(j):
     facts = j.printer_facts()
     assert facts["counter"]["paper_mm"] == pytest.approx(31.5)
     assert facts["backup"]["paper_mm"] == pytest.approx(2.0)
+
+
+def test_a_huge_value_does_not_cost_the_other_orders_their_figures(j):
+    """Review finding: an int SQLite cannot bind (paid >= 2**63 fen, a hostile order) failed the merged
+    operation as a bug, and every figure merged with it was lost. Figures are REAL: it is stored."""
+    gate = hold_writer(j)
+    j.stats_add("2026-11-30", {"orders:meituan": 1, "paid:meituan": 1234})
+    j.stats_add("2026-11-30", {"orders:meituan": 1, "paid:meituan": 2**70})
+    j.stats_add("2026-11-30", {"orders:meituan": 1})
+    gate.set()
+    j.flush()
+    counts, _ = figures(j)
+    assert counts["orders:meituan"] == 3 and counts["paid:meituan"] >= 2**70

@@ -282,3 +282,57 @@ def test_an_alert_change_wakes_the_leds_at_once(monkeypatch):
         assert wait_until(lambda: shown[-1:] == ["on"], 5), shown  # not 60 s later
     finally:
         ann.stop()
+
+
+def test_alert_pokes_never_crowd_out_a_chime():
+    """Review finding: pokes went through the bounded sound queue; a burst of alert changes while a
+    chime plays dropped the next order's chime. At most one poke waits now, in its own slot."""
+    import threading  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent.annunciator import MAX_SOUNDS, Annunciator, SoundSettings  # noqa: PLC0415
+
+    release, playing, played = threading.Event(), threading.Event(), []
+
+    class BusyChime:
+        def play(self, path, volume):  # noqa: ANN001, ANN201
+            played.append(path)
+            playing.set()
+            release.wait(10)
+            return "busy"
+
+    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=BusyChime(),  # type: ignore[arg-type]
+                      settings=SoundSettings(True, 0.8, "", 0.0))
+    ann.start()
+    try:
+        ann.request("new_order")
+        assert playing.wait(5)
+        for _ in range(200):  # alerts changing while the chime plays
+            ann.poke()
+        for _ in range(MAX_SOUNDS):
+            ann.request("new_order")
+        assert ann._sounds.qsize() == MAX_SOUNDS + 1  # every chime kept, and one poke
+        release.set()
+        assert wait_until(lambda: len(played) == MAX_SOUNDS + 1, 10)
+    finally:
+        release.set()
+        ann.stop()
+
+
+def test_stop_ends_the_idle_wait_and_an_alert_pokes_the_leds(broker, vprinter, make_agent, store_id, monkeypatch):
+    """The agent's wiring: an alert published pokes the sound thread; stop() does not wait for the idle look."""
+    from agent import annunciator as ann_mod  # noqa: PLC0415
+
+    monkeypatch.setattr(ann_mod, "IDLE_LOOK_S", 30.0)
+    agent = make_agent(broker.port, vprinter.port, store_id)
+    pokes: list[int] = []
+    poke = agent.annunciator.poke
+    monkeypatch.setattr(agent.annunciator, "poke", lambda: (pokes.append(1), poke()))
+    agent.alerts.raise_("test:x", "agent.test", "测试", needs_ack=True)
+    assert pokes
+    ann = agent.annunciator
+    assert wait_until(lambda: not ann._poke_pending and ann._sounds.qsize() == 0, 5)  # the poke was looked at
+    time.sleep(0.3)  # the thread is back in its idle wait
+    t0 = time.monotonic()
+    agent.annunciator.stop()
+    assert not agent.annunciator._thread.is_alive() and time.monotonic() - t0 < 5  # not the 30 s idle look

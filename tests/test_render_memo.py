@@ -66,3 +66,11 @@ def test_a_parsed_line_is_memoised_and_errors_are_not_kept():
     assert parse_markup("r", "@feed 2\n", 32).blocks[0].lines == 2
     with pytest.raises(TemplateFailure, match="line 1"):
         parse_markup("r", "@feed x\n", 32)
+
+
+def test_the_same_line_under_two_charsets_gets_each_its_own_bytes():
+    line = Document("t", 48, (Text("中文 ¥"),))
+    gbk, big5 = to_escpos(line, charset="gbk"), to_escpos(line, charset="big5")
+    assert gbk != big5
+    assert "中文".encode("gbk") in gbk and "中文".encode("big5") in big5
+    assert to_escpos(line, charset="gbk") == gbk and to_escpos(line, charset="big5") == big5
