@@ -123,9 +123,9 @@ class Annunciator:
         if sound == "none":
             return
         if not self.settings.enabled or self.chime is None:  # nothing can sound: the sound thread is not woken
-            self._remember(sound, "muted")  # (what _play would have done with it)
+            outcome = self._muted(sound)
             if done is not None:
-                done.set_result(f"muted: {self.mute_reason() or 'muted'}")
+                done.set_result(outcome)
             return
         try:
             if self._sounds.qsize() - (1 if self._poke_pending else 0) >= MAX_SOUNDS:  # (the last slot is the poke's)
@@ -251,8 +251,7 @@ class Annunciator:
     def _play(self, sound: str, wav: Optional[Callable[[], Path]] = None) -> str:
         volume = self._volume()
         if self.chime is None or volume is None:
-            self._remember(sound, "muted")
-            return f"muted: {self.mute_reason() or 'muted'}"
+            return self._muted(sound)
         if wav is not None:
             return self._speak(sound, wav, volume)
         try:
@@ -314,6 +313,11 @@ class Annunciator:
         if self.audio_state != "ok":
             self.audio_since = self.clock()
         self.audio_state, self.audio_error = "ok", ""
+
+    def _muted(self, sound: str) -> str:
+        """A sound that does not play now: remembered as muted; the answer says why."""
+        self._remember(sound, "muted")
+        return f"muted: {self.mute_reason() or 'muted'}"
 
     def _remember(self, sound: str, outcome: str) -> None:
         self.played.append((self.clock(), sound, outcome))

@@ -293,9 +293,7 @@ class Agent:
             self.alerts.clear_order(ev.order.id, keep=keep)
 
     def _publish_alert(self, alert: Alert) -> None:
-        ann = getattr(self, "annunciator", None)
-        if ann is not None:
-            ann.poke()  # the LEDs follow the alerts at once
+        self.annunciator.poke()  # the LEDs follow the alerts at once
         self.stats.on_alert(alert)
         self.link.publish(self.topics.alerts, alert.payload())
         if alert.audience == "infodept" or (alert.state == "cleared" and alert.details.get("escalated")):

@@ -241,13 +241,12 @@ def to_escpos(doc: Document, qr_encoder: "Callable[[QR], bytes] | None" = None, 
     for b in doc.blocks:
         if isinstance(b, Text):
             line = _text_memo(b, charset) if len(b.text) <= MEMO_CHARS else _text_bytes(b, charset)
-            if line is None:  # characters outside the printer's charset: drawn, or replaced by FALLBACK
+            if line is None and line_encoder is not None:  # characters outside the printer's charset: drawn
+                out += line_encoder(b)
+                continue
+            if line is None:  # or printed as FALLBACK
                 text = printable(b.text)
-                missing = missing_in(text, charset)
-                if line_encoder is not None:
-                    out += line_encoder(b)
-                    continue
-                for ch in missing:
+                for ch in missing_in(text, charset):
                     text = text.replace(ch, FALLBACK)
                 line = _text_escpos(b, _encode_line(text, charset))
             out += line
