@@ -24,6 +24,7 @@ import importlib
 import inspect
 import json
 import os
+import re
 import runpy
 import signal
 import sys
@@ -71,11 +72,16 @@ SECTIONS = (
     "agent.journal:Journal.record_event",
     # the rest
     "agent.annunciator:Annunciator._step",
+    "agent.housekeeping:Housekeeper.tick",
+    "agent.requests:RequestDesk._next",
     "logging:Logger._log",
 )
 
 _CPU: collections.Counter = collections.Counter()
 _CALLS: collections.Counter = collections.Counter()
+_SQL: collections.Counter = collections.Counter()
+_LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|X'[0-9A-Fa-f]*'")  # the values bound, as '?'
+  # (thread, statement's first 70 characters) -> times run
 _DEPTH = threading.local()
 
 
@@ -118,8 +124,21 @@ def _patch(out: Path) -> None:
 
     gc.callbacks.append(gc_timer)
 
+    import sqlite3  # noqa: PLC0415 - every statement the agent's connections run, counted by its text
+
+    connect = sqlite3.connect
+
+    def counted_connect(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        db = connect(*args, **kwargs)
+        db.set_trace_callback(lambda sql: _SQL.update([(threading.current_thread().name, _LITERAL.sub(
+            "?", " ".join(sql.split()))[:90])]))
+        return db
+
+    sqlite3.connect = counted_connect
+
     def dump(signum, frame):  # noqa: ANN001, ANN202
-        data = {"cpu": dict(_CPU), "calls": dict(_CALLS), "process": time.process_time()}
+        data = {"cpu": dict(_CPU), "calls": dict(_CALLS), "process": time.process_time(),
+                "sql": [[t, q, n] for (t, q), n in _SQL.items()]}
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, out)
@@ -135,6 +154,18 @@ def as_agent(argv: list[str]) -> None:
     runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
 
 
+def task_switches(pid: int) -> dict[int, int]:
+    """Voluntary + involuntary context switches of each thread of ``pid`` (a thread that sleeps and wakes)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            st = (task / "status").read_text()
+        except OSError:
+            continue
+        out[int(task.name)] = sum(int(line.split()[1]) for line in st.splitlines() if "ctxt_switches:" in line)
+    return out
+
+
 def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import profile_agent as pa  # noqa: PLC0415
@@ -145,6 +176,9 @@ def main() -> None:
     ap.add_argument("--orders", type=int, default=200)
     ap.add_argument("--rate", type=float, default=10.0, help="orders per second (0: a burst)")
     ap.add_argument("--agent-root", help="run the agent from this checkout (default: this one)")
+    ap.add_argument("--cpu", type=int, action="append", help="pin the agent's threads to this CPU (repeat for more)")
+    ap.add_argument("--idle", type=float, default=0.0, metavar="S",
+                    help="measure S seconds with no orders instead (figures per second of idle)")
     a = ap.parse_args()
     root = Path(a.agent_root).resolve() if a.agent_root else ROOT
     wrapper = [str(Path(__file__).resolve()), "--as-agent", "--"]
@@ -160,22 +194,40 @@ def main() -> None:
 
     with warm_agent(root, store="sect-0001", wrapper=wrapper) as (proc, rig, vp):
         path = Path(proc.args[proc.args.index("--config") + 1]).with_name("sections.json")
-        s0, c0, tc0 = snapshot(proc, path), proc_cpu_s(proc.pid), pa.task_cpu(proc.pid)
-        ph = run_phase(rig, "measured", [order(i, "s") for i in range(a.orders)], 1.0 / a.rate if a.rate else 0.0)
-        time.sleep(0.5 if a.rate else 2.5)
-        s1, cpu, tc1 = snapshot(proc, path), proc_cpu_s(proc.pid) - c0, pa.task_cpu(proc.pid)
+        if a.cpu:  # every thread of the agent, as CPUAffinity= in its systemd unit would
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                os.sched_setaffinity(int(task.name), set(a.cpu))
+        s0, c0, tc0, sw0 = snapshot(proc, path), proc_cpu_s(proc.pid), pa.task_cpu(proc.pid), task_switches(proc.pid)
+        if a.idle:
+            time.sleep(a.idle)
+        else:
+            ph = run_phase(rig, "measured", [order(i, "s") for i in range(a.orders)], 1.0 / a.rate if a.rate else 0.0)
+            time.sleep(0.5 if a.rate else 2.5)
+        s1, cpu, tc1, sw1 = snapshot(proc, path), proc_cpu_s(proc.pid) - c0, pa.task_cpu(proc.pid), task_switches(proc.pid)
         names = pa.thread_names(pa.find_py_spy(None), proc.pid) if pa.find_py_spy(None) else {}
-    n = ph.n
-    print(f"# sections ({root}), {time.strftime('%Y-%m-%d %H:%M:%S')}: {n} orders at "
-          f"{a.rate:g}/s" if a.rate else f"# sections ({root}): a burst of {n}")
-    print(f"agent CPU per order {cpu / n * 1000:.2f} ms (utime+stime); by thread: " + ", ".join(
+    n = a.idle if a.idle else ph.n
+    unit = "second of idle" if a.idle else "order"
+    when = time.strftime('%Y-%m-%d %H:%M:%S')
+    print(f"# sections ({root}), {when}: " + (
+        f"{a.idle:g} s idle" if a.idle else f"{n} orders at {a.rate:g}/s" if a.rate else f"a burst of {n}"))
+    print(f"agent CPU per {unit} {cpu / n * 1000:.2f} ms (utime+stime); by thread: " + ", ".join(
         f"{names.get(t, t)} {(v - tc0.get(t, 0.0)) / n * 1000:.2f}" for t, v in sorted(
-            tc1.items(), key=lambda kv: -(kv[1] - tc0.get(kv[0], 0.0)))[:5]))
-    print("\n| section (inclusive) | CPU per order (ms) | calls per order |\n| --- | --- | --- |")
+            tc1.items(), key=lambda kv: -(kv[1] - tc0.get(kv[0], 0.0))) if v - tc0.get(t, 0.0) > 0))
+    switches = {t: v - sw0.get(t, 0) for t, v in sw1.items()}
+    print(f"context switches per {unit} {sum(switches.values()) / n:.1f}; by thread: " + ", ".join(
+        f"{names.get(t, t)} {v / n:.1f}" for t, v in sorted(switches.items(), key=lambda kv: -kv[1]) if v > 0))
+    print(f"\n| section (inclusive) | CPU per {unit} (ms) | calls per {unit} |\n| --- | --- | --- |")
     for spec in (*SECTIONS, "gc: generation 0", "gc: generation 1", "gc: generation 2"):
         d = s1["cpu"].get(spec, 0.0) - s0["cpu"].get(spec, 0.0)
         c = s1["calls"].get(spec, 0) - s0["calls"].get(spec, 0)
         print(f"| `{spec}` | {d / n * 1000:.3f} | {c / n:.1f} |")
+    before = {(t, q): c for t, q, c in s0["sql"]}
+    sql = sorted(((c - before.get((t, q), 0), t, q) for t, q, c in s1["sql"]), reverse=True)
+    print(f"\n| SQL statements run per {unit} ({sum(c for c, _, _ in sql) / n:.1f} in all) | thread | statement |"
+          "\n| --- | --- | --- |")
+    for c, t, q in sql:
+        if c > 0:
+            print(f"| {c / n:.2f} | {t} | `{q}` |")
 
 
 if __name__ == "__main__":
