@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
@@ -112,17 +112,24 @@ def user_sys(pid: int) -> tuple[float, float]:
     return int(f[11]) / suite.CLK_TCK, int(f[12]) / suite.CLK_TCK
 
 
-def task_cpu(pid: int) -> dict[int, float]:
-    """CPU seconds (utime + stime) of each thread of ``pid``, by OS thread id."""
+def per_task(pid: int, name: str, read: Callable[[str], float]) -> dict[int, float]:
+    """``read`` of ``/proc/<pid>/task/<tid>/<name>`` for each thread of ``pid`` (gone threads left out), by OS thread id."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            st = (task / "stat").read_text()
+            text = (task / name).read_text()
         except OSError:
             continue
-        f = st[st.rindex(")") + 2:].split()
-        out[int(task.name)] = (int(f[11]) + int(f[12])) / suite.CLK_TCK
+        out[int(task.name)] = read(text)
     return out
+
+
+def task_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime) of each thread of ``pid``, by OS thread id."""
+    def cpu(st: str) -> float:
+        f = st[st.rindex(")") + 2:].split()
+        return (int(f[11]) + int(f[12])) / suite.CLK_TCK
+    return per_task(pid, "stat", cpu)
 
 
 def thread_names(spy: str, pid: int) -> dict[int, str]:

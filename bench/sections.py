@@ -73,15 +73,13 @@ SECTIONS = (
     # the rest
     "agent.annunciator:Annunciator._step",
     "agent.housekeeping:Housekeeper.tick",
-    "agent.requests:RequestDesk._next",
     "logging:Logger._log",
 )
 
 _CPU: collections.Counter = collections.Counter()
 _CALLS: collections.Counter = collections.Counter()
-_SQL: collections.Counter = collections.Counter()
+_SQL: collections.Counter = collections.Counter()  # (thread, statement's first 90 characters) -> times run
 _LITERAL = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b|X'[0-9A-Fa-f]*'")  # the values bound, as '?'
-  # (thread, statement's first 70 characters) -> times run
 _DEPTH = threading.local()
 
 
@@ -154,21 +152,13 @@ def as_agent(argv: list[str]) -> None:
     runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
 
 
-def task_switches(pid: int) -> dict[int, int]:
-    """Voluntary + involuntary context switches of each thread of ``pid`` (a thread that sleeps and wakes)."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            st = (task / "status").read_text()
-        except OSError:
-            continue
-        out[int(task.name)] = sum(int(line.split()[1]) for line in st.splitlines() if "ctxt_switches:" in line)
-    return out
-
-
 def main() -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     import profile_agent as pa  # noqa: PLC0415
+
+    def switches_of(pid: int) -> dict[int, float]:  # voluntary + involuntary context switches, by thread
+        return pa.per_task(pid, "status", lambda st: sum(int(line.split()[1]) for line in st.splitlines()
+                                                         if "ctxt_switches:" in line))
     from ab import warm_agent  # noqa: PLC0415
     from suite import order, proc_cpu_s, run_phase  # noqa: PLC0415
 
@@ -197,13 +187,13 @@ def main() -> None:
         if a.cpu:  # every thread of the agent, as CPUAffinity= in its systemd unit would
             for task in Path(f"/proc/{proc.pid}/task").iterdir():
                 os.sched_setaffinity(int(task.name), set(a.cpu))
-        s0, c0, tc0, sw0 = snapshot(proc, path), proc_cpu_s(proc.pid), pa.task_cpu(proc.pid), task_switches(proc.pid)
+        s0, c0, tc0, sw0 = snapshot(proc, path), proc_cpu_s(proc.pid), pa.task_cpu(proc.pid), switches_of(proc.pid)
         if a.idle:
             time.sleep(a.idle)
         else:
             ph = run_phase(rig, "measured", [order(i, "s") for i in range(a.orders)], 1.0 / a.rate if a.rate else 0.0)
             time.sleep(0.5 if a.rate else 2.5)
-        s1, cpu, tc1, sw1 = snapshot(proc, path), proc_cpu_s(proc.pid) - c0, pa.task_cpu(proc.pid), task_switches(proc.pid)
+        s1, cpu, tc1, sw1 = snapshot(proc, path), proc_cpu_s(proc.pid) - c0, pa.task_cpu(proc.pid), switches_of(proc.pid)
         names = pa.thread_names(pa.find_py_spy(None), proc.pid) if pa.find_py_spy(None) else {}
     n = a.idle if a.idle else ph.n
     unit = "second of idle" if a.idle else "order"
