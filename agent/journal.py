@@ -765,8 +765,13 @@ class Journal:
         where = f"WHERE {self._OPEN} AND j.printer IN ({','.join('?' * len(names))})"
         if skip:
             where += f" AND j.id NOT IN ({','.join('?' * len(skip))})"
-        # orders first: agent-made tickets (test pages, reminders, reprints asked for) never overtake one
-        rows = self._read(self._JOB_SQL + where + " ORDER BY e.type LIKE 'agent.%', j.id LIMIT 1", (*names, *skip))
+        # orders first: agent-made tickets (test pages, reminders, reprints asked for) never overtake one.
+        # Each pick walks the open jobs in id order and stops at the first that fits (the oldest order's, else
+        # the oldest agent-made one), instead of sorting every open job: in a burst of 500 the sort made each
+        # pick cost a quarter of a millisecond.
+        pick = "(SELECT j.id FROM jobs j JOIN events e ON e.seq = j.event_seq " + where + " AND {} ORDER BY j.id LIMIT 1)"
+        rows = self._read(self._JOB_SQL + "WHERE j.id = COALESCE(" + pick.format("NOT (e.type LIKE 'agent.%')") + ", "
+                          + pick.format("e.type LIKE 'agent.%'") + ")", (*names, *skip) * 2)
         return self._job(rows[0]) if rows else None
 
     def open_jobs(self, printer: Optional[str] = None) -> list[Job]:
