@@ -91,8 +91,6 @@ class OrderIntake:
             log.error("cannot commit event %s to the journal: %s; not acknowledged (the broker sends it again)", ev.id, error)
             self.on_store_failure(str(error))
             return
-        if intake.status == "queued" and not intake.redelivered:
-            self.wake()
         _ack(ack, ev.id)
         if intake.redelivered:
             log.info("event %s received again: answered with its status %s", ev.id, intake.status)
@@ -116,6 +114,8 @@ class OrderIntake:
                 self.on_accepted(ev)
             except Exception:  # noqa: BLE001 - the order is safe in the journal; alerts must not undo that
                 log.exception("actions for event %s failed", ev.id)
+        if queued:  # last: the print thread starts once this thread is done, not competing with it for the GIL
+            self.wake()
 
     def _reject(self, rej: Rejection, payload: bytes, ack: Callable[[], None]) -> None:
         log.warning("rejected order payload %s (%d bytes, event %s): %s", rej.payload_sha256[:12], len(payload), rej.event_id, rej.reason)

@@ -173,7 +173,7 @@ class RequestDesk:
         """The next thing to serve: a config/set first, then a refusal (cheap), then a request."""
         with self._cv:
             while not (self._configs or self._refusals or self._requests) and not self._stop.is_set():
-                self._cv.wait(0.5)
+                self._cv.wait()  # offer() and stop() notify under the lock: no timed wake-ups when idle
             if self._stop.is_set() and not self._configs:
                 return "stop", None  # stopping: acknowledged config/set are still served, requests are not
             if self._configs:

@@ -336,3 +336,33 @@ def test_stop_ends_the_idle_wait_and_an_alert_pokes_the_leds(broker, vprinter, m
     t0 = time.monotonic()
     agent.annunciator.stop()
     assert not agent.annunciator._thread.is_alive() and time.monotonic() - t0 < 5  # not the 30 s idle look
+
+
+def test_the_request_desk_waits_without_waking_and_stops_at_once():
+    """Idle CPU (issue 17): the request thread sleeps on its condition with no timeout (it woke twice a
+    second), and stop() still ends it at once."""
+    from pathlib import Path  # noqa: PLC0415
+
+    from agent.requests import RequestDesk  # noqa: PLC0415
+
+    class NoAgent:  # the desk reads nothing more of its agent until something is offered
+        cfg = topics = None
+
+    desk = RequestDesk(NoAgent())
+    desk.start()
+    try:
+        assert wait_until(lambda: desk._thread.native_id is not None, 5)
+        status = Path(f"/proc/self/task/{desk._thread.native_id}/status")
+
+        def switches() -> int:
+            return sum(int(line.split()[1]) for line in status.read_text().splitlines() if "ctxt_switches" in line)
+
+        time.sleep(0.3)
+        before = switches()
+        time.sleep(1.6)  # a 0.5 s timed wait would wake three times here
+        assert switches() - before == 0
+    finally:
+        t0 = time.monotonic()
+        desk.stop()
+        desk._thread.join(5)
+    assert not desk._thread.is_alive() and time.monotonic() - t0 < 1.0
