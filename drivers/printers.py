@@ -524,8 +524,11 @@ class _SocketTransport:
         """Drop whatever the printer said that nobody read (a late answer must not pass for the next one)."""
         while self._poll.poll(0):  # readable: data, or the printer closed its end (recv says which)
             self._wait(self.timeout)
-            if not self.sock.recv(64):
-                return  # closed: the next read says so
+            try:
+                if not self.sock.recv(64):
+                    return  # closed: the next read says so
+            except socket.timeout:  # readable yet nothing came (not on Linux TCP): nothing to drop
+                return
 
     def close(self) -> None:
         self._closer()

@@ -7,6 +7,7 @@ next read to report; reads and writes keep their timeouts."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
@@ -16,7 +17,10 @@ from drivers.printers import PrinterIOError, _SocketTransport
 
 @pytest.fixture()
 def pair():
-    a, b = socket.socketpair()
+    """The agent's end and the printer's end of a real loopback TCP connection."""
+    with socket.create_server(("127.0.0.1", 0)) as srv:
+        a = socket.create_connection(srv.getsockname(), timeout=2.0)
+        b, _ = srv.accept()
     a.settimeout(2.0)
     t = _SocketTransport(a, a.close, 2.0)
     yield t, b
@@ -62,4 +66,14 @@ def test_a_closed_printer_is_reported_by_the_next_read_not_hidden_by_drain(pair)
     time.sleep(0.05)
     t.drain()
     with pytest.raises(PrinterIOError, match="closed"):
+        t.read1(0.5)
+
+
+def test_a_printer_that_resets_the_connection_is_an_error_not_a_hang(pair):
+    t, printer = pair
+    printer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    printer.close()  # RST, as a printer that reboots
+    time.sleep(0.05)
+    with pytest.raises(OSError):
+        t.drain()
         t.read1(0.5)
