@@ -54,8 +54,10 @@ def in_quiet_hours(spec: str, now: datetime) -> bool:
 
 
 # With nothing queued, the sound thread looks at the alerts (repeats due, the LEDs, the broker link's LED)
-# this often. A sound request and an alert change (poke) wake it at once; only the link LED waits for this.
+# this often while an unacknowledged alert repeats its sound, and QUIET_LOOK_S otherwise. A sound request,
+# an alert change and a change of the broker link (poke) wake it at once.
 IDLE_LOOK_S = 1.0
+QUIET_LOOK_S = 10.0
 MAX_SOUNDS = 50  # chimes and phrases waiting to play; beyond it one is dropped (logged), never blocks the caller
 
 class Annunciator:
@@ -92,7 +94,9 @@ class Annunciator:
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.heartbeat = time.monotonic()
+        self._beat = time.monotonic()
+        self._waiting = False  # blocked on the queue: nothing it runs can hang, so it counts as alive
+        self._repeats = False  # an open, unacknowledged alert repeats its sound: look every IDLE_LOOK_S
 
     # -- control
     def start(self) -> None:
@@ -183,10 +187,16 @@ class Annunciator:
             self.poke()  # back to what the alerts say at once
         return list(patterns) if patterns else [p for p in PATTERNS]
 
+    @property
+    def heartbeat(self) -> float:
+        """When this thread last showed it was alive (the watchdog's view): now while it waits for work, else
+        when its current step began (a chime or an engine that hangs makes it stale)."""
+        return time.monotonic() if self._waiting else self._beat
+
     # -- loop
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
+            self._beat = time.monotonic()
             try:
                 self._step()
             except Exception:  # noqa: BLE001 - this thread must not die
@@ -208,10 +218,14 @@ class Annunciator:
                 self._poke_pending = False
 
     def _step(self) -> None:
+        self._waiting = True
         try:
-            sound, done, wav = self._sounds.get(timeout=IDLE_LOOK_S)
+            sound, done, wav = self._sounds.get(timeout=IDLE_LOOK_S if self._repeats else QUIET_LOOK_S)
         except queue.Empty:
             sound, done, wav = None, None, None
+        finally:
+            self._beat = time.monotonic()
+            self._waiting = False
         if sound == "":
             with self._poke_lock:
                 self._poke_pending = False
@@ -220,10 +234,14 @@ class Annunciator:
             if done is not None:
                 done.set_result(outcome)
         now = self.clock()
+        repeats = False
         for a in self.alerts.open_alerts():
-            if a.repeat_s and not a.acknowledged and now - self._last_played.get(a.id, a.since) >= a.repeat_s:
-                self._last_played[a.id] = now
-                self._play(a.sound)
+            if a.repeat_s and not a.acknowledged:
+                repeats = True
+                if now - self._last_played.get(a.id, a.since) >= a.repeat_s:
+                    self._last_played[a.id] = now
+                    self._play(a.sound)
+        self._repeats = repeats
         self._leds()
 
     def _volume(self) -> Optional[float]:

@@ -380,6 +380,7 @@ class Agent:
             self.alerts.clear(JOURNAL_ALERT, "本地存储已恢复")
 
     def _on_connection(self, up: bool) -> None:
+        self.annunciator.poke()  # the broker link's LED follows at once
         if up:
             self.desk.publish_config_state()
             self.outbox.on_connection()

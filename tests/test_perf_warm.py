@@ -262,13 +262,14 @@ def test_the_control_socket_waits_without_polling_and_stops_at_once(tmp_path):
 
 
 def test_an_alert_change_wakes_the_leds_at_once(monkeypatch):
-    """The sound thread looks at the alerts every IDLE_LOOK_S when idle; a raised alert pokes it."""
+    """The sound thread looks at the alerts every QUIET_LOOK_S when idle; a raised alert pokes it."""
     from types import SimpleNamespace  # noqa: PLC0415
 
     from agent import annunciator as ann_mod  # noqa: PLC0415
     from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
 
     monkeypatch.setattr(ann_mod, "IDLE_LOOK_S", 60.0)
+    monkeypatch.setattr(ann_mod, "QUIET_LOOK_S", 60.0)
     shown: list[str] = []
     led = SimpleNamespace(show=shown.append)
     alerts: list = []
@@ -324,6 +325,7 @@ def test_stop_ends_the_idle_wait_and_an_alert_pokes_the_leds(broker, vprinter, m
     from agent import annunciator as ann_mod  # noqa: PLC0415
 
     monkeypatch.setattr(ann_mod, "IDLE_LOOK_S", 30.0)
+    monkeypatch.setattr(ann_mod, "QUIET_LOOK_S", 30.0)
     agent = make_agent(broker.port, vprinter.port, store_id)
     pokes: list[int] = []
     poke = agent.annunciator.poke
@@ -366,3 +368,85 @@ def test_the_request_desk_waits_without_waking_and_stops_at_once():
         desk.stop()
         desk._thread.join(5)
     assert not desk._thread.is_alive() and time.monotonic() - t0 < 1.0
+
+
+def test_the_sound_thread_looks_every_second_only_while_an_alert_repeats(monkeypatch):
+    """Idle CPU (issue 17): with no unacknowledged repeating alert the sound thread sleeps QUIET_LOOK_S; one
+    raised (a poke) brings back the look every IDLE_LOOK_S that its repeats need; acknowledged, it sleeps again."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent import annunciator as ann_mod  # noqa: PLC0415
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    monkeypatch.setattr(ann_mod, "IDLE_LOOK_S", 0.2)
+    monkeypatch.setattr(ann_mod, "QUIET_LOOK_S", 60.0)
+    alerts: list = []
+    looks: list[float] = []
+    book = SimpleNamespace(open_alerts=lambda: looks.append(time.monotonic()) or list(alerts))
+    ann = Annunciator(book, chime=None, settings=SoundSettings(False, 0.8, "", 0.0))  # type: ignore[arg-type]
+    ann.start()
+    try:
+        assert wait_until(lambda: looks, 5)
+        time.sleep(0.3)
+        n = len(looks)
+        time.sleep(1.5)
+        assert len(looks) == n  # quiet: no look in 1.5 s (it was one every 0.2 s)
+        alert = SimpleNamespace(device_fault=False, acknowledged=False, repeat_s=30, id="order:x", since=time.time(),
+                                sound="urgent")
+        alerts.append(alert)
+        ann.poke()
+        assert wait_until(lambda: len(looks) >= n + 5, 5)  # repeats are due on time again
+        alert.acknowledged = True
+        ann.poke()
+        time.sleep(0.5)
+        n = len(looks)
+        time.sleep(1.5)
+        assert len(looks) == n
+    finally:
+        ann.stop()
+
+
+def test_a_waiting_sound_thread_is_alive_and_a_hung_chime_is_not(monkeypatch):
+    """The watchdog's view (housekeeping withholds the systemd ping when a heartbeat is older than
+    health.stuck_after_s, which may be 3 s): a thread asleep on its queue is alive however long it sleeps;
+    one stuck in a chime is not."""
+    import threading  # noqa: PLC0415
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent import annunciator as ann_mod  # noqa: PLC0415
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    monkeypatch.setattr(ann_mod, "QUIET_LOOK_S", 60.0)
+    release, playing = threading.Event(), threading.Event()
+
+    class HungChime:
+        def play(self, path, volume):  # noqa: ANN001, ANN201
+            playing.set()
+            release.wait(30)
+            return "hung"
+
+    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=HungChime(),  # type: ignore[arg-type]
+                      settings=SoundSettings(True, 0.8, "", 0.0))
+    ann.start()
+    try:
+        time.sleep(2.0)  # asleep on the queue (60 s look)
+        assert time.monotonic() - ann.heartbeat < 1.0
+        ann.request("new_order")
+        assert playing.wait(5)
+        time.sleep(2.0)
+        assert time.monotonic() - ann.heartbeat > 1.5  # stuck in play(): stale
+        release.set()
+        assert wait_until(lambda: time.monotonic() - ann.heartbeat < 1.0, 5)  # back to its wait: alive
+    finally:
+        release.set()
+        ann.stop()
+
+
+def test_a_broker_link_change_pokes_the_leds(broker, vprinter, make_agent, store_id, monkeypatch):
+    """The status LED shows the broker link; with the quiet look it would lag 10 s unless the link change pokes."""
+    agent = make_agent(broker.port, vprinter.port, store_id)
+    pokes: list[int] = []
+    poke = agent.annunciator.poke
+    monkeypatch.setattr(agent.annunciator, "poke", lambda: (pokes.append(1), poke()))
+    agent._on_connection(False)
+    assert pokes
