@@ -204,8 +204,9 @@ class Annunciator:
                 self._stop.wait(1.0)
 
     def poke(self) -> None:
-        """Look at the alerts now (one was raised, cleared or acknowledged): the LEDs follow at once
-        instead of at the next idle look (``IDLE_LOOK_S``). At most one poke waits in the queue (its one
+        """Look at the alerts now (one was raised, cleared or acknowledged, or the broker link changed): the
+        LEDs follow at once instead of at the next idle look (``QUIET_LOOK_S``, or ``IDLE_LOOK_S`` while an
+        alert repeats). At most one poke waits in the queue (its one
         slot beyond ``MAX_SOUNDS``), so a burst of alert changes never crowds out a chime."""
         with self._poke_lock:
             if self._poke_pending:
@@ -234,14 +235,12 @@ class Annunciator:
             if done is not None:
                 done.set_result(outcome)
         now = self.clock()
-        repeats = False
-        for a in self.alerts.open_alerts():
-            if a.repeat_s and not a.acknowledged:
-                repeats = True
-                if now - self._last_played.get(a.id, a.since) >= a.repeat_s:
-                    self._last_played[a.id] = now
-                    self._play(a.sound)
-        self._repeats = repeats
+        repeating = [a for a in self.alerts.open_alerts() if a.repeat_s and not a.acknowledged]
+        self._repeats = bool(repeating)  # before any sound plays: a failing one cannot leave it stale
+        for a in repeating:
+            if now - self._last_played.get(a.id, a.since) >= a.repeat_s:
+                self._last_played[a.id] = now
+                self._play(a.sound)
         self._leds()
 
     def _volume(self) -> Optional[float]:

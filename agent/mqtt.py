@@ -445,10 +445,12 @@ class MqttLink:
                 "connected to %s:%s as %s (session present: %s)",
                 self.settings.host, self.settings.port, self.settings.client_id, flags.session_present,
             )
-            opts = SubscribeOptions(qos=1)
-            client.subscribe([(t, opts) for t in self.subscriptions])
-            client.publish(self.status_topic, b"online", qos=1, retain=True)
-            self.on_connection(True)
+            try:
+                opts = SubscribeOptions(qos=1)
+                client.subscribe([(t, opts) for t in self.subscriptions])
+                client.publish(self.status_topic, b"online", qos=1, retain=True)
+            finally:  # the agent hears of every change of `connected` (the status LED follows it)
+                self.on_connection(True)
         except Exception:  # noqa: BLE001
             log.exception("on_connect failed")
 
@@ -467,10 +469,12 @@ class MqttLink:
             was = self.connected
             self.connected = False
             self.subscribed = False
-            if not self._stopping:
-                self._explain_disconnect(was, reason_code)
-            if was:
-                self.on_connection(False)
+            try:
+                if not self._stopping:
+                    self._explain_disconnect(was, reason_code)
+            finally:
+                if was:
+                    self.on_connection(False)
         except Exception:  # noqa: BLE001
             log.exception("on_disconnect failed")
 

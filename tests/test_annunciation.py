@@ -165,7 +165,10 @@ def test_button_press_acknowledges_and_long_press_prints_a_test_page(noisy_agent
     assert not any(r["event_id"] and r["event_id"].startswith("agent-") for r in hq.results())
 
 
-def test_status_led_blinks_slowly_while_the_broker_is_unreachable(own_broker, vprinter, make_agent, store_id):
+def test_status_led_blinks_slowly_while_the_broker_is_unreachable(own_broker, vprinter, make_agent, store_id, monkeypatch):
+    from agent import annunciator as ann_mod  # noqa: PLC0415
+
+    monkeypatch.setattr(ann_mod, "QUIET_LOOK_S", 60.0)  # only the link change's poke can move the LED in time
     agent = make_agent(own_broker.port, vprinter.port, store_id, gpio={"enabled": True, "pin_factory": "mock"})
     assert wait_until(lambda: agent.annunciator.status_led.pattern == "on")
     own_broker.stop()

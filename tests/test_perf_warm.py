@@ -398,7 +398,8 @@ def test_the_sound_thread_looks_every_second_only_while_an_alert_repeats(monkeyp
         assert wait_until(lambda: len(looks) >= n + 5, 5)  # repeats are due on time again
         alert.acknowledged = True
         ann.poke()
-        time.sleep(0.5)
+        assert wait_until(lambda: not ann._repeats, 5)
+        time.sleep(0.3)
         n = len(looks)
         time.sleep(1.5)
         assert len(looks) == n
@@ -450,3 +451,26 @@ def test_a_broker_link_change_pokes_the_leds(broker, vprinter, make_agent, store
     monkeypatch.setattr(agent.annunciator, "poke", lambda: (pokes.append(1), poke()))
     agent._on_connection(False)
     assert pokes
+
+
+def test_the_agent_hears_of_every_link_change_even_when_the_callback_fails_midway(monkeypatch):
+    """Review finding: with the sound thread's 10 s quiet look, the status LED follows the broker link through
+    on_connection alone; a subscribe that raises after `connected` was set, or a disconnect explanation that
+    raises, must not swallow that call. (A paho client failing that way cannot be made with a real broker.)"""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent.mqtt import MqttLink, MqttSettings  # noqa: PLC0415
+
+    heard: list[bool] = []
+    link = MqttLink(MqttSettings("127.0.0.1", 1, "t-1"), subscriptions=["stores/x/orders"], status_topic="stores/x/status",
+                    handler=lambda m: None, on_connection=heard.append)
+
+    def broken(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError("socket gone")
+
+    client = SimpleNamespace(backoff=SimpleNamespace(reset=lambda: None), subscribe=broken, publish=broken)
+    link._on_connect(client, None, SimpleNamespace(session_present=True), SimpleNamespace(is_failure=False), None)
+    assert link.connected and heard == [True]
+    monkeypatch.setattr(link, "_explain_disconnect", broken)
+    link._on_disconnect(client, None, None, SimpleNamespace(is_failure=True), None)
+    assert not link.connected and heard == [True, False]
