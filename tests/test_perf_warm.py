@@ -289,21 +289,11 @@ def test_alert_pokes_never_crowd_out_a_chime():
     """Review finding: pokes went through the bounded sound queue; a burst of alert changes while a
     chime plays dropped the next order's chime. At most one poke waits now, in its own slot."""
     import threading  # noqa: PLC0415
-    from types import SimpleNamespace  # noqa: PLC0415
 
-    from agent.annunciator import MAX_SOUNDS, Annunciator, SoundSettings  # noqa: PLC0415
+    from agent.annunciator import MAX_SOUNDS  # noqa: PLC0415
 
     release, playing, played = threading.Event(), threading.Event(), []
-
-    class BusyChime:
-        def play(self, path, volume):  # noqa: ANN001, ANN201
-            played.append(path)
-            playing.set()
-            release.wait(10)
-            return "busy"
-
-    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=BusyChime(),  # type: ignore[arg-type]
-                      settings=SoundSettings(True, 0.8, "", 0.0))
+    ann = held_sound_thread(release, playing, played)
     ann.start()
     try:
         ann.request("new_order")
@@ -412,22 +402,12 @@ def test_a_waiting_sound_thread_is_alive_and_a_hung_chime_is_not(monkeypatch):
     health.stuck_after_s, which may be 3 s): a thread asleep on its queue is alive however long it sleeps;
     one stuck in a chime is not."""
     import threading  # noqa: PLC0415
-    from types import SimpleNamespace  # noqa: PLC0415
 
     from agent import annunciator as ann_mod  # noqa: PLC0415
-    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
 
     monkeypatch.setattr(ann_mod, "QUIET_LOOK_S", 60.0)
     release, playing = threading.Event(), threading.Event()
-
-    class HungChime:
-        def play(self, path, volume):  # noqa: ANN001, ANN201
-            playing.set()
-            release.wait(30)
-            return "hung"
-
-    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=HungChime(),  # type: ignore[arg-type]
-                      settings=SoundSettings(True, 0.8, "", 0.0))
+    ann = held_sound_thread(release, playing)  # its chime hangs until released
     ann.start()
     try:
         time.sleep(2.0)  # asleep on the queue (60 s look)
@@ -474,3 +454,21 @@ def test_the_agent_hears_of_every_link_change_even_when_the_callback_fails_midwa
     monkeypatch.setattr(link, "_explain_disconnect", broken)
     link._on_disconnect(client, None, None, SimpleNamespace(is_failure=True), None)
     assert not link.connected and heard == [True, False]
+
+
+def held_sound_thread(release, playing, played=None):  # noqa: ANN001, ANN201
+    """A sound thread with nothing alerting and a chime that holds in play() until ``release`` is set."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    class HeldChime:
+        def play(self, path, volume):  # noqa: ANN001, ANN201
+            if played is not None:
+                played.append(path)
+            playing.set()
+            release.wait(30)
+            return "held"
+
+    return Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=HeldChime(),  # type: ignore[arg-type]
+                       settings=SoundSettings(True, 0.8, "", 0.0))
