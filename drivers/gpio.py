@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Callable, Optional, Protocol
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ def make_pin_factory(kind: str = "") -> Any:
 
 
 class Led:
-    """One LED showing a named pattern."""
+    """One LED showing a named pattern. Thread-safe: the sound thread shows the alerts, a technician's
+    ``led`` test runs on a control thread, and the agent closes it while stopping. gpiozero's ``blink`` is
+    not safe to call from two threads (one call can stop the other's blink thread before it starts, or leave
+    it blinking unowned, writing to the pin after ``close``); a lock makes each change whole, and a closed
+    LED ignores later patterns."""
 
     def __init__(self, pin: int, factory: Any) -> None:
         from gpiozero import LED  # noqa: PLC0415
@@ -62,6 +67,8 @@ class Led:
         except Exception as e:  # noqa: BLE001
             raise GpioError(f"LED on GPIO{pin}: {e}") from e
         self._pattern = "off"
+        self._lock = threading.Lock()
+        self._closed = False
 
     @property
     def pattern(self) -> str:
@@ -70,19 +77,22 @@ class Led:
     def show(self, pattern: str) -> None:
         if pattern not in PATTERNS:
             raise ValueError(f"unknown LED pattern {pattern!r}")
-        if pattern == self._pattern:
-            return
-        self._pattern = pattern
-        timing = PATTERNS[pattern]
-        if timing:
-            self._led.blink(on_time=timing[0], off_time=timing[1], background=True)
-        elif pattern == "on":
-            self._led.on()
-        else:
-            self._led.off()
+        with self._lock:
+            if pattern == self._pattern or self._closed:
+                return
+            timing = PATTERNS[pattern]
+            if timing:
+                self._led.blink(on_time=timing[0], off_time=timing[1], background=True)
+            elif pattern == "on":
+                self._led.on()
+            else:
+                self._led.off()
+            self._pattern = pattern  # after the pin took it: a failed change is tried again
 
     def close(self) -> None:
-        self._led.close()
+        with self._lock:
+            self._closed = True
+            self._led.close()
 
 
 class AckButton:

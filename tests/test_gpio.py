@@ -1,5 +1,6 @@
 """LEDs and the button on gpiozero's MockFactory: asserted on pin state histories."""
 
+import threading
 import time
 
 from drivers.gpio import AckButton, Led, make_pin_factory
@@ -21,6 +22,36 @@ def test_led_patterns_on_mock_pins():
     changes = [s.state for s in pin.states]
     assert changes.count(True) >= 2 and changes.count(False) >= 2  # it really blinked
     led.close()
+
+
+def test_led_changed_from_several_threads_and_closed_leaves_no_blinking_behind():
+    """The sound thread, a technician's led test and the agent's stop use one LED at once. gpiozero's blink()
+    from two threads raised (one stopped the other's blink thread before it started) or left a blink thread
+    nobody owned, writing to the pin after close (seen in CI as an unhandled thread exception)."""
+    from gpiozero import threads as gpio_threads  # noqa: PLC0415
+
+    f = make_pin_factory("mock")
+    led = Led(17, f)
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def change(i):  # noqa: ANN001, ANN202
+        start.wait()
+        try:
+            for k in range(300):
+                led.show(("blink", "slow_blink", "on", "blink")[(k + i) % 4])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=change, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    led.close()
+    led.show("blink")  # after close: ignored, no thread started
+    assert [t for t in list(gpio_threads._THREADS) if t.is_alive()] == []  # noqa: SLF001
 
 
 def test_button_press_and_hold():
