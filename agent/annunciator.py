@@ -341,6 +341,7 @@ class Annunciator:
         del self.played[:-100]
 
     _led_test = False
+    _led_errors: dict[str, str] = {}  # replaced, never changed in place (a class default shared by all)
 
     def _leds(self) -> None:
         if self._led_test:
@@ -348,13 +349,28 @@ class Annunciator:
         open_ = self.alerts.open_alerts()
         if self.exception_led is not None:
             if any(a.device_fault for a in open_):
-                self.exception_led.show("on")
+                self._show(self.exception_led, "exception LED", "on")
             elif any(not a.device_fault and not a.acknowledged for a in open_):
-                self.exception_led.show("blink")
+                self._show(self.exception_led, "exception LED", "blink")
             else:
-                self.exception_led.show("off")
+                self._show(self.exception_led, "exception LED", "off")
         if self.status_led is not None:
-            self.status_led.show("on" if self.link_up() else "slow_blink")
+            self._show(self.status_led, "status LED", "on" if self.link_up() else "slow_blink")
+
+    def _show(self, led: Indicator, which: str, pattern: str) -> None:
+        """One LED's pattern; a failing LED is logged once per distinct error (it is tried again at each look)
+        and never keeps the other LED from showing its state."""
+        try:
+            led.show(pattern)
+        except Exception as e:  # noqa: BLE001 - a broken pin must not silence the sound thread
+            text = f"{type(e).__name__}: {e}"
+            if self._led_errors.get(which) != text:
+                self._led_errors = {**self._led_errors, which: text}
+                log.warning("%s cannot show %s: %s", which, pattern, text)
+        else:
+            if which in self._led_errors:
+                self._led_errors = {k: v for k, v in self._led_errors.items() if k != which}
+                log.info("%s works again (%s)", which, pattern)
 
 
 @dataclass

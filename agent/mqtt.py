@@ -128,6 +128,16 @@ def explain_tls_alert(text: str, s: "MqttSettings") -> tuple[str, str]:
     return f"TLS with {where} failed: {text}", "check mqtt.ca_file, cert_file, key_file with the info department"
 
 
+CERT_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "REVOKED", "CERTIFICATE_REQUIRED",
+               "HANDSHAKE_FAILURE")
+
+
+def is_certificate_alert(text: str) -> bool:
+    """A TLS alert by which the broker refuses this store's certificate (not an EOF, not a wrong port)."""
+    upper = text.upper()
+    return any(a in upper for a in CERT_ALERTS)
+
+
 def explain_exception(e: BaseException, s: "MqttSettings") -> tuple[str, str]:
     """(reason, fix) for an error raised while connecting (DNS, TCP, TLS), naming the host, port and files."""
     where = f"{s.host}:{s.port}"
@@ -429,14 +439,18 @@ class MqttLink:
         if self._stopping:
             return
         reason, fix = explain_exception(e, self.settings)
-        if isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLCertVerificationError):  # the broker's alert
+        if (isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLCertVerificationError)
+                and is_certificate_alert(getattr(e, "reason", None) or str(e))):  # the broker refused the certificate
             self._tls_refusal = (reason, fix)
+        else:  # refused port, DNS, timeout, another TLS failure: what the broker said before may no longer hold
+            self._tls_refusal = None
         self.trouble.failed(reason, fix)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         try:
             if reason_code.is_failure:
                 self._refused = True
+                self._tls_refusal = None  # the broker took the certificate and answered the login
                 reason, fix = explain_reason(reason_code)
                 self.trouble.failed(f"the broker refused the connection: {reason}", fix)
                 return
@@ -509,8 +523,9 @@ class MqttLink:
             reason = "the broker closed the connection and is not listening (restarting or stopped)"
             fix = "nothing if it is a restart: the agent reconnects by itself; tell the info department if it lasts"
         elif not was and "SSL" in self._socket_error:  # a TLS alert read after the handshake (a revoked certificate)
-            reason, fix = explain_tls_alert(self._socket_error.replace("failed to receive on socket: ", ""), self.settings)
-            self._tls_refusal = (reason, fix)
+            text = self._socket_error.replace("failed to receive on socket: ", "")
+            reason, fix = explain_tls_alert(text, self.settings)
+            self._tls_refusal = (reason, fix) if is_certificate_alert(text) else None
         elif not was and self._tls_refusal and self.settings.tls:
             # With TLS 1.3 the broker checks the store's certificate after the client's handshake is done; its alert
             # (revoked, unknown CA) crosses our CONNECT and the broker's reset can drop it unread: the attempt ends

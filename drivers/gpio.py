@@ -81,13 +81,14 @@ class Led:
             if pattern == self._pattern or self._closed:
                 return
             timing = PATTERNS[pattern]
+            self._pattern = ""  # gpiozero stops the old pattern first: if the new one fails, none is shown
             if timing:
                 self._led.blink(on_time=timing[0], off_time=timing[1], background=True)
             elif pattern == "on":
                 self._led.on()
             else:
                 self._led.off()
-            self._pattern = pattern  # after the pin took it: a failed change is tried again
+            self._pattern = pattern  # after the pin took it: a failed change is tried again at the next look
 
     def close(self) -> None:
         with self._lock:

@@ -3,6 +3,8 @@
 import threading
 import time
 
+import pytest
+
 from drivers.gpio import AckButton, Led, make_pin_factory
 from conftest import wait_until
 
@@ -52,6 +54,51 @@ def test_led_changed_from_several_threads_and_closed_leaves_no_blinking_behind()
     led.close()
     led.show("blink")  # after close: ignored, no thread started
     assert [t for t in list(gpio_threads._THREADS) if t.is_alive()] == []  # noqa: SLF001
+
+
+def test_a_failed_led_change_shows_no_pattern_and_is_tried_again(monkeypatch):
+    """gpiozero stops the old blink before it starts the new pattern: if that fails, the LED shows nothing, so
+    the LED must not keep the old pattern's name (a later wish for it would be skipped, the LED stuck dark)."""
+    f = make_pin_factory("mock")
+    led = Led(17, f)
+    led.show("blink")
+
+    def broken(**kw):  # noqa: ANN003, ANN202
+        raise RuntimeError("pin busy")
+
+    monkeypatch.setattr(led._led, "on", lambda: broken())  # noqa: SLF001
+    with pytest.raises(RuntimeError):
+        led.show("on")
+    assert led.pattern == ""
+    monkeypatch.undo()
+    led.show("blink")  # asked again: shown, not skipped
+    assert led.pattern == "blink" and led._led._blink_thread is not None  # noqa: SLF001
+    led.close()
+
+
+def test_a_failing_led_is_logged_once_and_the_other_led_still_shows(caplog):
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    class BrokenLed:
+        pattern = ""
+
+        def show(self, pattern):  # noqa: ANN001, ANN202
+            raise OSError("GPIO17 busy")
+
+    f = make_pin_factory("mock")
+    status = Led(18, f)
+    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=None,  # type: ignore[arg-type]
+                      settings=SoundSettings(False, 0.8, "", 0.0), exception_led=BrokenLed(), status_led=status,
+                      link_up=lambda: False)
+    with caplog.at_level("WARNING", logger="agent.annunciator"):
+        for _ in range(5):
+            ann._leds()  # noqa: SLF001
+    assert status.pattern == "slow_blink"  # the broken exception LED did not keep the status LED dark
+    said = [r.getMessage() for r in caplog.records if "exception LED" in r.getMessage()]
+    assert said == ["exception LED cannot show off: OSError: GPIO17 busy"], said
+    status.close()
 
 
 def test_button_press_and_hold():

@@ -201,6 +201,8 @@ def test_a_certificate_refusal_stays_the_reason_when_a_later_attempt_loses_the_a
     that follows can drop it unread (measured: 5 to 16 attempts in 40). An attempt that ends in a bare EOF after one
     that named the certificate keeps that reason (not logged again); a good connection forgets it; without an
     earlier reason the EOF's fix points at the certificate, not at mqtt.tls."""
+    import logging  # noqa: PLC0415
+    import ssl  # noqa: PLC0415
     from dataclasses import replace  # noqa: PLC0415
     from types import SimpleNamespace  # noqa: PLC0415
 
@@ -211,6 +213,16 @@ def test_a_certificate_refusal_stays_the_reason_when_a_later_attempt_loses_the_a
 
     link = MqttLink(MqttSettings("127.0.0.1", 1, "kit-rv"), subscriptions=["stores/kit-rv/orders"],
                     status_topic="stores/kit-rv/status", handler=lambda m: None)
+    records: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):  # noqa: ANN001, ANN202
+            records.append(record.getMessage())
+
+    lg = logging.getLogger("tech-test-tls-refusal")
+    lg.addHandler(Collect())
+    lg.propagate = False
+    link.trouble.log = lg
     link.settings = replace(link.settings, tls=True, cert_file="/etc/store-agent/client.crt")  # no files read: no socket
     unspecified = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
     client = SimpleNamespace(backoff=SimpleNamespace(reset=lambda: None), subscribe=lambda *a, **k: None,
@@ -227,10 +239,25 @@ def test_a_certificate_refusal_stays_the_reason_when_a_later_attempt_loses_the_a
     assert "mqtt.cert_file /etc/store-agent/client.crt" in first["fix"] and "mqtt.tls must be true" not in first["fix"]
     revoked = attempt("[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert certificate revoked (_ssl.c:2427)")
     assert "has been revoked" in revoked["error"] and revoked["failed_attempts"] == 2
+    logged = len(records)
     for n in (3, 4):
         again = attempt(eof)
         assert again["error"] == revoked["error"] and again["fix"] == revoked["fix"] and again["failed_attempts"] == n
     assert attempt("[Errno 104] Connection reset by peer")["error"] == revoked["error"]
+    assert len(records) == logged  # the same reason: not logged again at each attempt
+
+    # Only the broker's word on the certificate is kept: an EOF in the handshake itself, a wrong port, a refused
+    # connection are no such word, and what was said before them may no longer hold.
+    link._on_connect_error(ssl.SSLEOFError(8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF (_ssl.c:1006)"))
+    assert "has been revoked" not in attempt(eof)["error"]
+    assert "has been revoked" in attempt("[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert certificate revoked")["error"]
+    link._on_connect_error(ConnectionRefusedError(111, "Connection refused"))
+    assert "has been revoked" not in attempt(eof)["error"]
+    # A TLS 1.2 broker says it in the handshake (paho's connect raises): kept the same way
+    alert = ssl.SSLError(1, "[SSL: SSLV3_ALERT_CERTIFICATE_REVOKED] sslv3 alert certificate revoked (_ssl.c:1006)")
+    alert.reason = "SSLV3_ALERT_CERTIFICATE_REVOKED"
+    link._on_connect_error(alert)
+    assert "has been revoked" in attempt(eof)["error"]
     link._on_connect(client, None, SimpleNamespace(session_present=True), SimpleNamespace(is_failure=False), None)
     link.connected = False  # a later streak starts without the old reason
     assert "has been revoked" not in attempt(eof)["error"]
