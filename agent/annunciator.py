@@ -90,6 +90,7 @@ class Annunciator:
         self._synth: Optional[ThreadPoolExecutor] = None
         self._sounds: queue.Queue[tuple[str, Optional[Future], Optional[Callable[[], Path]]]] = queue.Queue(maxsize=MAX_SOUNDS + 1)
         self._poke_lock = threading.Lock()
+        self._led_lock = threading.Lock()  # the alerts' look and a technician's LED test take turns
         self._poke_pending = False  # a poke ("") is in the queue
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
@@ -176,7 +177,8 @@ class Annunciator:
         leds = [led for led in (self.exception_led, self.status_led) if led is not None]
         if not leds:
             return []
-        self._led_test = True
+        with self._led_lock:  # a look at the alerts under way ends first: it cannot overwrite the first step
+            self._led_test = True
         try:
             for pattern in patterns or ("on", "off", "blink", "slow_blink"):
                 for led in leds:
@@ -344,9 +346,11 @@ class Annunciator:
     _led_errors: dict[str, str] = {}  # replaced, never changed in place (a class default shared by all)
 
     def _leds(self) -> None:
-        if self._led_test:
-            return
-        open_ = self.alerts.open_alerts()
+        with self._led_lock:
+            if not self._led_test:
+                self._leds_from(self.alerts.open_alerts())
+
+    def _leds_from(self, open_: list) -> None:
         if self.exception_led is not None:
             if any(a.device_fault for a in open_):
                 self._show(self.exception_led, "exception LED", "on")

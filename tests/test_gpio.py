@@ -101,6 +101,43 @@ def test_a_failing_led_is_logged_once_and_the_other_led_still_shows(caplog):
     status.close()
 
 
+def test_a_look_at_the_alerts_under_way_cannot_overwrite_the_led_tests_first_step():
+    """The sound thread past its 'no LED test' check while a technician's test starts: it used to finish its
+    look after the test's first step and leave the status LED showing the link, not the step."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    inside, release = threading.Event(), threading.Event()
+
+    class HeldLed:  # the exception LED: the alerts' look holds in it
+        pattern = "off"
+
+        def show(self, pattern):  # noqa: ANN001, ANN202
+            if threading.current_thread().name == "look":
+                inside.set()
+                release.wait(5)
+            self.pattern = pattern
+
+    f = make_pin_factory("mock")
+    status = Led(18, f)
+    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=None,  # type: ignore[arg-type]
+                      settings=SoundSettings(False, 0.8, "", 0.0), exception_led=HeldLed(), status_led=status,
+                      link_up=lambda: False)
+    look = threading.Thread(target=ann._leds, name="look")  # noqa: SLF001
+    look.start()
+    assert inside.wait(5)
+    tester = threading.Thread(target=ann.led_test, kwargs={"step_s": 3.0, "patterns": ["on"]})
+    tester.start()
+    time.sleep(0.2)
+    release.set()
+    look.join(5)
+    time.sleep(0.2)  # within the test's three-second step
+    assert status.pattern == "on"  # the step, not the link's slow blink
+    tester.join(10)
+    status.close()
+
+
 def test_button_press_and_hold():
     f = make_pin_factory("mock")
     presses, holds = [], []
