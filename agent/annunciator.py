@@ -178,14 +178,15 @@ class Annunciator:
         if not leds:
             return []
         with self._led_lock:  # a look at the alerts under way ends first: it cannot overwrite the first step
-            self._led_test = True
+            self._led_tests += 1  # two technicians' tests at once: the LEDs go back to the alerts after both
         try:
             for pattern in patterns or ("on", "off", "blink", "slow_blink"):
                 for led in leds:
                     led.show(pattern)
                 self._stop.wait(step_s)
         finally:
-            self._led_test = False
+            with self._led_lock:
+                self._led_tests -= 1
             self.poke()  # back to what the alerts say at once
         return list(patterns) if patterns else [p for p in PATTERNS]
 
@@ -342,7 +343,11 @@ class Annunciator:
         self.played.append((self.clock(), sound, outcome))
         del self.played[:-100]
 
-    _led_test = False
+    _led_tests = 0  # LED tests under way (each sets the patterns itself meanwhile)
+
+    @property
+    def _led_test(self) -> bool:
+        return self._led_tests > 0
     _led_errors: dict[str, str] = {}  # replaced, never changed in place (a class default shared by all)
 
     def _leds(self) -> None:

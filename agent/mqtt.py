@@ -114,9 +114,13 @@ def explain_tls_alert(text: str, s: "MqttSettings") -> tuple[str, str]:
     certificate's alert may come with the first read)."""
     where = f"{s.host}:{s.port}"
     reason = text.upper()
-    if "UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
+    if ("UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason
+            or "UNSUPPORTED_CERTIFICATE" in reason):
         return (f"TLS: the broker does not accept this store's certificate mqtt.cert_file {s.cert_file or '(none)'} ({text})",
                 "install the certificate add-store.sh issued for this store (client.crt, client.key)")
+    if "CERTIFICATE_EXPIRED" in reason:  # the store's own certificate (the broker's is checked by us, not alerted)
+        return (f"TLS: this store's certificate mqtt.cert_file {s.cert_file} has expired ({text})",
+                "the info department issues a new one (add-store.sh STORE): install its client.crt and client.key")
     if "REVOKED" in reason:
         return (f"TLS: this store's certificate mqtt.cert_file {s.cert_file} has been revoked ({text})",
                 "the store was re-keyed: install its new client.crt and client.key from the info department")
@@ -128,8 +132,8 @@ def explain_tls_alert(text: str, s: "MqttSettings") -> tuple[str, str]:
     return f"TLS with {where} failed: {text}", "check mqtt.ca_file, cert_file, key_file with the info department"
 
 
-CERT_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "REVOKED", "CERTIFICATE_REQUIRED",
-               "HANDSHAKE_FAILURE")
+CERT_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "UNSUPPORTED_CERTIFICATE", "CERTIFICATE_EXPIRED",
+               "REVOKED", "CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE")
 
 
 def is_certificate_alert(text: str) -> bool:

@@ -132,9 +132,32 @@ def test_a_look_at_the_alerts_under_way_cannot_overwrite_the_led_tests_first_ste
     time.sleep(0.2)
     release.set()
     look.join(5)
-    time.sleep(0.2)  # within the test's three-second step
-    assert status.pattern == "on"  # the step, not the link's slow blink
+    # within the test's three-second step: the step, not the link's slow blink (it was shown last before the fix)
+    assert wait_until(lambda: status.pattern == "on" and ann._led_test, 2)  # noqa: SLF001
+    time.sleep(0.3)
+    assert status.pattern == "on" and ann._led_test  # noqa: SLF001
     tester.join(10)
+    status.close()
+
+
+def test_two_led_tests_at_once_hand_back_to_the_alerts_only_after_both():
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from agent.annunciator import Annunciator, SoundSettings  # noqa: PLC0415
+
+    f = make_pin_factory("mock")
+    status = Led(18, f)
+    ann = Annunciator(SimpleNamespace(open_alerts=lambda: []), chime=None,  # type: ignore[arg-type]
+                      settings=SoundSettings(False, 0.8, "", 0.0), status_led=status, link_up=lambda: False)
+    long = threading.Thread(target=ann.led_test, kwargs={"step_s": 3.0, "patterns": ["blink"]})
+    long.start()
+    assert wait_until(lambda: status.pattern == "blink", 2)
+    ann.led_test(step_s=0.1, patterns=["on"])  # a second technician's short test ends first
+    ann._leds()  # noqa: SLF001 - a look at the alerts now must leave the LEDs to the test still running
+    assert status.pattern == "on"
+    long.join(10)
+    ann._leds()  # noqa: SLF001
+    assert status.pattern == "slow_blink"  # both ended: the alerts (here: no broker) show again
     status.close()
 
 

@@ -262,6 +262,16 @@ def test_a_certificate_refusal_stays_the_reason_when_a_later_attempt_loses_the_a
     link.connected = False  # a later streak starts without the old reason
     assert "has been revoked" not in attempt(eof)["error"]
 
+    # Every alert by which the broker refuses the store's certificate is kept, each in its own words
+    for alert_text, says in (("SSLV3_ALERT_CERTIFICATE_EXPIRED] sslv3 alert certificate expired", "has expired"),
+                             ("TLSV1_ALERT_UNKNOWN_CA] tlsv1 alert unknown ca", "does not accept this store's certificate"),
+                             ("SSLV3_ALERT_UNSUPPORTED_CERTIFICATE] sslv3 alert unsupported certificate",
+                              "does not accept this store's certificate")):
+        said = attempt(f"[SSL: {alert_text} (_ssl.c:2580)")
+        assert says in said["error"] and "mqtt.cert_file /etc/store-agent/client.crt" in said["error"], said
+        assert attempt(eof)["error"] == said["error"]
+        link._on_connect_error(ConnectionRefusedError(111, "Connection refused"))
+
 
 def test_session_taken_over_is_logged_by_the_agent(pkit, vprinter, tmp_path, agents):
     """Finding 1 and 3: a second client with the store's own login takes the session over: the agent says so."""
