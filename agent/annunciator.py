@@ -91,6 +91,8 @@ class Annunciator:
         self._sounds: queue.Queue[tuple[str, Optional[Future], Optional[Callable[[], Path]]]] = queue.Queue(maxsize=MAX_SOUNDS + 1)
         self._poke_lock = threading.Lock()
         self._led_lock = threading.Lock()  # the alerts' look and a technician's LED test take turns
+        self._led_tests = 0  # LED tests under way (each sets the patterns itself meanwhile); under _led_lock
+        self._led_errors: dict[str, str] = {}  # LED -> its last error, logged once; the sound thread's
         self._poke_pending = False  # a poke ("") is in the queue
         self._last_played: dict[str, float] = {}
         self._stop = threading.Event()
@@ -343,17 +345,15 @@ class Annunciator:
         self.played.append((self.clock(), sound, outcome))
         del self.played[:-100]
 
-    _led_tests = 0  # LED tests under way (each sets the patterns itself meanwhile)
-
     @property
     def _led_test(self) -> bool:
         return self._led_tests > 0
-    _led_errors: dict[str, str] = {}  # replaced, never changed in place (a class default shared by all)
 
     def _leds(self) -> None:
         with self._led_lock:
-            if not self._led_test:
-                self._leds_from(self.alerts.open_alerts())
+            if self._led_test:
+                return
+            self._leds_from(self.alerts.open_alerts())
 
     def _leds_from(self, open_: list) -> None:
         if self.exception_led is not None:
@@ -374,11 +374,10 @@ class Annunciator:
         except Exception as e:  # noqa: BLE001 - a broken pin must not silence the sound thread
             text = f"{type(e).__name__}: {e}"
             if self._led_errors.get(which) != text:
-                self._led_errors = {**self._led_errors, which: text}
+                self._led_errors[which] = text
                 log.warning("%s cannot show %s: %s", which, pattern, text)
         else:
-            if which in self._led_errors:
-                self._led_errors = {k: v for k, v in self._led_errors.items() if k != which}
+            if self._led_errors.pop(which, None) is not None:
                 log.info("%s works again (%s)", which, pattern)
 
 

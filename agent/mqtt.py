@@ -109,37 +109,44 @@ def explain_reason(code: object) -> tuple[str, str]:
     return f"broker said: {code}", "see the broker's log (journalctl -u mosquitto) with the info department"
 
 
-def explain_tls_alert(text: str, s: "MqttSettings") -> tuple[str, str]:
-    """(reason, fix) for a TLS error or alert, from its text (raised at the handshake, or read later: a revoked
-    certificate's alert may come with the first read)."""
-    where = f"{s.host}:{s.port}"
-    reason = text.upper()
-    if ("UNKNOWN_CA" in reason or "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason
-            or "UNSUPPORTED_CERTIFICATE" in reason):
-        return (f"TLS: the broker does not accept this store's certificate mqtt.cert_file {s.cert_file or '(none)'} ({text})",
-                "install the certificate add-store.sh issued for this store (client.crt, client.key)")
-    if "CERTIFICATE_EXPIRED" in reason:  # the store's own certificate (the broker's is checked by us, not alerted)
-        return (f"TLS: this store's certificate mqtt.cert_file {s.cert_file} has expired ({text})",
-                "the info department issues a new one (add-store.sh STORE): install its client.crt and client.key")
-    if "REVOKED" in reason:
-        return (f"TLS: this store's certificate mqtt.cert_file {s.cert_file} has been revoked ({text})",
-                "the store was re-keyed: install its new client.crt and client.key from the info department")
-    if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
-        return (f"TLS: the broker wants a client certificate (mqtt.cert_file / key_file) ({text})",
-                "set mqtt.cert_file and mqtt.key_file to the store's client.crt and client.key")
-    if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason:
-        return (f"TLS: {where} does not speak TLS ({text})", "check mqtt.port (8883 is TLS) and mqtt.tls")
-    return f"TLS with {where} failed: {text}", "check mqtt.ca_file, cert_file, key_file with the info department"
+# The TLS alerts by which the broker refuses this store's certificate, in the order they are told apart:
+# (names in the alert text, reason, fix). One table: what explain_tls_alert says and what the link keeps.
+_CERT_ALERTS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "UNSUPPORTED_CERTIFICATE"),
+     "TLS: the broker does not accept this store's certificate mqtt.cert_file {cert} ({text})",
+     "install the certificate add-store.sh issued for this store (client.crt, client.key)"),
+    (("CERTIFICATE_EXPIRED",),  # the store's own certificate (the broker's is checked by us, not alerted)
+     "TLS: this store's certificate mqtt.cert_file {cert} has expired ({text})",
+     "the info department issues a new one (add-store.sh STORE): install its client.crt and client.key"),
+    (("REVOKED",),
+     "TLS: this store's certificate mqtt.cert_file {cert} has been revoked ({text})",
+     "the store was re-keyed: install its new client.crt and client.key from the info department"),
+    (("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE"),
+     "TLS: the broker wants a client certificate (mqtt.cert_file / key_file) ({text})",
+     "set mqtt.cert_file and mqtt.key_file to the store's client.crt and client.key"),
+)
 
 
-CERT_ALERTS = ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "UNSUPPORTED_CERTIFICATE", "CERTIFICATE_EXPIRED",
-               "REVOKED", "CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE")
+def _certificate_alert(text: str) -> Optional[tuple[str, str]]:
+    upper = text.upper()
+    return next(((reason, fix) for names, reason, fix in _CERT_ALERTS if any(n in upper for n in names)), None)
 
 
 def is_certificate_alert(text: str) -> bool:
     """A TLS alert by which the broker refuses this store's certificate (not an EOF, not a wrong port)."""
-    upper = text.upper()
-    return any(a in upper for a in CERT_ALERTS)
+    return _certificate_alert(text) is not None
+
+
+def explain_tls_alert(text: str, s: "MqttSettings") -> tuple[str, str]:
+    """(reason, fix) for a TLS error or alert, from its text (raised at the handshake, or read later: a revoked
+    certificate's alert may come with the first read)."""
+    where = f"{s.host}:{s.port}"
+    found = _certificate_alert(text)
+    if found:
+        return found[0].format(cert=s.cert_file or "(none)", text=text), found[1]
+    if "WRONG_VERSION_NUMBER" in text.upper() or "RECORD_LAYER" in text.upper():
+        return (f"TLS: {where} does not speak TLS ({text})", "check mqtt.port (8883 is TLS) and mqtt.tls")
+    return f"TLS with {where} failed: {text}", "check mqtt.ca_file, cert_file, key_file with the info department"
 
 
 def explain_exception(e: BaseException, s: "MqttSettings") -> tuple[str, str]:
@@ -508,6 +515,7 @@ class MqttLink:
             return
         self._refused = False
         self_closed, self._self_closed = self._self_closed, False
+        text = self._socket_error.replace("failed to receive on socket: ", "")  # paho's words around the error
         if getattr(reason_code, "value", None) == SESSION_TAKEN_OVER:
             reason, fix = _REASONS[SESSION_TAKEN_OVER]
             reason = f"{reason} ({self._login()}); the agent takes it back when it reconnects"
@@ -527,7 +535,6 @@ class MqttLink:
             reason = "the broker closed the connection and is not listening (restarting or stopped)"
             fix = "nothing if it is a restart: the agent reconnects by itself; tell the info department if it lasts"
         elif not was and "SSL" in self._socket_error:  # a TLS alert read after the handshake (a revoked certificate)
-            text = self._socket_error.replace("failed to receive on socket: ", "")
             reason, fix = explain_tls_alert(text, self.settings)
             self._tls_refusal = (reason, fix) if is_certificate_alert(text) else None
         elif not was and self._tls_refusal and self.settings.tls:
@@ -538,7 +545,7 @@ class MqttLink:
             reason, fix = self._tls_refusal
         elif not was:  # closed (or reset) before any CONNACK: most often plain MQTT to a TLS port
             reason = "the broker closed the connection before answering the login" + (
-                f" ({self._socket_error.replace('failed to receive on socket: ', '')})" if self._socket_error else "")
+                f" ({text})" if text else "")
             if self.settings.tls and self.settings.cert_file:  # TLS is on: most often the certificate, unsaid
                 fix = (f"the broker may refuse this store's certificate mqtt.cert_file {self.settings.cert_file} (revoked, "
                        "or from another CA): the next attempts usually say which; else the broker's log says why")
